@@ -1,0 +1,77 @@
+"""``behavior-lm`` command line: ``train``, ``evaluate``.
+
+Errors from bad input (files, rows, recipes) are printed as one line and exit with status 2;
+anything else is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from behavior_lm.errors import BehaviorLMError
+
+
+def _train(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="behavior-lm train",
+        description="Train and evaluate a recipe. Any recipe key can be overridden with --key value.")
+    parser.add_argument("recipe", help="recipes/<task>/<model>-<dataset>.yaml")
+    args, overrides = parser.parse_known_args(argv)
+    from behavior_lm.cli.recipes import parse_recipe
+    from behavior_lm.training.run import train
+
+    data_args, model_args, training_args, recipe = parse_recipe(args.recipe, overrides)
+    run_dir = train(data_args, model_args, training_args, recipe)
+    if _is_main_process():
+        print((run_dir / "results.md").read_text())
+        print(f"run directory: {run_dir}")
+    return 0
+
+
+def _evaluate(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="behavior-lm evaluate",
+                                     description="Score a finished run on its split with the harness.")
+    parser.add_argument("run_dir")
+    parser.add_argument("--split", default="test", choices=["test", "validation"])
+    parser.add_argument("--batch_size", type=int, default=256)
+    parser.add_argument("--no_filter_seen", action="store_true",
+                        help="keep the user's history items in the ranking")
+    args = parser.parse_args(argv)
+    from behavior_lm.evaluation.run_eval import evaluate_run
+    from behavior_lm.reporting import metrics_table
+
+    metrics, protocol = evaluate_run(args.run_dir, split=args.split, batch_size=args.batch_size,
+                                     filter_seen=False if args.no_filter_seen else None)
+    print(f"{args.run_dir} — {args.split} — {protocol.describe()}\n")
+    print(metrics_table(metrics, protocol.ks))
+    return 0
+
+
+COMMANDS = {"train": _train, "evaluate": _evaluate}
+
+
+def _is_main_process() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print("usage: behavior-lm {train,evaluate} ...\n\n"
+              "  train RECIPE [--key value ...]   train + evaluate a recipe, write a run directory\n"
+              "  evaluate RUN_DIR [--split test]  score a finished run with the harness",
+              file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return COMMANDS[argv[0]](argv[1:])
+    except BehaviorLMError as exc:
+        print(f"behavior-lm: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

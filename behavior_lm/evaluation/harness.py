@@ -1,0 +1,100 @@
+"""The one evaluation harness: any scorer, the same ranks, the same metrics.
+
+A *scorer* maps a collated batch to ``(batch, vocab)`` next-token scores. Models, baselines and
+(later) fused ensembles are all scorers, so every row of a results table went through
+:func:`score_ranks` and :func:`~behavior_lm.evaluation.metrics.ranking_metrics`.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+
+import numpy as np
+import torch
+from datasets import Dataset
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from behavior_lm.evaluation.metrics import ranking_metrics
+from behavior_lm.evaluation.protocol import EvalProtocol
+from behavior_lm.evaluation.scoring import next_token_scores
+from behavior_lm.tokenization.behavior_tokenizer import item_mask
+from behavior_lm.training.collators import BehaviorCollator
+from behavior_lm.training.trainer import score_ranks
+
+Scorer = Callable[[dict[str, torch.Tensor]], torch.Tensor]
+
+
+def model_scorer(model: PreTrainedModel) -> Scorer:
+    """Scores from a causal model (last hidden state times the output head)."""
+    device = next(model.parameters()).device
+    model.eval()
+
+    def score(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return next_token_scores(model, batch["input_ids"].to(device),
+                                 batch["attention_mask"].to(device)).cpu()
+
+    return score
+
+
+def popularity_scorer(train: Dataset, vocab_size: int) -> Scorer:
+    """Most-popular floor: every user gets the training-event counts of the items."""
+    counts = np.zeros(vocab_size, dtype=np.float64)
+    for ids in train["input_ids"]:
+        np.add.at(counts, np.asarray(ids, dtype=np.int64), 1.0)
+    scores = torch.as_tensor(counts, dtype=torch.float32)
+
+    def score(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return scores.unsqueeze(0).expand(batch["input_ids"].size(0), -1)
+
+    return score
+
+
+def rank_dataset(scorer: Scorer, dataset: Dataset, tokenizer: PreTrainedTokenizerBase,
+                 protocol: EvalProtocol, *, batch_size: int = 256, vocab_size: int | None = None,
+                 desc: str = "ranking") -> np.ndarray:
+    """Pessimistic rank of every example's target under ``protocol``."""
+    mask = item_mask(tokenizer, vocab_size)
+    loader = DataLoader(dataset.with_format(None), batch_size=batch_size, shuffle=False,
+                        collate_fn=BehaviorCollator(tokenizer.pad_token_id))
+    out: list[np.ndarray] = []
+    for batch in tqdm(loader, desc=desc, leave=False, disable=len(loader) < 4):
+        scores = scorer(batch)
+        ranks, _ = score_ranks(scores, batch["target"], mask,
+                               batch["seen"] if protocol.filter_seen else None)
+        out.append(ranks.cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+
+def evaluate_scorer(scorer: Scorer, dataset: Dataset, tokenizer: PreTrainedTokenizerBase,
+                    protocol: EvalProtocol, **kwargs) -> dict[str, float]:
+    """HR/NDCG/MRR@K of a scorer on a ranking dataset, plus the example count and time."""
+    start = time.perf_counter()
+    ranks = rank_dataset(scorer, dataset, tokenizer, protocol, **kwargs)
+    metrics = ranking_metrics(ranks, protocol.ks)
+    metrics["num_examples"] = int(ranks.size)
+    metrics["eval_seconds"] = round(time.perf_counter() - start, 3)
+    return metrics
+
+
+def evaluate_model(model: PreTrainedModel, dataset: Dataset, tokenizer: PreTrainedTokenizerBase,
+                   protocol: EvalProtocol, *, batch_size: int = 256) -> dict[str, float]:
+    return evaluate_scorer(model_scorer(model), dataset, tokenizer, protocol,
+                           batch_size=batch_size, vocab_size=model.get_output_embeddings().out_features,
+                           desc="evaluating")
+
+
+def evaluate_baselines(names: Iterable[str], train: Dataset, dataset: Dataset,
+                       tokenizer: PreTrainedTokenizerBase, protocol: EvalProtocol,
+                       *, batch_size: int = 256) -> dict[str, dict[str, float]]:
+    """Score the requested floors on ``dataset``."""
+    results = {}
+    for name in names:
+        if name == "popularity":
+            scorer = popularity_scorer(train, len(tokenizer))
+        else:
+            raise ValueError(f"unknown baseline {name!r}; known: popularity")
+        results[name] = evaluate_scorer(scorer, dataset, tokenizer, protocol,
+                                        batch_size=batch_size, desc=name)
+    return results

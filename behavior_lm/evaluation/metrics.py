@@ -1,0 +1,95 @@
+"""Ranking and classification metrics: one implementation used by the harness, the Trainer hook,
+the baselines and the ``evaluate`` modules, so every number in a table means the same thing.
+
+Ranks are 0-based and pessimistic: a target's rank is the number of *other* candidates that score
+at least as high as it does. Ties therefore count against the target, and a model that outputs
+one constant score ranks every target last and gets 0, instead of getting lucky on index order.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import torch
+
+DEFAULT_KS: tuple[int, ...] = (5, 10, 20)
+
+
+def rank_of_target(
+    scores: torch.Tensor,
+    targets: torch.Tensor,
+    candidates: torch.Tensor | None = None,
+    exclude: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Pessimistic 0-based rank of each target among the candidates.
+
+    Args:
+        scores: ``(batch, vocab)`` scores of every token for the next position.
+        targets: ``(batch,)`` token id of the true next item.
+        candidates: ``(vocab,)`` bool, True for tokens that may be ranked (item tokens). The target
+            is always a candidate. ``None`` means every token.
+        exclude: ``(batch, n)`` token ids to remove from the ranking (seen items), padded with -1.
+            The target itself is never excluded (repeat consumption stays rankable).
+
+    Returns ``(batch,)`` long: number of other candidates scoring ``>=`` the target.
+    """
+    scores = scores.float()
+    batch = torch.arange(scores.size(0), device=scores.device)
+    valid = torch.ones_like(scores, dtype=torch.bool)                       # (B, V)
+    if candidates is not None:
+        valid &= candidates.to(scores.device).unsqueeze(0)
+    if exclude is not None and exclude.numel() > 0:
+        ex = exclude.to(scores.device)
+        rows = batch.unsqueeze(1).expand_as(ex)                             # (B, n)
+        keep = ex >= 0
+        valid[rows[keep], ex[keep]] = False
+    valid[batch, targets] = True
+    target_scores = scores[batch, targets].unsqueeze(1)                     # (B, 1)
+    at_least = (scores >= target_scores) & valid                            # (B, V)
+    return at_least.sum(dim=1) - 1                                          # minus the target itself
+
+
+def _as_array(ranks: Iterable[int] | np.ndarray | torch.Tensor) -> np.ndarray:
+    if isinstance(ranks, torch.Tensor):
+        ranks = ranks.detach().cpu().numpy()
+    return np.asarray(ranks, dtype=np.int64)
+
+
+def hit_rate(ranks, k: int) -> float:
+    """HR@K (= Recall@K with one target): share of targets ranked in the top K."""
+    r = _as_array(ranks)
+    return float((r < k).mean()) if r.size else 0.0
+
+
+def ndcg(ranks, k: int) -> float:
+    """NDCG@K with one relevant item: ``1 / log2(rank + 2)`` inside the top K, else 0."""
+    r = _as_array(ranks)
+    if not r.size:
+        return 0.0
+    gains = np.where(r < k, 1.0 / np.log2(r + 2.0), 0.0)
+    return float(gains.mean())
+
+
+def mrr(ranks, k: int) -> float:
+    """MRR@K: ``1 / (rank + 1)`` inside the top K, else 0."""
+    r = _as_array(ranks)
+    if not r.size:
+        return 0.0
+    return float(np.where(r < k, 1.0 / (r + 1.0), 0.0).mean())
+
+
+def ranking_metrics(ranks, ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
+    """``{"hr@5": .., "ndcg@5": .., "mrr@5": .., ...}`` for every K."""
+    out: dict[str, float] = {}
+    for k in ks:
+        out[f"hr@{k}"] = hit_rate(ranks, k)
+        out[f"ndcg@{k}"] = ndcg(ranks, k)
+        out[f"mrr@{k}"] = mrr(ranks, k)
+    return out
+
+
+def coverage(top_items: np.ndarray, num_candidates: int) -> float:
+    """Catalogue coverage: distinct items in all top-K lists / number of candidate items."""
+    if num_candidates <= 0:
+        return 0.0
+    return float(len(np.unique(np.asarray(top_items).ravel())) / num_candidates)

@@ -1,0 +1,51 @@
+"""Build a model from a config sized by the tokenizer (no Hub download, no custom forward).
+
+Next-behavior generation uses stock causal LMs: the vocabulary *is* the item catalogue, so the
+full-softmax next-token cross-entropy of ``*ForCausalLM`` is the SASRec-with-CE objective.
+Special token ids come from the tokenizer, never from constants.
+"""
+from __future__ import annotations
+
+from transformers import (AutoConfig, AutoModelForCausalLM, PreTrainedConfig, PreTrainedModel,
+                          PreTrainedTokenizerBase)
+
+from behavior_lm.training.arguments import ModelArguments
+
+CAUSAL_MODEL_TYPES = ("gpt2", "llama")
+
+
+def build_config(args: ModelArguments, tokenizer: PreTrainedTokenizerBase, max_length: int) -> PreTrainedConfig:
+    """A config for ``args.model_type`` with ``vocab_size = len(tokenizer)``."""
+    ids = dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+               eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+               tie_word_embeddings=args.tie_word_embeddings)
+    inner = args.intermediate_size or 4 * args.hidden_size
+    if args.model_type == "gpt2":
+        return AutoConfig.for_model(
+            "gpt2", n_positions=max_length, n_embd=args.hidden_size, n_layer=args.num_layers,
+            n_head=args.num_heads, n_inner=inner, resid_pdrop=args.dropout,
+            embd_pdrop=args.dropout, attn_pdrop=args.dropout, **ids)
+    if args.model_type == "llama":
+        return AutoConfig.for_model(
+            "llama", hidden_size=args.hidden_size, intermediate_size=inner,
+            num_hidden_layers=args.num_layers, num_attention_heads=args.num_heads,
+            num_key_value_heads=args.num_heads, max_position_embeddings=max_length,
+            attention_dropout=args.dropout, **ids)
+    raise ValueError(f"unknown model_type {args.model_type!r}; known: {', '.join(CAUSAL_MODEL_TYPES)}")
+
+
+def build_model(args: ModelArguments, tokenizer: PreTrainedTokenizerBase, max_length: int) -> PreTrainedModel:
+    """A freshly initialised ``AutoModelForCausalLM`` for the tokenizer's vocabulary."""
+    config = build_config(args, tokenizer, max_length)
+    return AutoModelForCausalLM.from_config(config)
+
+
+def count_parameters(model: PreTrainedModel) -> int:
+    """Trainable parameters, counting tied weights once."""
+    seen: set[int] = set()
+    total = 0
+    for p in model.parameters():
+        if p.requires_grad and id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    return total

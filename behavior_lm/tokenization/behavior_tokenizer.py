@@ -1,0 +1,134 @@
+"""The behavior tokenizer: the item vocabulary as a Hugging Face fast tokenizer.
+
+Built with `tokenizers` (WordLevel model, whitespace pre-tokenizer, template post-processor) and
+wrapped in the stock fast tokenizer class, so ``save_pretrained`` writes it next to every model and
+``AutoTokenizer.from_pretrained(run_dir)`` loads it with no custom code. The grammar (special
+tokens, token formats, templates) is data in ``tokenizer/grammar.json`` of the repository.
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+from behavior_lm.errors import DataError
+
+GRAMMAR_PATH = Path(__file__).with_name("grammar.json")
+
+
+@lru_cache(maxsize=1)
+def grammar() -> dict:
+    """The token grammar (special tokens, formats, templates) from ``grammar.json``."""
+    return json.loads(GRAMMAR_PATH.read_text())
+
+
+def item_token(item_id: str) -> str:
+    """``"42"`` -> ``"i:42"``."""
+    return f"{grammar()['item_prefix']}{item_id}"
+
+
+def behavior_token(behavior: str) -> str:
+    """``"buy"`` -> ``"<buy>"``."""
+    return grammar()["behavior_format"].format(behavior)
+
+
+def is_item_token(token: str) -> bool:
+    return token.startswith(grammar()["item_prefix"])
+
+
+def item_id_of(token: str) -> str:
+    """``"i:42"`` -> ``"42"`` (the raw id the user knows)."""
+    return token[len(grammar()["item_prefix"]):]
+
+
+def is_behavior_token(token: str) -> bool:
+    head, _, tail = grammar()["behavior_format"].partition("{}")
+    return token.startswith(head) and token.endswith(tail) and len(token) > len(head) + len(tail)
+
+
+def serialize_events(items: Sequence[str], behaviors: Sequence[str] | None = None) -> str:
+    """Events -> the whitespace-separated stream, behavior first when behaviors are given.
+
+    ``serialize_events(["42", "7"], ["pv", "buy"]) == "<pv> i:42 <buy> i:7"``.
+    """
+    if behaviors is None:
+        return " ".join(item_token(i) for i in items)
+    return " ".join(f"{behavior_token(b)} {item_token(i)}" for i, b in zip(items, behaviors))
+
+
+def build_tokenizer(
+    items: Iterable[str],
+    behaviors: Sequence[str] = (),
+    *,
+    template: str = "causal",
+    max_length: int = 200,
+) -> PreTrainedTokenizerFast:
+    """Build the tokenizer whose vocabulary is ``specials + behaviors + items``.
+
+    ``items`` may repeat (an event stream): the vocabulary orders items by frequency, ties by
+    first appearance, so the most popular items get the smallest ids (deterministic, readable).
+    Pass ``behaviors`` only when the log has more than one kind; with one kind the streams carry
+    no behavior tokens.
+    """
+    g = grammar()
+    specials = list(g["special_tokens"].values())
+    counts = Counter()
+    first_seen: dict[str, int] = {}
+    for item in items:
+        item = str(item)
+        if item not in first_seen:
+            if not item or any(ch.isspace() for ch in item):
+                raise DataError(f"item id {item!r} is empty or contains whitespace; "
+                                "item ids must be single tokens", field="item_id")
+            first_seen[item] = len(first_seen)
+        counts[item] += 1
+    if not counts:
+        raise DataError("cannot build a tokenizer from an empty item catalogue", field="item_id")
+    ordered = sorted(counts, key=lambda i: (-counts[i], first_seen[i]))
+    tokens = specials + [behavior_token(b) for b in behaviors] + [item_token(i) for i in ordered]
+    vocab = {tok: idx for idx, tok in enumerate(tokens)}
+
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=g["special_tokens"]["unk_token"]))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    single = g["templates"][template]
+    used = [t for t in single.split() if t in vocab]
+    backend.post_processor = processors.TemplateProcessing(
+        single=single, special_tokens=[(t, vocab[t]) for t in used]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        model_max_length=max_length,
+        truncation_side="left",  # keep the most recent events
+        padding_side="right",
+        **g["special_tokens"],
+    )
+    return tokenizer
+
+
+# --------------------------------------------------------------------- vocabulary views
+def item_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Ids of all item tokens, ascending. Ranking is over exactly these."""
+    return sorted(i for t, i in tokenizer.get_vocab().items() if is_item_token(t))
+
+
+def behavior_token_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
+    """``{"buy": id, ...}`` for the behavior tokens in the vocabulary (empty for one-kind logs)."""
+    head, _, tail = grammar()["behavior_format"].partition("{}")
+    out = {t[len(head):len(t) - len(tail)]: i for t, i in tokenizer.get_vocab().items()
+           if is_behavior_token(t)}
+    return dict(sorted(out.items(), key=lambda kv: kv[1]))
+
+
+def item_mask(tokenizer: PreTrainedTokenizerBase, vocab_size: int | None = None) -> torch.Tensor:
+    """Boolean ``(vocab_size,)``: True at item tokens. ``vocab_size`` may exceed the tokenizer
+    (models pad their embedding matrices); the extra rows are never items."""
+    n = vocab_size if vocab_size is not None else len(tokenizer)
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[item_token_ids(tokenizer)] = True
+    return mask

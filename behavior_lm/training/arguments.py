@@ -1,0 +1,96 @@
+"""Argument dataclasses: the fields of these classes are exactly the keys a recipe may use.
+
+``BehaviorTrainingArguments`` subclasses ``transformers.TrainingArguments``, so every Trainer
+option (mixed precision, gradient accumulation, ``report_to``, ...) is a recipe key too. The
+defaults we change are the ones next-item training needs: evaluate and save every epoch, keep the
+best checkpoint by validation NDCG@10, keep the ranking columns for the collator.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+
+@dataclass
+class DataArguments:
+    """Where events come from and how they become token streams."""
+
+    dataset: str = field(default="ml-100k", metadata={
+        "help": "Named dataset (ml-100k, ml-1m, ml-1m-3706, beauty, lastfm, taobao) or a label for data_path."})
+    data_path: str | None = field(default=None, metadata={
+        "help": "Explicit file (or folder) to read instead of resolving the named dataset."})
+    data_format: str | None = field(default=None, metadata={
+        "help": "Reader for data_path: table, movielens, recbole, amazon, sequences, pairs (default: by name)."})
+    dedupe: bool = field(default=True, metadata={"help": "Drop exact-duplicate events."})
+    min_rating: float | None = field(default=None, metadata={
+        "help": "Keep only events whose value (rating) is >= this."})
+    min_user_events: int = field(default=0, metadata={"help": "k-core: users need this many events."})
+    min_item_events: int = field(default=0, metadata={"help": "k-core: items need this many events."})
+    max_history: int | None = field(default=None, metadata={
+        "help": "Keep each user's most recent N events (after cleaning)."})
+    max_users: int | None = field(default=None, metadata={
+        "help": "Use only the first N users (file order): for tiny smoke runs."})
+    split: str = field(default="leave_one_out", metadata={"help": "leave_one_out or temporal."})
+    valid_fraction: float = field(default=0.1, metadata={"help": "temporal split: share of events in validation."})
+    test_fraction: float = field(default=0.1, metadata={"help": "temporal split: share of events in test."})
+    max_length: int = field(default=200, metadata={
+        "help": "Tokens per sequence, [BOS] included; longer histories keep their most recent events."})
+    train_windows: str = field(default="all", metadata={
+        "help": "all: cut long training sequences into windows that use every event; last: only the newest."})
+    use_behaviors: bool | None = field(default=None, metadata={
+        "help": "Put behavior tokens in the stream (default: when the log has more than one behavior)."})
+    cache: bool = field(default=True, metadata={
+        "help": "Reuse prepared token streams from the cache when the data and settings are unchanged."})
+
+
+@dataclass
+class ModelArguments:
+    """The model, built from a config (no Hub download)."""
+
+    model_type: str = field(default="gpt2", metadata={"help": "gpt2 or llama (causal next-behavior models)."})
+    hidden_size: int = field(default=64, metadata={"help": "Embedding / hidden width."})
+    num_layers: int = field(default=2, metadata={"help": "Transformer blocks."})
+    num_heads: int = field(default=2, metadata={"help": "Attention heads."})
+    intermediate_size: int | None = field(default=None, metadata={"help": "MLP width (default 4 x hidden)."})
+    dropout: float = field(default=0.2, metadata={"help": "Dropout on embeddings, attention and residuals."})
+    tie_word_embeddings: bool = field(default=True, metadata={
+        "help": "Share input item embeddings with the output layer (as SASRec does)."})
+
+
+@dataclass
+class BehaviorTrainingArguments(TrainingArguments):
+    """``TrainingArguments`` plus the evaluation and run-directory options of behavior-lm."""
+
+    eval_ks: list[int] = field(default_factory=lambda: [5, 10, 20], metadata={
+        "help": "Cut-offs K for HR@K, NDCG@K, MRR@K."})
+    filter_seen: bool = field(default=True, metadata={
+        "help": "Remove items already in the user's history from the ranking (the target is kept)."})
+    early_stopping_patience: int = field(default=5, metadata={
+        "help": "Stop after this many evaluations without a better validation metric (0: never)."})
+    max_eval_users: int | None = field(default=None, metadata={
+        "help": "Validate on at most this many users (a fixed random subset) to save time; test uses all."})
+    baselines: list[str] = field(default_factory=lambda: ["popularity"], metadata={
+        "help": "Floors scored by the same harness next to the model (popularity)."})
+    keep_checkpoints: bool = field(default=False, metadata={
+        "help": "Keep Trainer checkpoints in the finished run directory (default: only the best model)."})
+    overwrite_output_dir: bool = field(default=False, metadata={
+        "help": "Replace an existing finished run directory (atomically, at the end)."})
+    resume: bool = field(default=True, metadata={
+        "help": "Resume from the newest checkpoint of an unfinished run (<output_dir>.partial)."})
+
+    # TrainingArguments fields whose defaults differ for next-item training
+    output_dir: str | None = field(default="runs/run", metadata={"help": "The run directory."})
+    eval_strategy: str = field(default="epoch", metadata={"help": "Validate every epoch."})
+    save_strategy: str = field(default="epoch", metadata={"help": "Checkpoint every epoch."})
+    logging_strategy: str = field(default="epoch", metadata={"help": "Log losses every epoch."})
+    load_best_model_at_end: bool = field(default=True, metadata={"help": "Keep the best checkpoint."})
+    metric_for_best_model: str | None = field(default="ndcg@10", metadata={"help": "Validation metric to select on."})
+    greater_is_better: bool | None = field(default=True, metadata={"help": "Higher metric is better."})
+    save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept while training."})
+    remove_unused_columns: bool = field(default=False, metadata={
+        "help": "Keep target/seen columns: the collator needs them."})
+    learning_rate: float = field(default=1e-3, metadata={"help": "AdamW learning rate."})
+    num_train_epochs: float = field(default=50.0, metadata={"help": "Upper bound; early stopping ends sooner."})
+    per_device_train_batch_size: int = field(default=64, metadata={"help": "Sequences per step per device."})
+    per_device_eval_batch_size: int = field(default=256, metadata={"help": "Users per evaluation batch."})

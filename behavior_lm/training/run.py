@@ -1,0 +1,164 @@
+"""One training run: data -> model -> Trainer -> test evaluation -> run directory.
+
+The run directory is written atomically. Everything (checkpoints included) goes to
+``<output_dir>.partial`` first; only when the model, tokenizer, metrics, table and plot are all
+there is it renamed to ``<output_dir>``. A crash therefore never leaves a half run that looks
+complete, and the next call with the same recipe resumes from the newest checkpoint in
+``.partial``. The same code runs under ``accelerate launch``/``torchrun``: only the main process
+writes, the others wait.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import yaml
+from transformers import EarlyStoppingCallback, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from behavior_lm.data.pipeline import prepare_data
+from behavior_lm.errors import RecipeError
+from behavior_lm.evaluation.harness import evaluate_baselines
+from behavior_lm.evaluation.protocol import EvalProtocol
+from behavior_lm.models.auto import build_model, count_parameters
+from behavior_lm.reporting import metrics_table, training_curves
+from behavior_lm.tokenization.behavior_tokenizer import item_mask
+from behavior_lm.training.arguments import BehaviorTrainingArguments, DataArguments, ModelArguments
+from behavior_lm.training.collators import BehaviorCollator
+from behavior_lm.training.trainer import BehaviorTrainer, make_compute_metrics
+
+logger = logging.getLogger(__name__)
+
+SPLIT_TARGETS = {
+    "leave_one_out": "last event per user (test); second-to-last (validation)",
+    "temporal": "each user's first event after the global test (validation) cut",
+}
+
+
+def protocol_for(data_args: DataArguments, training_args: BehaviorTrainingArguments) -> EvalProtocol:
+    return EvalProtocol(split=data_args.split, filter_seen=training_args.filter_seen,
+                        ks=tuple(training_args.eval_ks), target=SPLIT_TARGETS[data_args.split],
+                        max_length=data_args.max_length)
+
+
+def train(data_args: DataArguments, model_args: ModelArguments,
+          training_args: BehaviorTrainingArguments, recipe: dict | None = None) -> Path:
+    """Train and evaluate one recipe; returns the finished run directory."""
+    final = Path(training_args.output_dir)
+    partial = final.with_name(final.name + ".partial")
+    if (final / "metrics.json").is_file() and not training_args.overwrite_output_dir:
+        raise RecipeError(f"{final} already holds a finished run; pass --overwrite_output_dir true "
+                          "or choose another --output_dir")
+    if (training_args.metric_for_best_model or "").removeprefix("eval_").split("@")[-1] not in {
+            str(k) for k in training_args.eval_ks} and training_args.metric_for_best_model:
+        raise RecipeError(f"metric_for_best_model {training_args.metric_for_best_model!r} needs its K "
+                          f"in eval_ks {training_args.eval_ks}")
+    training_args.output_dir = str(partial / "checkpoints")
+    set_seed(training_args.seed)
+
+    with training_args.main_process_first(desc="preparing token streams"):
+        data = prepare_data(data_args, template="causal")
+    tokenizer, dsd = data.tokenizer, data.datasets
+    validation = dsd["validation"]
+    if training_args.max_eval_users and validation.num_rows > training_args.max_eval_users:
+        validation = validation.shuffle(seed=training_args.seed).select(range(training_args.max_eval_users))
+
+    model = build_model(model_args, tokenizer, data_args.max_length)
+    callbacks = []
+    if training_args.early_stopping_patience > 0:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=training_args.early_stopping_patience))
+    trainer = BehaviorTrainer(
+        model=model, args=training_args, train_dataset=dsd["train"], eval_dataset=validation,
+        data_collator=BehaviorCollator(tokenizer.pad_token_id), processing_class=tokenizer,
+        compute_metrics=make_compute_metrics(training_args.eval_ks), callbacks=callbacks,
+        item_mask=item_mask(tokenizer, model.get_output_embeddings().out_features),
+        filter_seen=training_args.filter_seen)
+
+    checkpoint = None
+    if training_args.resume and Path(training_args.output_dir).is_dir():
+        checkpoint = get_last_checkpoint(training_args.output_dir)
+        if checkpoint:
+            logger.warning("resuming from %s", checkpoint)
+    start = time.perf_counter()
+    train_output = trainer.train(resume_from_checkpoint=checkpoint)
+    train_seconds = time.perf_counter() - start
+    val_metrics = trainer.evaluate(validation, metric_key_prefix="validation")
+    test_metrics = trainer.evaluate(dsd["test"], metric_key_prefix="test")
+
+    if trainer.is_world_process_zero():
+        protocol = protocol_for(data_args, training_args)
+        baselines = evaluate_baselines(training_args.baselines, dsd["train"], dsd["test"], tokenizer,
+                                       protocol, batch_size=training_args.per_device_eval_batch_size)
+        trainer.save_model(str(partial))  # model (safetensors) + tokenizer
+        _write_run_files(partial, data_args, model_args, training_args, recipe, data.info, protocol,
+                         trainer, train_output.metrics, train_seconds, val_metrics, test_metrics,
+                         baselines, count_parameters(model))
+        if not training_args.keep_checkpoints:
+            shutil.rmtree(partial / "checkpoints", ignore_errors=True)
+        _promote(partial, final)
+    trainer.accelerator.wait_for_everyone()
+    return final
+
+
+def _strip(metrics: dict, prefix: str) -> dict:
+    return {k.removeprefix(prefix): v for k, v in metrics.items()}
+
+
+def _write_run_files(run: Path, data_args, model_args, training_args, recipe, data_info, protocol,
+                     trainer, train_metrics, train_seconds, val_metrics, test_metrics, baselines,
+                     n_params) -> None:
+    history = trainer.state.log_history
+    best_epoch = None
+    metric = "eval_" + training_args.metric_for_best_model.removeprefix("eval_")
+    evals = [h for h in history if metric in h]
+    if evals:
+        best_epoch = max(evals, key=lambda h: h[metric])["epoch"]
+    model_name = f"{model_args.model_type} ({n_params / 1e6:.2f}M params)"
+    metrics = {
+        "protocol": protocol.to_dict(),
+        "test": _strip(test_metrics, "test_"),
+        "validation": _strip(val_metrics, "validation_"),
+        "baselines": {"test": baselines},
+        "train": {"seconds": round(train_seconds, 1), "epochs_run": trainer.state.epoch,
+                  "best_epoch": best_epoch, "global_steps": trainer.state.global_step,
+                  "parameters": n_params, **{k: v for k, v in train_metrics.items()
+                                             if k in ("train_loss", "train_runtime")}},
+        "data": data_info,
+        "model_type": model_args.model_type,
+    }
+    (run / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    (run / "log_history.json").write_text(json.dumps(history, indent=2, default=str))
+    effective = dict(recipe or {})
+    effective.update({k: v for k, v in asdict(data_args).items()})
+    effective.update({k: v for k, v in asdict(model_args).items()})
+    (run / "recipe.yaml").write_text(yaml.safe_dump(effective, sort_keys=False))
+    (run / "training_args.json").write_text(training_args.to_json_string())
+    rows = {model_name: metrics["test"], **{f"{b} (floor)": m for b, m in baselines.items()}}
+    table = metrics_table(rows, protocol.ks)
+    ds = data_info["dataset"]
+    prep = data_info["prepared"]
+    (run / "results.md").write_text(
+        f"# {model_args.model_type} on {ds}: test results\n\n"
+        f"Protocol: {protocol.describe()}. Test users: {metrics['test'].get('num_examples', '')}; "
+        f"{prep['users']} users, {prep['items']} items, {prep['events']} events after preprocessing.\n\n"
+        f"{table}\n\n"
+        f"Training: {metrics['train']['epochs_run']:g} epochs in {train_seconds:.0f} s "
+        f"(best validation {training_args.metric_for_best_model} at epoch {best_epoch}).\n\n"
+        "![training curves](training_curves.png)\n")
+    training_curves(history, run / "training_curves.png",
+                    metric=metric, title=f"{model_args.model_type} on {ds}")
+
+
+def _promote(partial: Path, final: Path) -> None:
+    """Swap the finished ``.partial`` directory into place (replacing an old run last)."""
+    old = None
+    if final.exists():
+        old = final.with_name(final.name + f".old-{int(time.time())}")
+        final.rename(old)
+    partial.rename(final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

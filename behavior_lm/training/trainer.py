@@ -1,0 +1,73 @@
+"""A thin ``Trainer`` subclass: evaluation ranks the next item instead of returning logits.
+
+Only ``prediction_step`` is overridden (upstream signature kept; the evaluation loop, its
+distributed gathering and metric hooks are the Trainer's own). For ranking rows it returns
+``(item cross-entropy, rank of each target, target ids)``: per-example ranks are all
+``compute_metrics`` needs, so evaluation memory is ``O(batch * vocab)`` and nothing of size
+``(users, vocab)`` is ever accumulated.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import EvalPrediction, Trainer
+
+from behavior_lm.evaluation.metrics import rank_of_target, ranking_metrics
+from behavior_lm.evaluation.scoring import next_token_scores
+
+
+class BehaviorTrainer(Trainer):
+    """``Trainer`` whose evaluation step scores the full item catalogue.
+
+    Args:
+        item_mask: ``(vocab,)`` bool, True at item tokens (the candidates).
+        filter_seen: remove each user's history items from the ranking.
+    """
+
+    def __init__(self, *args: Any, item_mask: torch.Tensor, filter_seen: bool = True,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.item_mask = item_mask
+        self.filter_seen = filter_seen
+
+    def prediction_step(self, model: nn.Module, inputs: dict[str, torch.Tensor | Any],
+                        prediction_loss_only: bool, ignore_keys: list[str] | None = None):
+        if "target" not in inputs:
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+        inputs = self._prepare_inputs(inputs)
+        model = self.accelerator.unwrap_model(model)
+        with torch.no_grad():
+            scores = next_token_scores(model, inputs["input_ids"], inputs["attention_mask"])
+            ranks, loss = score_ranks(scores, inputs["target"], self.item_mask,
+                                      inputs["seen"] if self.filter_seen else None)
+        if prediction_loss_only:
+            return loss, None, None
+        return loss, ranks.float(), inputs["target"]
+
+
+def score_ranks(scores: torch.Tensor, targets: torch.Tensor, item_mask: torch.Tensor,
+                seen: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ranks of the targets and the cross-entropy of the target among item tokens."""
+    mask = item_mask.to(scores.device)
+    if mask.numel() < scores.size(1):  # model vocab padded beyond the tokenizer
+        mask = F.pad(mask, (0, scores.size(1) - mask.numel()), value=False)
+    scores = scores[:, : mask.numel()]
+    ranks = rank_of_target(scores, targets, mask, seen)
+    item_logits = scores.float().masked_fill(~mask, float("-inf"))
+    loss = F.cross_entropy(item_logits, targets)
+    return ranks, loss
+
+
+def make_compute_metrics(ks: Sequence[int]):
+    """``compute_metrics`` for the Trainer: HR/NDCG/MRR@K from the ranks of ``prediction_step``."""
+
+    def compute_metrics(pred: EvalPrediction) -> dict[str, float]:
+        ranks = np.asarray(pred.predictions).reshape(-1)
+        return ranking_metrics(ranks.astype(np.int64), ks)
+
+    return compute_metrics
