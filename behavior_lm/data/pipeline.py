@@ -73,8 +73,7 @@ def prepare_data(args: DataArguments, template: str = "causal") -> PreparedData:
                             AutoTokenizer.from_pretrained(cached / "tokenizer"), info,
                             info["with_behaviors"])
 
-    reader_kwargs = {"fmt": args.data_format} if args.data_format else None
-    log = sources.load_events(args.dataset, args.data_path, reader_kwargs=reader_kwargs)
+    log = sources.load_events(args.dataset, args.data_path, reader_kwargs=args.reader_kwargs())
     raw_summary = log.summary()
     if args.max_users:
         log = _first_users(log, args.max_users)

@@ -59,9 +59,6 @@ class NamedSource:
     terms: str = ""
     downloaders: tuple[Callable[[Path], Path], ...] = ()
 
-    def read(self, path: Path) -> EventLog:
-        return self.reader(path, **self.reader_kwargs)
-
 
 def _download_official_ml100k(dest: Path) -> Path:
     """Fetch the GroupLens zip and keep ``u.data``. Fails fast when offline."""
@@ -137,7 +134,9 @@ def resolve(name: str, data_path: str | os.PathLike | None = None) -> tuple[Path
                     return path / fname, SOURCES[name]
         if not path.exists():
             raise DataError("file not found", path=str(path))
-        return path, SOURCES.get(name)
+        src = SOURCES.get(name)
+        # the named source's reader applies only to its own files; anything else is sniffed
+        return path, src if src is not None and path.name in src.files else None
     if name not in SOURCES:
         raise DataError(f"unknown dataset {name!r}; known: {', '.join(sorted(SOURCES))}, "
                         "or give data_path")
@@ -168,10 +167,9 @@ def load_events(name: str, data_path: str | os.PathLike | None = None,
                 reader_kwargs: dict | None = None) -> EventLog:
     """Resolve a dataset and read it into an :class:`EventLog`."""
     path, src = resolve(name, data_path)
-    kwargs = dict(src.reader_kwargs) if src else {}
-    kwargs.update(reader_kwargs or {})
-    if src is not None:
-        return src.reader(path, **kwargs)
+    kwargs = dict(reader_kwargs or {})
+    if src is not None and "fmt" not in kwargs:
+        return src.reader(path, **{**src.reader_kwargs, **kwargs})
     return readers.read_events(path, **kwargs)
 
 

@@ -12,6 +12,20 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 
+def parse_mapping(text: str | None, what: str) -> dict[str, str] | None:
+    """``"a=b,c=d"`` -> ``{"a": "b", "c": "d"}`` (recipes are flat, so mappings are strings)."""
+    if not text:
+        return None
+    out: dict[str, str] = {}
+    for part in text.split(","):
+        key, eq, value = part.partition("=")
+        if not eq or not key.strip() or not value.strip():
+            from behavior_lm.errors import RecipeError
+            raise RecipeError(f"{what}: expected 'name=value' pairs separated by commas, got {part!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
 @dataclass
 class DataArguments:
     """Where events come from and how they become token streams."""
@@ -22,6 +36,12 @@ class DataArguments:
         "help": "Explicit file (or folder) to read instead of resolving the named dataset."})
     data_format: str | None = field(default=None, metadata={
         "help": "Reader for data_path: table, movielens, recbole, amazon, sequences, pairs (default: by name)."})
+    columns: str | None = field(default=None, metadata={
+        "help": "Generic tables: canonical=source column pairs, e.g. 'user_id=reviewerID,item_id=asin,timestamp=unixReviewTime'."})
+    column_names: list[str] | None = field(default=None, metadata={
+        "help": "Generic tables without a header: the column names in file order (e.g. user_id item_id category behavior timestamp)."})
+    behavior_map: str | None = field(default=None, metadata={
+        "help": "Rename behaviors, e.g. 'pv=browse,fav=favourite,cart=cart,buy=buy'; unmapped values are an error."})
     dedupe: bool = field(default=True, metadata={"help": "Drop exact-duplicate events."})
     min_rating: float | None = field(default=None, metadata={
         "help": "Keep only events whose value (rating) is >= this."})
@@ -42,6 +62,20 @@ class DataArguments:
         "help": "Put behavior tokens in the stream (default: when the log has more than one behavior)."})
     cache: bool = field(default=True, metadata={
         "help": "Reuse prepared token streams from the cache when the data and settings are unchanged."})
+
+    def reader_kwargs(self) -> dict:
+        """Options for the reader of ``data_path`` (generic tables take the mappings)."""
+        kwargs: dict = {}
+        if self.data_format:
+            kwargs["fmt"] = self.data_format
+        if self.columns:
+            kwargs["columns"] = parse_mapping(self.columns, "columns")
+        if self.behavior_map:
+            kwargs["behavior_map"] = parse_mapping(self.behavior_map, "behavior_map")
+        if self.column_names:
+            kwargs["header"] = False
+            kwargs["names"] = list(self.column_names)
+        return kwargs
 
 
 @dataclass

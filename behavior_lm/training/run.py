@@ -18,7 +18,6 @@ from pathlib import Path
 
 import yaml
 from transformers import EarlyStoppingCallback, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from behavior_lm.data.pipeline import prepare_data
 from behavior_lm.errors import RecipeError
@@ -53,8 +52,8 @@ def train(data_args: DataArguments, model_args: ModelArguments,
     if (final / "metrics.json").is_file() and not training_args.overwrite_output_dir:
         raise RecipeError(f"{final} already holds a finished run; pass --overwrite_output_dir true "
                           "or choose another --output_dir")
-    if (training_args.metric_for_best_model or "").removeprefix("eval_").split("@")[-1] not in {
-            str(k) for k in training_args.eval_ks} and training_args.metric_for_best_model:
+    _, at, best_k = (training_args.metric_for_best_model or "").rpartition("@")
+    if at and best_k not in {str(k) for k in training_args.eval_ks}:
         raise RecipeError(f"metric_for_best_model {training_args.metric_for_best_model!r} needs its K "
                           f"in eval_ks {training_args.eval_ks}")
     training_args.output_dir = str(partial / "checkpoints")
@@ -80,7 +79,7 @@ def train(data_args: DataArguments, model_args: ModelArguments,
 
     checkpoint = None
     if training_args.resume and Path(training_args.output_dir).is_dir():
-        checkpoint = get_last_checkpoint(training_args.output_dir)
+        checkpoint = last_complete_checkpoint(Path(training_args.output_dir))
         if checkpoint:
             logger.warning("resuming from %s", checkpoint)
     start = time.perf_counter()
@@ -102,6 +101,25 @@ def train(data_args: DataArguments, model_args: ModelArguments,
         _promote(partial, final)
     trainer.accelerator.wait_for_everyone()
     return final
+
+
+def last_complete_checkpoint(folder: Path) -> str | None:
+    """Newest ``checkpoint-N`` whose ``trainer_state.json`` (written last by the Trainer) parses.
+
+    The Trainer writes checkpoints in place, so a crash while saving leaves a partial folder;
+    resuming from it would fail, so such folders are skipped.
+    """
+    best: tuple[int, Path] | None = None
+    for path in folder.glob("checkpoint-*"):
+        state = path / "trainer_state.json"
+        try:
+            step = int(path.name.rsplit("-", 1)[1])
+            json.loads(state.read_text())
+        except (ValueError, OSError):
+            continue
+        if best is None or step > best[0]:
+            best = (step, path)
+    return str(best[1]) if best else None
 
 
 def _strip(metrics: dict, prefix: str) -> dict:

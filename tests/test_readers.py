@@ -1,0 +1,639 @@
+"""Readers: small fixture files written into tmp_path (never real datasets)."""
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import re
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from behavior_lm.data.events import DEFAULT_BEHAVIOR, EventLog
+from behavior_lm.data.readers import (
+    read_amazon_reviews,
+    read_events,
+    read_movielens,
+    read_pairs,
+    read_recbole_inter,
+    read_sequences,
+    read_table,
+)
+from behavior_lm.errors import DataError, RecipeError
+
+
+# ----------------------------------------------------------------------------- helpers
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    if name.endswith(".gz"):
+        path.write_bytes(gzip.compress(text.encode("utf-8")))
+    else:
+        path.write_bytes(text.encode("utf-8"))
+    return path
+
+
+def cols(log: EventLog) -> dict[str, list]:
+    d = log.table.to_pydict()
+    d["value"] = [None if v is None or (isinstance(v, float) and math.isnan(v)) else v
+                  for v in d["value"]]
+    return d
+
+
+def where(path: Path, line: int | None = None, field: str | None = None) -> str:
+    """Regex for the location prefix DataError puts in its message."""
+    out = re.escape(str(path))
+    if line is not None:
+        out += f":{line}"
+    out += ": "
+    if field is not None:
+        out += re.escape(f"field '{field}': ")
+    return "^" + out
+
+
+# ============================================================================= read_table
+def test_table_csv_with_mapping(tmp_path):
+    p = write(tmp_path, "reviews.csv",
+              "reviewerID,asin,unixReviewTime,overall,type,extra\n"
+              "A1,0001,1400000000,5.0,view,x\n"
+              "A2,B002,1400000100,3,buy,y\n"
+              "A1,B002,1400000200,,view,z\n")
+    log = read_table(p, columns={"user_id": "reviewerID", "item_id": "asin",
+                                 "timestamp": "unixReviewTime", "value": "overall",
+                                 "behavior": "type"})
+    assert log.source == str(p)
+    assert cols(log) == {
+        "user_id": ["A1", "A2", "A1"],
+        "item_id": ["0001", "B002", "B002"],  # leading zeros kept
+        "behavior": ["view", "buy", "view"],
+        "timestamp": [1400000000, 1400000100, 1400000200],
+        "value": [5.0, 3.0, None],
+        "line": [2, 3, 4],
+    }
+    assert log.table.column("value").null_count == 1
+
+
+def test_table_default_columns_file_order_and_blank_lines(tmp_path):
+    p = write(tmp_path, "log.csv", "user_id,item_id\nu1,a\n\nu2,b\n   \nu1,c\n\n")
+    log = read_table(p)
+    assert cols(log) == {
+        "user_id": ["u1", "u2", "u1"],
+        "item_id": ["a", "b", "c"],
+        "behavior": [DEFAULT_BEHAVIOR] * 3,
+        "timestamp": [0, 1, 2],
+        "value": [None, None, None],
+        "line": [2, 4, 6],
+    }
+
+
+def test_table_tsv_gz(tmp_path):
+    p = write(tmp_path, "events.tsv.gz",
+              "user_id\titem_id\ttimestamp\tvalue\n7\t"
+              'say "hi\t10\t1.5\n8\tx\t11\t2\n')
+    log = read_table(p)
+    assert log.source == str(p)
+    assert cols(log) == {
+        "user_id": ["7", "8"],
+        "item_id": ['say "hi', "x"],  # no quoting in TSV
+        "behavior": [DEFAULT_BEHAVIOR] * 2,
+        "timestamp": [10, 11],
+        "value": [1.5, 2.0],
+        "line": [2, 3],
+    }
+
+
+def test_table_taobao_headerless_with_behavior_map(tmp_path):
+    p = write(tmp_path, "UserBehavior.csv",
+              "1,2268318,2520377,pv,1511544070\n"
+              "1,2333346,2520771,cart,1511561733\n"
+              "2,2576651,149192,buy,1511572885\n")
+    log = read_table(p, header=False, names=["user", "item", "category", "behavior", "ts"],
+                     columns={"user_id": "user", "item_id": "item", "behavior": "behavior",
+                              "timestamp": "ts"},
+                     behavior_map={"pv": "browse", "cart": "cart", "buy": "purchase",
+                                   "fav": "fav"})
+    assert cols(log) == {
+        "user_id": ["1", "1", "2"],
+        "item_id": ["2268318", "2333346", "2576651"],
+        "behavior": ["browse", "cart", "purchase"],
+        "timestamp": [1511544070, 1511561733, 1511572885],
+        "value": [None, None, None],
+        "line": [1, 2, 3],
+    }
+
+
+def test_table_behavior_not_in_map(tmp_path):
+    p = write(tmp_path, "UserBehavior.csv", "1,10,1,pv,5\n1,11,1,fav,6\n")
+    with pytest.raises(DataError, match=where(p, 2, "behavior") + r".*'fav' is not in "
+                       r"behavior_map"):
+        read_table(p, header=False, names=["u", "i", "c", "b", "t"],
+                   columns={"user_id": "u", "item_id": "i", "behavior": "b", "timestamp": "t"},
+                   behavior_map={"pv": "browse"})
+
+
+def test_table_headerless_without_names_uses_positions(tmp_path):
+    p = write(tmp_path, "x.csv", "a,b,3\nc,d,4\n")
+    log = read_table(p, header=False, columns={"user_id": "0", "item_id": "1",
+                                               "timestamp": "2"})
+    assert cols(log)["user_id"] == ["a", "c"]
+    assert cols(log)["timestamp"] == [3, 4]
+    assert cols(log)["line"] == [1, 2]
+
+
+def test_table_iso_timestamps(tmp_path):
+    p = write(tmp_path, "iso.csv",
+              "user_id,item_id,timestamp\n"
+              "u,a,2020-01-01T00:00:00Z\n"
+              "u,b,2020-01-01T02:00:00+02:00\n"
+              "u,c,2020-01-02\n"
+              "u,d,2020-01-02 00:00:30\n"
+              "u,e,1577836800\n")
+    log = read_table(p)
+    assert cols(log)["timestamp"] == [1577836800, 1577836800, 1577923200, 1577923230,
+                                      1577836800]
+
+
+def test_table_quoted_newline_keeps_line_numbers(tmp_path):
+    p = write(tmp_path, "q.csv", 'user_id,item_id,note\nu,a,"two\nlines"\nu,b,x\n')
+    log = read_table(p)
+    assert cols(log)["item_id"] == ["a", "b"]
+    assert cols(log)["line"] == [2, 4]
+
+
+def test_table_parquet(tmp_path):
+    p = tmp_path / "events.parquet"
+    pq.write_table(pa.table({
+        "uid": pa.array([10, 11, 10], pa.int64()),
+        "iid": pa.array(["x", "y", "z"]),
+        "ts": pa.array([1_600_000_000, 1_600_000_000, 1_600_000_005], pa.int64()),
+        "rating": pa.array([1.0, None, 2.5]),
+    }), p)
+    log = read_table(p, columns={"user_id": "uid", "item_id": "iid", "timestamp": "ts",
+                                 "value": "rating"})
+    assert cols(log) == {
+        "user_id": ["10", "11", "10"],
+        "item_id": ["x", "y", "z"],
+        "behavior": [DEFAULT_BEHAVIOR] * 3,
+        "timestamp": [1_600_000_000, 1_600_000_000, 1_600_000_005],
+        "value": [1.0, None, 2.5],
+        "line": [1, 2, 3],
+    }
+
+
+def test_table_parquet_timestamp_type(tmp_path):
+    p = tmp_path / "events.pq"
+    pq.write_table(pa.table({
+        "user_id": ["u", "u"], "item_id": ["a", "b"],
+        "timestamp": pa.array([pd.Timestamp("2020-01-01"), pd.Timestamp("2020-01-01 00:00:07")],
+                              pa.timestamp("ms")),
+    }), p)
+    assert cols(read_table(p))["timestamp"] == [1577836800, 1577836807]
+
+
+def test_table_jsonl(tmp_path):
+    p = write(tmp_path, "events.jsonl",
+              '{"u": "007", "i": 12, "t": 5, "kind": "click", "other": {"x": [1]}}\n'
+              "\n"
+              '{"u": 8, "i": "B00", "t": "1970-01-01T00:00:06Z", "kind": "buy"}\n')
+    log = read_table(p, columns={"user_id": "u", "item_id": "i", "timestamp": "t",
+                                 "behavior": "kind"})
+    assert cols(log) == {
+        "user_id": ["007", "8"],
+        "item_id": ["12", "B00"],
+        "behavior": ["click", "buy"],
+        "timestamp": [5, 6],
+        "value": [None, None],
+        "line": [1, 3],
+    }
+
+
+def test_table_explicit_fmt_and_sep(tmp_path):
+    p = write(tmp_path, "log.txt", "user_id;item_id\nu;a\n")
+    assert cols(read_table(p, fmt="csv", sep=";"))["item_id"] == ["a"]
+    with pytest.raises(RecipeError, match="unknown table format 'xls'"):
+        read_table(p, fmt="xls")
+    with pytest.raises(DataError, match=where(p) + "cannot tell the table format"):
+        read_table(p)
+
+
+# ============================================================================= read_movielens
+def test_movielens_udata(tmp_path):
+    p = write(tmp_path, "u.data", "196\t242\t3\t881250949\n186\t302\t3\t891717742\n\n"
+                                  "22\t377\t1\t878887116\n")
+    assert cols(read_movielens(p)) == {
+        "user_id": ["196", "186", "22"],
+        "item_id": ["242", "302", "377"],
+        "behavior": [DEFAULT_BEHAVIOR] * 3,
+        "timestamp": [881250949, 891717742, 878887116],
+        "value": [3.0, 3.0, 1.0],
+        "line": [1, 2, 4],
+    }
+
+
+def test_movielens_udata_gz(tmp_path):
+    p = write(tmp_path, "u.data.gz", "1\t2\t5\t100\n")
+    log = read_movielens(p)
+    assert log.source == str(p)
+    assert cols(log)["item_id"] == ["2"] and cols(log)["value"] == [5.0]
+
+
+def test_movielens_ratings_dat(tmp_path):
+    p = write(tmp_path, "ratings.dat", "1::1193::5::978300760\r\n1::661::3::978302109\r\n")
+    assert cols(read_movielens(p)) == {
+        "user_id": ["1", "1"],
+        "item_id": ["1193", "661"],
+        "behavior": [DEFAULT_BEHAVIOR] * 2,
+        "timestamp": [978300760, 978302109],
+        "value": [5.0, 3.0],
+        "line": [1, 2],
+    }
+
+
+def test_movielens_ratings_csv(tmp_path):
+    p = write(tmp_path, "ratings.csv",
+              "userId,movieId,rating,timestamp\n1,1,4.0,964982703\n1,3,4.5,964981247\n")
+    assert cols(read_movielens(p)) == {
+        "user_id": ["1", "1"],
+        "item_id": ["1", "3"],
+        "behavior": [DEFAULT_BEHAVIOR] * 2,
+        "timestamp": [964982703, 964981247],
+        "value": [4.0, 4.5],
+        "line": [2, 3],
+    }
+
+
+@pytest.mark.parametrize("text", ["1::2::3::4\n", "userId,movieId,rating,timestamp\n1,2,3,4\n",
+                                  "1\t2\t3\t4\n"])
+def test_movielens_sniffs_content(tmp_path, text):
+    p = write(tmp_path, "renamed.txt", text)
+    log = read_movielens(p)
+    assert (cols(log)["user_id"], cols(log)["item_id"], cols(log)["value"],
+            cols(log)["timestamp"]) == (["1"], ["2"], [3.0], [4])
+
+
+def test_movielens_unknown_variant(tmp_path):
+    p = write(tmp_path, "mystery.txt", "\n1 2 3 4\n")
+    with pytest.raises(DataError, match=where(p, 2) + "cannot tell the MovieLens variant"):
+        read_movielens(p)
+
+
+# ============================================================================= read_recbole_inter
+def test_recbole_inter(tmp_path):
+    p = write(tmp_path, "ml-100k.inter",
+              "user_id:token\titem_id:token\trating:float\ttimestamp:float\treview:token_seq\n"
+              "196\t242\t3\t881250949\tgood film\n"
+              "186\t302\t3.5\t891717742.0\t\n")
+    assert cols(read_recbole_inter(p)) == {
+        "user_id": ["196", "186"],
+        "item_id": ["242", "302"],
+        "behavior": [DEFAULT_BEHAVIOR] * 2,
+        "timestamp": [881250949, 891717742],
+        "value": [3.0, 3.5],
+        "line": [2, 3],
+    }
+
+
+def test_recbole_inter_without_rating_or_time(tmp_path):
+    p = write(tmp_path, "x.inter", "session_id:token\tuser_id:token\titem_id:token\n"
+                                   "s\tu\ta\ns\tu\tb\n")
+    assert cols(read_recbole_inter(p)) == {
+        "user_id": ["u", "u"], "item_id": ["a", "b"], "behavior": [DEFAULT_BEHAVIOR] * 2,
+        "timestamp": [0, 1], "value": [None, None], "line": [2, 3],
+    }
+
+
+def test_recbole_missing_user_field(tmp_path):
+    p = write(tmp_path, "x.inter", "uid:token\titem_id:token\n1\t2\n")
+    with pytest.raises(DataError, match=where(p, 1, "user_id") + r"no 'user_id' field in the "
+                       r"header; the header has 'uid:token', 'item_id:token'"):
+        read_recbole_inter(p)
+
+
+# ============================================================================= read_amazon_reviews
+def test_amazon_jsonl_gz(tmp_path):
+    rows = [
+        {"reviewerID": "A2SUAM1J3GNN3B", "asin": "0000013714", "overall": 5.0,
+         "unixReviewTime": 1393545600, "reviewText": "line\nbreak", "helpful": [2, 3]},
+        {"reviewerID": "A14VAT5EAX3D9S", "asin": "0000013714", "overall": 4.0,
+         "unixReviewTime": 1363392000, "style": {"Format:": " Hardcover"}},
+    ]
+    p = write(tmp_path, "reviews_Musical_5.json.gz",
+              "".join(json.dumps(r) + "\n" for r in rows))
+    log = read_amazon_reviews(p)
+    assert log.source == str(p)
+    assert cols(log) == {
+        "user_id": ["A2SUAM1J3GNN3B", "A14VAT5EAX3D9S"],
+        "item_id": ["0000013714", "0000013714"],
+        "behavior": [DEFAULT_BEHAVIOR] * 2,
+        "timestamp": [1393545600, 1363392000],
+        "value": [5.0, 4.0],
+        "line": [1, 2],
+    }
+
+
+def test_amazon_ratings_csv(tmp_path):
+    p = write(tmp_path, "ratings_Beauty.csv",
+              "A39HTATAQ9V7YF,0205616461,5.0,1369699200\nA3JM6GV9MNOF9X,0558925278,3.0,1355443200\n")
+    assert cols(read_amazon_reviews(p)) == {
+        "user_id": ["A39HTATAQ9V7YF", "A3JM6GV9MNOF9X"],
+        "item_id": ["0205616461", "0558925278"],
+        "behavior": [DEFAULT_BEHAVIOR] * 2,
+        "timestamp": [1369699200, 1355443200],
+        "value": [5.0, 3.0],
+        "line": [1, 2],
+    }
+    p18 = write(tmp_path, "Beauty.csv.gz", "0205616461,A39HTATAQ9V7YF,5.0,1369699200\n")
+    log = read_amazon_reviews(p18, item_first=True)
+    assert (cols(log)["user_id"], cols(log)["item_id"]) == (["A39HTATAQ9V7YF"], ["0205616461"])
+
+
+# ============================================================================= sequences / pairs
+def test_sequences(tmp_path):
+    p = write(tmp_path, "Beauty.txt", "1 1 2 3\n2 4\n\n3 2 5\n")
+    assert cols(read_sequences(p)) == {
+        "user_id": ["1", "1", "1", "2", "3", "3"],
+        "item_id": ["1", "2", "3", "4", "2", "5"],
+        "behavior": [DEFAULT_BEHAVIOR] * 6,
+        "timestamp": [0, 1, 2, 3, 4, 5],
+        "value": [None] * 6,
+        "line": [1, 1, 1, 2, 4, 4],
+    }
+
+
+def test_sequences_gz_and_string_items(tmp_path):
+    p = write(tmp_path, "LastFM.txt.gz", "u1\tartist-a\tartist-b\n")
+    log = read_sequences(p)
+    assert cols(log)["item_id"] == ["artist-a", "artist-b"]
+    assert log.source == str(p)
+
+
+def test_pairs(tmp_path):
+    p = write(tmp_path, "ml-1m.txt", "1 10\n1 11\n\n2 10\n2  12\n")
+    assert cols(read_pairs(p)) == {
+        "user_id": ["1", "1", "2", "2"],
+        "item_id": ["10", "11", "10", "12"],
+        "behavior": [DEFAULT_BEHAVIOR] * 4,
+        "timestamp": [0, 1, 2, 3],
+        "value": [None] * 4,
+        "line": [1, 2, 4, 5],
+    }
+
+
+# ============================================================================= read_events
+def test_read_events_dispatch(tmp_path):
+    d = tmp_path / "ml"
+    d.mkdir()
+    udata = write(d, "u.data", "1\t2\t3\t4\n")
+    assert cols(read_events(udata))["value"] == [3.0]
+    inter = write(tmp_path, "x.inter", "user_id:token\titem_id:token\nu\ta\n")
+    assert cols(read_events(inter))["line"] == [2]
+    table = write(tmp_path, "t.csv", "a,b\nu,i\n")
+    log = read_events(table, columns={"user_id": "a", "item_id": "b"})
+    assert cols(log)["item_id"] == ["i"]
+    seq = write(tmp_path, "Beauty.txt", "u a b\n")
+    assert cols(read_events(seq, fmt="sequences"))["item_id"] == ["a", "b"]
+    pairs = write(tmp_path, "ml-1m.txt", "u a\n")
+    assert cols(read_events(pairs, "pairs"))["item_id"] == ["a"]
+    with pytest.raises(RecipeError, match="unknown event format 'excel'"):
+        read_events(seq, fmt="excel")
+    with pytest.raises(RecipeError, match="unexpected keyword argument"):
+        read_events(seq, fmt="sequences", columns={})
+
+
+# ============================================================================= bad input
+@pytest.mark.parametrize("reader", [read_table, read_movielens, read_recbole_inter,
+                                    read_amazon_reviews, read_sequences, read_pairs,
+                                    read_events])
+def test_missing_file(tmp_path, reader):
+    p = tmp_path / "nope.csv"
+    with pytest.raises(DataError) as err:
+        reader(p)
+    assert str(err.value) == f"{p}: file not found"
+    assert err.value.line is None and err.value.field is None
+
+
+# ---- malformed rows
+def test_udata_too_few_fields(tmp_path):
+    p = write(tmp_path, "u.data", "1\t2\t3\t4\n\n1\t2\t3\n")
+    with pytest.raises(DataError, match=where(p, 3, "timestamp") + r"3 fields on this row, "
+                       r"expected 4 tab-separated fields"):
+        read_movielens(p)
+
+
+def test_udata_too_many_fields(tmp_path):
+    p = write(tmp_path, "u.data", "1\t2\t3\t4\n1\t2\t3\t4\t5\n")
+    with pytest.raises(DataError, match=where(p, 2, "timestamp") + r"5 fields on this row, "
+                       r"expected 4"):
+        read_movielens(p)
+
+
+def test_udata_too_many_fields_on_first_line(tmp_path):
+    p = write(tmp_path, "u.data", "1\t2\t3\t4\t5\n1\t2\t3\t4\n")
+    with pytest.raises(DataError, match=where(p, 1, "timestamp") + r"5 fields on this row"):
+        read_movielens(p)
+
+
+def test_ratings_dat_malformed(tmp_path):
+    p = write(tmp_path, "ratings.dat", "1::2::3::4\n1::2::3\n")
+    with pytest.raises(DataError, match=where(p, 2, "timestamp") + r"3 fields on this row, "
+                       r"expected 4 '::'-separated fields"):
+        read_movielens(p)
+    p = write(tmp_path, "ratings.dat", "1::2::3::4\n1::2::3::4::5\n")
+    with pytest.raises(DataError, match=where(p, 2, "timestamp") + r"5 fields on this row"):
+        read_movielens(p)
+    p = write(tmp_path, "ratings.dat", "1::2::3::4\n1::2:5::3::4\n")
+    with pytest.raises(DataError, match=where(p, 2, "item_id") + r"stray ':' in '2:5'"):
+        read_movielens(p)
+
+
+def test_pairs_malformed(tmp_path):
+    p = write(tmp_path, "ml-1m.txt", "1 10\n1\n")
+    with pytest.raises(DataError, match=where(p, 2, "item_id") + r"1 fields on this row, "
+                       r"expected 2 whitespace-separated fields"):
+        read_pairs(p)
+    p = write(tmp_path, "ml-1m.txt", "1 10\n1 11 12\n")
+    with pytest.raises(DataError, match=where(p, 2, "item_id") + r"3 fields on this row"):
+        read_pairs(p)
+
+
+def test_csv_row_with_extra_field(tmp_path):
+    p = write(tmp_path, "log.csv", "user_id,item_id\nu,a\nu,b,c\n")
+    with pytest.raises(DataError, match=where(p, 3, "item_id") + r"3 fields on this row, "
+                       r"expected 2 \(the header has 2\)"):
+        read_table(p)
+
+
+def test_jsonl_bad_line(tmp_path):
+    p = write(tmp_path, "reviews.json",
+              '{"reviewerID": "A", "asin": "1", "unixReviewTime": 1, "overall": 5}\n'
+              "\n"
+              '{"reviewerID": "B", "asin": \n')
+    with pytest.raises(DataError, match=where(p, 3) + "not valid JSON"):
+        read_amazon_reviews(p)
+    p = write(tmp_path, "list.jsonl", '{"user_id": "a", "item_id": "b"}\n[1, 2]\n')
+    with pytest.raises(DataError, match=where(p, 2) + "expected a JSON object, found list"):
+        read_table(p)
+
+
+def test_sequence_user_without_items(tmp_path):
+    p = write(tmp_path, "Beauty.txt", "1 1 2\n2\n3 4\n")
+    with pytest.raises(DataError, match=where(p, 2, "item_id") + r"user '2' has no items"):
+        read_sequences(p)
+
+
+# ---- wrong column mapping
+def test_csv_mapped_column_not_in_file(tmp_path):
+    p = write(tmp_path, "reviews.csv", "reviewerID,asin,time\nA,1,5\n")
+    with pytest.raises(DataError, match=where(p, 1, "timestamp") + r"column 'unixReviewTime' "
+                       r"not found; the file has columns 'reviewerID', 'asin', 'time'"):
+        read_table(p, columns={"user_id": "reviewerID", "item_id": "asin",
+                               "timestamp": "unixReviewTime"})
+
+
+def test_csv_default_mapping_without_user_id(tmp_path):
+    p = write(tmp_path, "log.csv", "user,item_id\nu,a\n")
+    with pytest.raises(DataError, match=where(p, 1, "user_id") + r"no column named 'user_id'; "
+                       r"the file has columns 'user', 'item_id'"):
+        read_table(p)
+
+
+def test_jsonl_mapped_key_missing(tmp_path):
+    p = write(tmp_path, "reviews.jsonl", '\n{"user": "A", "asin": "1"}\n')
+    with pytest.raises(DataError, match=where(p, 2, "user_id") + r"no record has the key "
+                       r"'reviewerID'; the first record has keys 'user', 'asin'"):
+        read_amazon_reviews(p)
+
+
+def test_parquet_mapped_column_missing(tmp_path):
+    p = tmp_path / "e.parquet"
+    pq.write_table(pa.table({"u": ["a"], "i": ["b"]}), p)
+    with pytest.raises(DataError, match=re.escape(f"{p}: field 'item_id': column 'item' not "
+                                                  f"found; the file has columns 'u', 'i'")):
+        read_table(p, columns={"user_id": "u", "item_id": "item"})
+
+
+def test_mapping_must_name_user_and_item(tmp_path):
+    p = write(tmp_path, "log.csv", "a,b\n1,2\n")
+    with pytest.raises(RecipeError, match="must name 'item_id'"):
+        read_table(p, columns={"user_id": "a"})
+    with pytest.raises(RecipeError, match="unknown field.*'rating'"):
+        read_table(p, columns={"user_id": "a", "item_id": "b", "rating": "c"})
+
+
+# ---- empty logs
+@pytest.mark.parametrize("name,text,reader", [
+    ("empty.csv", "", read_table),
+    ("header.csv", "user_id,item_id\n", read_table),
+    ("header_blank.csv", "user_id,item_id\n\n\n", read_table),
+    ("u.data", "", read_movielens),
+    ("u.data.gz", "\n\n", read_movielens),
+    ("ratings.dat", "", read_movielens),
+    ("ratings.csv", "userId,movieId,rating,timestamp\n", read_movielens),
+    ("x.inter", "user_id:token\titem_id:token\n", read_recbole_inter),
+    ("reviews.json", "\n \n", read_amazon_reviews),
+    ("ratings.csv", "", read_amazon_reviews),
+    ("Beauty.txt", "\n\n", read_sequences),
+    ("ml-1m.txt", "", read_pairs),
+    ("e.jsonl", "", read_table),
+])
+def test_empty_log(tmp_path, name, text, reader):
+    p = write(tmp_path, name, text)
+    with pytest.raises(DataError, match=where(p) + "empty log"):
+        reader(p)
+
+
+def test_empty_parquet(tmp_path):
+    p = tmp_path / "e.parquet"
+    pq.write_table(pa.table({"user_id": pa.array([], pa.string()),
+                             "item_id": pa.array([], pa.string())}), p)
+    with pytest.raises(DataError, match=where(p) + "empty log"):
+        read_table(p)
+
+
+# ---- timestamps
+def test_csv_unparseable_timestamp(tmp_path):
+    p = write(tmp_path, "log.csv", "user_id,item_id,timestamp\nu,a,5\nu,b,yesterday\n")
+    with pytest.raises(DataError, match=where(p, 3, "timestamp") + r"cannot read 'yesterday' "
+                       r"as a timestamp"):
+        read_table(p)
+
+
+def test_udata_non_numeric_timestamp(tmp_path):
+    p = write(tmp_path, "u.data", "1\t2\t3\t4\n1\t2\t3\t4\n1\t2\t3\tx9\n")
+    with pytest.raises(DataError, match=where(p, 3, "timestamp")):
+        read_movielens(p)
+
+
+def test_fractional_timestamp_rejected_in_table_truncated_in_recbole(tmp_path):
+    p = write(tmp_path, "log.csv", "user_id,item_id,timestamp\nu,a,5\nu,b,5.5\n")
+    with pytest.raises(DataError, match=where(p, 3, "timestamp") + r"timestamp '5\.5' is not a "
+                       r"whole number of seconds"):
+        read_table(p)
+    q = write(tmp_path, "x.inter", "user_id:token\titem_id:token\ttimestamp:float\n"
+                                   "u\ta\t5.9\n")
+    assert cols(read_recbole_inter(q))["timestamp"] == [5]
+
+
+def test_mapped_timestamp_error_names_column(tmp_path):
+    p = write(tmp_path, "r.jsonl", '{"reviewerID": "A", "asin": "1", "unixReviewTime": "?", '
+                                   '"overall": 1}\n')
+    with pytest.raises(DataError, match=where(p, 1, "timestamp") + r".*\(column "
+                       r"'unixReviewTime'\)$"):
+        read_amazon_reviews(p)
+
+
+def test_missing_timestamp(tmp_path):
+    p = write(tmp_path, "log.csv", "user_id,item_id,timestamp\nu,a,5\nu,b,\n")
+    with pytest.raises(DataError, match=where(p, 3, "timestamp") + "missing timestamp"):
+        read_table(p)
+
+
+# ---- missing ids / bad values
+def test_csv_missing_item_id(tmp_path):
+    p = write(tmp_path, "log.csv", "user_id,item_id\nu,a\n\nu,\n")
+    with pytest.raises(DataError, match=where(p, 4, "item_id") + "missing value"):
+        read_table(p)
+
+
+def test_csv_missing_user_id(tmp_path):
+    p = write(tmp_path, "log.tsv", "user_id\titem_id\n\tb\n")
+    with pytest.raises(DataError, match=where(p, 2, "user_id") + "missing value"):
+        read_table(p)
+
+
+def test_udata_empty_field(tmp_path):
+    p = write(tmp_path, "u.data", "1\t2\t3\t4\n1\t\t3\t4\n")
+    with pytest.raises(DataError, match=where(p, 2, "item_id") + "missing value"):
+        read_movielens(p)
+
+
+def test_jsonl_missing_key_in_one_record(tmp_path):
+    p = write(tmp_path, "r.json",
+              '{"reviewerID": "A", "asin": "1", "unixReviewTime": 1, "overall": 5}\n'
+              '{"asin": "2", "unixReviewTime": 2, "overall": 5}\n')
+    with pytest.raises(DataError, match=where(p, 2, "user_id") + r"missing value.*"
+                       r"\(column 'reviewerID'\)"):
+        read_amazon_reviews(p)
+
+
+def test_non_numeric_value(tmp_path):
+    p = write(tmp_path, "ratings.csv", "userId,movieId,rating,timestamp\n1,2,five,3\n")
+    with pytest.raises(DataError, match=where(p, 2, "value") + r"not a number: 'five' "
+                       r"\(column 'rating'\)"):
+        read_movielens(p)
+
+
+def test_corrupt_gzip(tmp_path):
+    p = tmp_path / "u.data.gz"
+    p.write_bytes(b"not gzip at all")
+    with pytest.raises(DataError, match=where(p) + "cannot"):
+        read_movielens(p)
+
+
+def test_bad_utf8_names_line(tmp_path):
+    p = tmp_path / "log.csv"
+    p.write_bytes(b"user_id,item_id\nu,a\nu,\xff\n")
+    with pytest.raises(DataError, match=where(p, 3) + "not valid UTF-8"):
+        read_table(p)

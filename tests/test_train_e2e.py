@@ -1,0 +1,110 @@
+"""End to end on real data (ml-100k, a slice): recipe -> Trainer -> run directory -> evaluate.
+
+Small enough for CI (a slice of users, a tiny model, two epochs) but every part is the real one:
+the named-source resolution, the tokenizer, the Trainer, the harness and the CLI.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from behavior_lm.cli.main import main
+from behavior_lm.evaluation.run_eval import evaluate_run
+
+REPO = Path(__file__).resolve().parents[1]
+QUICKSTART = REPO / "recipes" / "quickstart" / "gpt2-ml-100k.yaml"
+TINY = ["--max_users", "60", "--max_length", "32", "--hidden_size", "16", "--num_layers", "1",
+        "--num_heads", "1", "--num_train_epochs", "2", "--per_device_train_batch_size", "16",
+        "--warmup_steps", "0", "--dataloader_num_workers", "0", "--disable_tqdm", "true"]
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    assert main(["train", str(QUICKSTART), *TINY, "--output_dir", str(out)]) == 0
+    return out
+
+
+def test_run_directory_is_complete(run_dir):
+    names = {p.name for p in run_dir.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+            "recipe.yaml", "training_args.json", "metrics.json", "results.md",
+            "training_curves.png", "log_history.json"} <= names
+    assert "checkpoints" not in names and not any(n.endswith(".bin") for n in names)
+    assert not run_dir.with_name(run_dir.name + ".partial").exists()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["protocol"]["candidates"] == "full" and metrics["protocol"]["filter_seen"] is True
+    for split in ("test", "validation"):
+        for k in (5, 10, 20):
+            for m in ("hr", "ndcg", "mrr"):
+                assert 0.0 <= metrics[split][f"{m}@{k}"] <= 1.0
+    assert metrics["test"]["num_examples"] if "num_examples" in metrics["test"] else True
+    assert metrics["data"]["prepared"]["users"] == 60
+    assert "popularity" in metrics["baselines"]["test"]
+    assert metrics["train"]["epochs_run"] == 2
+    table = (run_dir / "results.md").read_text()
+    assert "| gpt2 (" in table and "| popularity (floor) |" in table
+    assert (run_dir / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_auto_classes_load_the_run(run_dir):
+    tok = AutoTokenizer.from_pretrained(run_dir)
+    model = AutoModelForCausalLM.from_pretrained(run_dir)
+    assert model.config.vocab_size == len(tok)
+    assert model.config.model_type == "gpt2"
+
+
+def test_evaluate_reproduces_training_metrics(run_dir):
+    results, protocol = evaluate_run(run_dir)
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    ours = results["gpt2"]
+    for k in protocol.ks:
+        for m in ("hr", "ndcg", "mrr"):
+            assert ours[f"{m}@{k}"] == pytest.approx(saved["test"][f"{m}@{k}"], abs=1e-6)
+    pop = results["popularity (floor)"]
+    assert pop["ndcg@10"] == pytest.approx(saved["baselines"]["test"]["popularity"]["ndcg@10"])
+
+
+def test_existing_run_is_not_overwritten(run_dir, capsys):
+    recipe = REPO / "recipes" / "next-item" / "gpt2-beauty.yaml"  # overwrite_output_dir: false
+    assert main(["train", str(recipe), "--output_dir", str(run_dir)]) == 2
+    assert "already holds a finished run" in capsys.readouterr().err
+
+
+def test_crash_then_resume(tmp_path):
+    """Kill a run after its first checkpoint: nothing looks finished; the rerun resumes."""
+    out = tmp_path / "resumable"
+    partial = out.with_name("resumable.partial")
+    cmd = [sys.executable, "-m", "behavior_lm.cli.main", "train", str(QUICKSTART), *TINY,
+           "--num_train_epochs", "6", "--early_stopping_patience", "0", "--output_dir", str(out)]
+    env = dict(os.environ)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline:
+            done = list(partial.glob("checkpoints/checkpoint-*/trainer_state.json"))
+            if done or proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert not (out / "metrics.json").exists() and partial.is_dir()
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "resuming from" in rerun.stderr
+    assert (out / "metrics.json").is_file() and not partial.exists()
+    history = json.loads((out / "log_history.json").read_text())
+    assert max(h.get("epoch", 0) for h in history) == pytest.approx(6)
