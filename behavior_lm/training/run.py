@@ -85,14 +85,17 @@ def train(data_args: DataArguments, model_args: ModelArguments,
     start = time.perf_counter()
     train_output = trainer.train(resume_from_checkpoint=checkpoint)
     train_seconds = time.perf_counter() - start
+    trainer.remove_callback(EarlyStoppingCallback)  # final scoring is not a selection step
     val_metrics = trainer.evaluate(validation, metric_key_prefix="validation")
+    val_metrics["validation_num_examples"] = validation.num_rows
     test_metrics = trainer.evaluate(dsd["test"], metric_key_prefix="test")
+    test_metrics["test_num_examples"] = dsd["test"].num_rows
 
+    trainer.save_model(str(partial))  # model (safetensors) + tokenizer; writes on the main process
     if trainer.is_world_process_zero():
         protocol = protocol_for(data_args, training_args)
         baselines = evaluate_baselines(training_args.baselines, dsd["train"], dsd["test"], tokenizer,
                                        protocol, batch_size=training_args.per_device_eval_batch_size)
-        trainer.save_model(str(partial))  # model (safetensors) + tokenizer
         _write_run_files(partial, data_args, model_args, training_args, recipe, data.info, protocol,
                          trainer, train_output.metrics, train_seconds, val_metrics, test_metrics,
                          baselines, count_parameters(model))
@@ -155,6 +158,8 @@ def _write_run_files(run: Path, data_args, model_args, training_args, recipe, da
     effective.update({k: v for k, v in asdict(model_args).items()})
     (run / "recipe.yaml").write_text(yaml.safe_dump(effective, sort_keys=False))
     (run / "training_args.json").write_text(training_args.to_json_string())
+    # the Trainer also pickles its arguments; runs carry no pickles (JSON above says the same)
+    (run / "training_args.bin").unlink(missing_ok=True)
     rows = {model_name: metrics["test"], **{f"{b} (floor)": m for b, m in baselines.items()}}
     table = metrics_table(rows, protocol.ks)
     ds = data_info["dataset"]
