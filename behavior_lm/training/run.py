@@ -85,6 +85,7 @@ def train(data_args: DataArguments, model_args: ModelArguments,
     start = time.perf_counter()
     train_output = trainer.train(resume_from_checkpoint=checkpoint)
     train_seconds = time.perf_counter() - start
+    _sync_weights_from_main(trainer)
     trainer.remove_callback(EarlyStoppingCallback)  # final scoring is not a selection step
     val_metrics = trainer.evaluate(validation, metric_key_prefix="validation")
     val_metrics["validation_num_examples"] = validation.num_rows
@@ -104,6 +105,23 @@ def train(data_args: DataArguments, model_args: ModelArguments,
         _promote(partial, final)
     trainer.accelerator.wait_for_everyone()
     return final
+
+
+def _sync_weights_from_main(trainer: BehaviorTrainer) -> None:
+    """Make every process hold the main process's (best) weights before the final scoring.
+
+    With several processes, ``load_best_model_at_end`` may run on a replica before the main
+    process has finished writing the last checkpoint (the Trainer warns "Could not locate the best
+    model"); that replica would then score its shard of the test users with other weights. The
+    main process always has the best model, so broadcast it.
+    """
+    if trainer.accelerator.num_processes <= 1:
+        return
+    import torch.distributed as dist
+
+    trainer.accelerator.wait_for_everyone()
+    for tensor in trainer.model.state_dict().values():
+        dist.broadcast(tensor.data, src=0)
 
 
 def last_complete_checkpoint(folder: Path) -> str | None:
