@@ -80,3 +80,28 @@ def test_shared_research_copies_match_their_source_counts(name, file, counts):
         assert log.num_items == items
     if name == "taobao":
         assert set(log.behaviors) == {"pv", "cart", "fav", "buy"}
+
+
+def test_readme_taobao_mapping_needs_no_code(tmp_path):
+    """The README's generic-table example: column names + behavior map, through prepare_data."""
+    import gzip
+
+    from behavior_lm.cli.recipes import parse_recipe
+    from behavior_lm.data.pipeline import prepare_data
+
+    src = shared_dataset("taobao", "UserBehavior_head_whole_users.csv.gz")
+    csv = tmp_path / "UserBehavior.csv"
+    with gzip.open(src, "rt") as fh:
+        csv.write_text("".join(line for _, line in zip(range(3000), fh)))
+    recipe = tmp_path / "taobao.yaml"
+    recipe.write_text(f"dataset: taobao-local\ndata_path: {csv}\ndata_format: table\n"
+                      "column_names: [user_id, item_id, category, behavior, timestamp]\n"
+                      "behavior_map: pv=browse,cart=cart,fav=favourite,buy=buy\n"
+                      "min_user_events: 3\ncache: false\nmax_length: 64\n")
+    data_args, *_ = parse_recipe(recipe)
+    data = prepare_data(data_args)
+    assert data.with_behaviors
+    assert set(data.info["prepared"]["behaviors"]) <= {"browse", "cart", "favourite", "buy"}
+    assert "<browse>" in data.tokenizer.get_vocab()
+    first = data.tokenizer.convert_ids_to_tokens(data.datasets["train"][0]["input_ids"][:3])
+    assert first[0] == "[BOS]" and first[1].startswith("<") and first[2].startswith("i:")

@@ -210,3 +210,14 @@ def test_audit_temporal_cuts():
         Split(train=[s.slice(0, 3)], **good).audit()
     with pytest.raises(LeakageError, match=r"user 'u7': test target at line 13"):
         Split(**{**good, "train": [s.slice(0, 2)], "test": [example(s, s.slice(0, 2), 2)]}).audit()
+
+
+def test_sequence_file_events_share_a_line_but_are_distinct():
+    """In `uid i1 i2 ...` files every event of a user is on one line; timestamps tell them apart."""
+    s = seq("u1", "abcde", [0, 1, 2, 3, 4], [1, 1, 1, 1, 1])
+    split = leave_one_out([s], source=SOURCE)          # audits itself: must not raise
+    assert split.test[0].target_item == "e" and split.train[0].items == ["a", "b", "c"]
+    bad = Split(kind="leave_one_out", train=[s.slice(0, 3)], validation=[],
+                test=[example(s, s, 4)], source=SOURCE)
+    with pytest.raises(LeakageError, match="in its own history"):
+        bad.audit()

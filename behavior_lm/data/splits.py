@@ -9,7 +9,9 @@ Two protocols, one shape of result (:class:`Split`), so the evaluation harness i
 
 Every split is checked by :func:`audit` before it is returned; ``Split.audit()`` re-runs it (e.g.
 after a split was saved and loaded, or built by hand). An event's identity is its source
-``line``: two events with the same item and time are still different events.
+``(line, timestamp)``: two events with the same item and time on different lines are different
+events, and so are the events of a sequence file that share one line (their file-order
+timestamps differ).
 """
 from __future__ import annotations
 
@@ -111,11 +113,11 @@ def audit(split: Split) -> None:
     Checks, for every validation and test example:
 
     (a) no history event has a timestamp later than its target;
-    (b) the target event itself (same source line) is not in its own history.
+    (b) the target event itself (same source line and timestamp) is not in its own history.
 
     And for what training sees:
 
-    (c) leave-one-out: no training event of a user is later than, or the same event (line) as,
+    (c) leave-one-out: no training event of a user is later than, or the same event (line, timestamp) as,
         that user's validation / test targets;
         temporal: every training event is ``< valid_time``, every validation target is in
         ``[valid_time, test_time)`` and every test target is ``>= test_time``.
@@ -140,7 +142,7 @@ def _audit_example(ex: Example, part: str, src: str) -> None:
         raise LeakageError(
             f"user '{ex.user_id}': {part} example at line {ex.target_line} has the history of "
             f"user '{hist.user_id}'", path=src, line=ex.target_line, field="user_id")
-    if ex.target_line in hist.lines:
+    if (ex.target_line, ex.target_timestamp) in set(zip(hist.lines, hist.timestamps)):
         raise LeakageError(
             f"user '{ex.user_id}': {part} target (line {ex.target_line}) is in its own history",
             path=src, line=ex.target_line, field="line")
@@ -170,7 +172,7 @@ def _audit_loo_train(split: Split) -> None:
             continue
         latest = _argmax(seq.timestamps)
         for part, ex in user_targets:
-            if ex.target_line in seq.lines:
+            if (ex.target_line, ex.target_timestamp) in set(zip(seq.lines, seq.timestamps)):
                 raise LeakageError(
                     f"user '{seq.user_id}': {part} target (line {ex.target_line}) is also a "
                     f"training event", path=src, line=ex.target_line, field="line")
