@@ -68,6 +68,8 @@ def make_compute_metrics(ks: Sequence[int]):
 
     def compute_metrics(pred: EvalPrediction) -> dict[str, float]:
         ranks = np.asarray(pred.predictions).reshape(-1)
-        return ranking_metrics(ranks.astype(np.int64), ks)
+        metrics = ranking_metrics(ranks.astype(np.int64), ks)
+        metrics["num_ranked"] = int(ranks.size)  # after gathering: one per example, no duplicates
+        return metrics
 
     return compute_metrics
