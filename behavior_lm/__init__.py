@@ -14,6 +14,7 @@ from behavior_lm.data.events import EventLog
 from behavior_lm.data.pipeline import PreparedData, prepare_data
 from behavior_lm.data.readers import read_events
 from behavior_lm.data.sources import load_events
+from behavior_lm.models import rnn as _rnn  # noqa: F401  (registers GRU/LSTM with the Auto classes)
 from behavior_lm.errors import BehaviorLMError, DataError, RecipeError
 from behavior_lm.evaluation.metrics import rank_of_target, ranking_metrics
 from behavior_lm.evaluation.protocol import EvalProtocol

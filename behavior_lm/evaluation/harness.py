@@ -24,6 +24,7 @@ from behavior_lm.training.collators import BehaviorCollator
 from behavior_lm.training.trainer import score_ranks
 
 Scorer = Callable[[dict[str, torch.Tensor]], torch.Tensor]
+BASELINES = ("popularity", "markov")
 
 
 def model_scorer(model: PreTrainedModel) -> Scorer:
@@ -47,6 +48,45 @@ def popularity_scorer(train: Dataset, vocab_size: int) -> Scorer:
 
     def score(batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return scores.unsqueeze(0).expand(batch["input_ids"].size(0), -1)
+
+    return score
+
+
+def markov_scorer(train: Dataset, vocab_size: int, candidates: torch.Tensor) -> Scorer:
+    """First-order Markov floor: item-to-item transition counts from the training streams.
+
+    A user's scores are the counts of transitions out of their last item; popularity (scaled
+    below one transition) breaks ties, so users whose last item was never followed still get a
+    sensible list instead of a constant one. Counts are kept sparse (CSR), never ``vocab x vocab``.
+    """
+    prev_parts, next_parts = [], []
+    popularity = np.zeros(vocab_size, dtype=np.float64)
+    is_item = candidates.numpy()
+    for ids in train["input_ids"]:
+        seq = np.asarray(ids, dtype=np.int64)
+        seq = seq[is_item[seq]]                  # item tokens only (skips [BOS], behaviors)
+        np.add.at(popularity, seq, 1.0)
+        if seq.size > 1:
+            prev_parts.append(seq[:-1])
+            next_parts.append(seq[1:])
+    prev = np.concatenate(prev_parts) if prev_parts else np.zeros(0, dtype=np.int64)
+    nxt = np.concatenate(next_parts) if next_parts else np.zeros(0, dtype=np.int64)
+    pairs, counts = np.unique(prev * vocab_size + nxt, return_counts=True)
+    rows, cols = np.divmod(pairs, vocab_size)
+    indptr = np.searchsorted(rows, np.arange(vocab_size + 1))          # CSR row starts
+    tie_break = torch.as_tensor(popularity / (popularity.max() + 1.0), dtype=torch.float32)
+
+    def score(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        out = tie_break.unsqueeze(0).repeat(ids.size(0), 1)              # (B, V)
+        for b in range(ids.size(0)):
+            real = ids[b][mask[b].bool()].numpy()
+            real = real[is_item[real]]
+            if real.size:
+                last = int(real[-1])
+                lo, hi = indptr[last], indptr[last + 1]
+                out[b, torch.as_tensor(cols[lo:hi])] += torch.as_tensor(counts[lo:hi], dtype=torch.float32)
+        return out
 
     return score
 
@@ -93,8 +133,10 @@ def evaluate_baselines(names: Iterable[str], train: Dataset, dataset: Dataset,
     for name in names:
         if name == "popularity":
             scorer = popularity_scorer(train, len(tokenizer))
+        elif name == "markov":
+            scorer = markov_scorer(train, len(tokenizer), item_mask(tokenizer))
         else:
-            raise ValueError(f"unknown baseline {name!r}; known: popularity")
+            raise ValueError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)}")
         results[name] = evaluate_scorer(scorer, dataset, tokenizer, protocol,
                                         batch_size=batch_size, desc=name)
     return results

@@ -11,7 +11,9 @@ from transformers import (AutoConfig, AutoModelForCausalLM, PreTrainedConfig, Pr
 
 from behavior_lm.training.arguments import ModelArguments
 
-CAUSAL_MODEL_TYPES = ("gpt2", "llama")
+from behavior_lm.models.rnn import BehaviorRNNConfig
+
+CAUSAL_MODEL_TYPES = ("gpt2", "llama", "gru", "lstm")
 
 
 def build_config(args: ModelArguments, tokenizer: PreTrainedTokenizerBase, max_length: int) -> PreTrainedConfig:
@@ -31,6 +33,9 @@ def build_config(args: ModelArguments, tokenizer: PreTrainedTokenizerBase, max_l
             num_hidden_layers=args.num_layers, num_attention_heads=args.num_heads,
             num_key_value_heads=args.num_heads, max_position_embeddings=max_length,
             attention_dropout=args.dropout, **ids)
+    if args.model_type in ("gru", "lstm"):
+        return BehaviorRNNConfig(hidden_size=args.hidden_size, num_hidden_layers=args.num_layers,
+                                 cell=args.model_type, dropout=args.dropout, **ids)
     raise ValueError(f"unknown model_type {args.model_type!r}; known: {', '.join(CAUSAL_MODEL_TYPES)}")
 
 

@@ -82,10 +82,10 @@ class DataArguments:
 class ModelArguments:
     """The model, built from a config (no Hub download)."""
 
-    model_type: str = field(default="gpt2", metadata={"help": "gpt2 or llama (causal next-behavior models)."})
+    model_type: str = field(default="gpt2", metadata={"help": "gpt2, llama, gru or lstm (next-behavior models)."})
     hidden_size: int = field(default=64, metadata={"help": "Embedding / hidden width."})
-    num_layers: int = field(default=2, metadata={"help": "Transformer blocks."})
-    num_heads: int = field(default=2, metadata={"help": "Attention heads."})
+    num_layers: int = field(default=2, metadata={"help": "Transformer blocks (or stacked recurrent layers)."})
+    num_heads: int = field(default=2, metadata={"help": "Attention heads (ignored by gru/lstm)."})
     intermediate_size: int | None = field(default=None, metadata={"help": "MLP width (default 4 x hidden)."})
     dropout: float = field(default=0.2, metadata={"help": "Dropout on embeddings, attention and residuals."})
     tie_word_embeddings: bool = field(default=True, metadata={
@@ -104,8 +104,8 @@ class BehaviorTrainingArguments(TrainingArguments):
         "help": "Stop after this many evaluations without a better validation metric (0: never)."})
     max_eval_users: int | None = field(default=None, metadata={
         "help": "Validate on at most this many users (a fixed random subset) to save time; test uses all."})
-    baselines: list[str] = field(default_factory=lambda: ["popularity"], metadata={
-        "help": "Floors scored by the same harness next to the model (popularity)."})
+    baselines: list[str] = field(default_factory=lambda: ["popularity", "markov"], metadata={
+        "help": "Floors scored by the same harness next to the model (popularity, markov)."})
     keep_checkpoints: bool = field(default=False, metadata={
         "help": "Keep Trainer checkpoints in the finished run directory (default: only the best model)."})
     overwrite_output_dir: bool = field(default=False, metadata={

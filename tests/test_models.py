@@ -1,0 +1,128 @@
+"""One matrix over every registered next-behavior model type (tiny configs built here):
+Auto resolution, save/load equality, two Trainer steps change the weights, the harness scores it."""
+from __future__ import annotations
+
+import torch
+import pytest
+from datasets import Dataset
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification,
+                          AutoTokenizer, TrainingArguments)
+
+import behavior_lm  # noqa: F401  (registers the GRU/LSTM classes)
+from behavior_lm.evaluation.harness import evaluate_baselines, evaluate_model, markov_scorer
+from behavior_lm.evaluation.protocol import EvalProtocol
+from behavior_lm.models.auto import CAUSAL_MODEL_TYPES, build_model
+from behavior_lm.models.rnn import BehaviorRNNConfig
+from behavior_lm.tokenization.behavior_tokenizer import build_tokenizer, item_mask
+from behavior_lm.training.arguments import ModelArguments
+from behavior_lm.training.collators import BehaviorCollator
+from behavior_lm.training.trainer import BehaviorTrainer, make_compute_metrics
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_tokenizer([str(i) for i in range(12)], max_length=16)
+
+
+def tiny(model_type, tok):
+    args = ModelArguments(model_type=model_type, hidden_size=16, num_layers=2, num_heads=2, dropout=0.0)
+    return build_model(args, tok, 16)
+
+
+def data(tok):
+    ids = tok.convert_tokens_to_ids
+    bos = tok.bos_token_id
+    train = Dataset.from_dict({"input_ids": [[bos] + ids([f"i:{(u + j) % 12}" for j in range(6)])
+                                             for u in range(8)]})
+    evals = Dataset.from_dict({"input_ids": [[bos] + ids(["i:1", "i:2"]), [bos] + ids(["i:5"])],
+                               "target": ids(["i:3", "i:6"]), "seen": [ids(["i:1", "i:2"]), ids(["i:5"])]})
+    return train, evals
+
+
+@pytest.mark.parametrize("model_type", CAUSAL_MODEL_TYPES)
+def test_auto_resolution_and_save_load_equality(model_type, tok, tmp_path):
+    model = tiny(model_type, tok).eval()
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    config = AutoConfig.from_pretrained(tmp_path)
+    assert type(config) is type(model.config)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert type(loaded) is type(model)
+    assert (tmp_path / "model.safetensors").is_file()
+    x = AutoTokenizer.from_pretrained(tmp_path)("i:1 i:2 i:3", return_tensors="pt")
+    with torch.no_grad():
+        assert torch.allclose(model(**x).logits, loaded(**x).logits, atol=1e-6)
+    assert loaded.get_output_embeddings().weight.data_ptr() == \
+        loaded.get_input_embeddings().weight.data_ptr()  # tied, as declared
+
+
+@pytest.mark.parametrize("model_type", CAUSAL_MODEL_TYPES)
+def test_two_trainer_steps_change_weights_and_harness_scores(model_type, tok, tmp_path):
+    model = tiny(model_type, tok)
+    train, evals = data(tok)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=4,
+                             learning_rate=1e-2, report_to="none", remove_unused_columns=False,
+                             save_strategy="no", disable_tqdm=True, use_cpu=True)
+    trainer = BehaviorTrainer(model=model, args=args, train_dataset=train, eval_dataset=evals,
+                              data_collator=BehaviorCollator(tok.pad_token_id),
+                              compute_metrics=make_compute_metrics([1, 5]),
+                              item_mask=item_mask(tok, model.get_output_embeddings().out_features))
+    trainer.train()
+    changed = [n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())]
+    assert changed, "no parameter changed after two steps"
+    metrics = trainer.evaluate()
+    for key in ("eval_hr@1", "eval_ndcg@5", "eval_mrr@5", "eval_loss"):
+        assert key in metrics
+    assert metrics["eval_num_ranked"] == 2
+    # the standalone harness gives the same numbers as the Trainer's evaluation step
+    protocol = EvalProtocol(ks=(1, 5))
+    direct = evaluate_model(model, evals, tok, protocol, batch_size=1)
+    for k in ("hr@1", "ndcg@5", "mrr@5"):
+        assert direct[k] == pytest.approx(metrics[f"eval_{k}"], abs=1e-6)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_rnn_sequence_classification_head(cell, tmp_path):
+    cfg = BehaviorRNNConfig(vocab_size=20, hidden_size=8, cell=cell, num_labels=3)
+    model = AutoModelForSequenceClassification.from_config(cfg).eval()
+    x = torch.tensor([[3, 4, 5, 0], [6, 7, 0, 0]])
+    mask = (x != 0).long()
+    out = model(input_ids=x, attention_mask=mask, labels=torch.tensor([0, 2]))
+    assert out.logits.shape == (2, 3) and out.loss.item() > 0
+    # the pooled state is the last real token's: padding more does not change the logits
+    wider = torch.cat([x, torch.zeros(2, 3, dtype=torch.long)], 1)
+    assert torch.allclose(model(input_ids=wider, attention_mask=(wider != 0).long()).logits, out.logits)
+    model.save_pretrained(tmp_path)
+    again = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    assert torch.allclose(again(input_ids=x, attention_mask=mask).logits, out.logits)
+
+
+def test_rnn_initialisation():
+    for cell in ("gru", "lstm"):
+        m = AutoModelForCausalLM.from_config(BehaviorRNNConfig(vocab_size=20, hidden_size=8, cell=cell))
+        w = m.rnn.encoder.weight_hh_l0                      # (gates * 8, 8), orthogonal columns
+        assert torch.allclose(w.T @ w, torch.eye(8), atol=1e-5)
+        bias = m.rnn.encoder.bias_ih_l0
+        if cell == "lstm":
+            assert bias[8:16].tolist() == [1.0] * 8 and bias[:8].abs().sum() == 0
+        else:
+            assert bias.abs().sum() == 0
+
+
+def test_markov_floor_against_hand_counts(tok):
+    ids = tok.convert_tokens_to_ids
+    bos = tok.bos_token_id
+    train = Dataset.from_dict({"input_ids": [[bos] + ids(["i:1", "i:2", "i:1", "i:3"]),
+                                             [bos] + ids(["i:1", "i:2"])]})
+    scorer = markov_scorer(train, len(tok), item_mask(tok))
+    batch = BehaviorCollator(tok.pad_token_id)([{"input_ids": [bos] + ids(["i:4", "i:1"]),
+                                                 "target": ids("i:2"), "seen": []}])
+    scores = scorer(batch)[0]
+    # transitions out of i:1: -> i:2 twice, -> i:3 once; popularity only breaks ties (< 1)
+    assert scores[ids("i:2")] > scores[ids("i:3")] > scores[ids("i:4")]
+    assert scores[ids("i:2")] == pytest.approx(2 + 2 / 4, abs=1e-6)   # count + pop(2) / (max 3 + 1)
+    evals = Dataset.from_dict({"input_ids": [[bos] + ids(["i:4", "i:1"])], "target": [ids("i:3")],
+                               "seen": [[]]})
+    res = evaluate_baselines(["popularity", "markov"], train, evals, tok, EvalProtocol(ks=(1, 2)))
+    assert res["markov"]["hr@2"] == 1.0 and res["markov"]["hr@1"] == 0.0
