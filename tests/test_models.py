@@ -5,17 +5,19 @@ from __future__ import annotations
 import torch
 import pytest
 from datasets import Dataset
-from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification,
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM,
+                          AutoModelForSequenceClassification,
                           AutoTokenizer, TrainingArguments)
 
 import behavior_lm  # noqa: F401  (registers the GRU/LSTM classes)
 from behavior_lm.evaluation.harness import evaluate_baselines, evaluate_model, markov_scorer
 from behavior_lm.evaluation.protocol import EvalProtocol
-from behavior_lm.models.auto import CAUSAL_MODEL_TYPES, build_model
+from behavior_lm.models.auto import MODEL_TYPES, build_model
 from behavior_lm.models.rnn import BehaviorRNNConfig
 from behavior_lm.tokenization.behavior_tokenizer import build_tokenizer, item_mask
 from behavior_lm.training.arguments import ModelArguments
 from behavior_lm.training.collators import BehaviorCollator
+from behavior_lm.training.run import make_collator
 from behavior_lm.training.trainer import BehaviorTrainer, make_compute_metrics
 
 
@@ -39,14 +41,15 @@ def data(tok):
     return train, evals
 
 
-@pytest.mark.parametrize("model_type", CAUSAL_MODEL_TYPES)
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
 def test_auto_resolution_and_save_load_equality(model_type, tok, tmp_path):
     model = tiny(model_type, tok).eval()
     model.save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
     config = AutoConfig.from_pretrained(tmp_path)
     assert type(config) is type(model.config)
-    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    auto = AutoModelForMaskedLM if model_type == "bert4rec" else AutoModelForCausalLM
+    loaded = auto.from_pretrained(tmp_path).eval()
     assert type(loaded) is type(model)
     assert (tmp_path / "model.safetensors").is_file()
     x = AutoTokenizer.from_pretrained(tmp_path)("i:1 i:2 i:3", return_tensors="pt")
@@ -56,7 +59,7 @@ def test_auto_resolution_and_save_load_equality(model_type, tok, tmp_path):
         loaded.get_input_embeddings().weight.data_ptr()  # tied, as declared
 
 
-@pytest.mark.parametrize("model_type", CAUSAL_MODEL_TYPES)
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
 def test_two_trainer_steps_change_weights_and_harness_scores(model_type, tok, tmp_path):
     model = tiny(model_type, tok)
     train, evals = data(tok)
@@ -64,8 +67,9 @@ def test_two_trainer_steps_change_weights_and_harness_scores(model_type, tok, tm
     args = TrainingArguments(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=4,
                              learning_rate=1e-2, report_to="none", remove_unused_columns=False,
                              save_strategy="no", disable_tqdm=True, use_cpu=True)
+    collator = make_collator(ModelArguments(model_type=model_type), tok)
     trainer = BehaviorTrainer(model=model, args=args, train_dataset=train, eval_dataset=evals,
-                              data_collator=BehaviorCollator(tok.pad_token_id),
+                              data_collator=collator,
                               compute_metrics=make_compute_metrics([1, 5]),
                               item_mask=item_mask(tok, model.get_output_embeddings().out_features))
     trainer.train()
@@ -126,3 +130,27 @@ def test_markov_floor_against_hand_counts(tok):
                                "seen": [[]]})
     res = evaluate_baselines(["popularity", "markov"], train, evals, tok, EvalProtocol(ks=(1, 2)))
     assert res["markov"]["hr@2"] == 1.0 and res["markov"]["hr@1"] == 0.0
+
+
+def test_cloze_collator_masks_items_and_always_the_last(tok):
+    collator = make_collator(ModelArguments(model_type="bert4rec", mask_probability=0.0), tok)
+    ids = tok.convert_tokens_to_ids
+    rows = [{"input_ids": [tok.bos_token_id] + ids(["i:1", "i:2", "i:3"])},
+            {"input_ids": [tok.bos_token_id] + ids(["i:4"])}]
+    batch = collator(rows)
+    m = tok.mask_token_id
+    assert batch["input_ids"].tolist() == [[tok.bos_token_id] + ids(["i:1", "i:2"]) + [m],
+                                           [tok.bos_token_id, m, tok.pad_token_id, tok.pad_token_id]]
+    assert batch["labels"].tolist() == [[-100, -100, -100, ids("i:3")], [-100, ids("i:4"), -100, -100]]
+    everything = make_collator(ModelArguments(model_type="bert4rec", mask_probability=1.0), tok)(rows)
+    assert (everything["input_ids"][0, 1:] == m).all()            # items masked, [BOS] never
+    assert everything["input_ids"][0, 0] == tok.bos_token_id
+
+
+def test_masked_scoring_appends_mask_after_history(tok):
+    from behavior_lm.evaluation.scoring import append_mask_token
+    ids = torch.tensor([[2, 10, 11, 0], [2, 12, 0, 0]])
+    att = (ids != 0).long()
+    new_ids, new_att, pos = append_mask_token(ids, att, 4, 0)
+    assert new_ids.tolist() == [[2, 10, 11, 4, 0], [2, 12, 4, 0, 0]]
+    assert pos.tolist() == [3, 2] and new_att.sum(1).tolist() == [4, 3]

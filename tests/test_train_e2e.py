@@ -126,3 +126,24 @@ def test_accelerate_launch_two_processes(tmp_path):
     assert metrics["test"]["num_examples"] == metrics["test"]["num_ranked"] == 60
     assert metrics["validation"]["num_ranked"] == 60
     assert not out.with_name("ddp.partial").exists()
+
+
+def test_compare_two_models_one_table(tmp_path, capsys):
+    gru = REPO / "recipes" / "next-item" / "gru-ml-100k.yaml"
+    bert = REPO / "recipes" / "next-item" / "bert4rec-ml-100k.yaml"
+    out = tmp_path / "cmp"
+    assert main(["compare", str(gru), str(bert), "--output_dir", str(out), *TINY]) == 0
+    table = (out / "comparison.md").read_text()
+    for row in ("| gru-ml-100k |", "| bert4rec-ml-100k |", "| popularity (floor) |", "| markov (floor) |"):
+        assert row in table
+    assert (out / "comparison.png").read_bytes()[:4] == b"\x89PNG"
+    data = json.loads((out / "comparison.json").read_text())
+    assert data["models"]["bert4rec-ml-100k"]["model_type"] == "bert4rec"
+    # a second call reuses the finished runs (no retraining) and a different split is refused
+    mtime = (out / "gru-ml-100k" / "metrics.json").stat().st_mtime
+    assert main(["compare", str(gru), "--output_dir", str(out), *TINY]) == 0
+    assert (out / "gru-ml-100k" / "metrics.json").stat().st_mtime == mtime
+    capsys.readouterr()
+    beauty = REPO / "recipes" / "next-item" / "gpt2-beauty.yaml"
+    assert main(["compare", str(gru), str(beauty), "--output_dir", str(tmp_path / "x")]) == 2
+    assert "data settings differ" in capsys.readouterr().err

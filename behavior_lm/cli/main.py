@@ -50,7 +50,24 @@ def _evaluate(argv: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "evaluate": _evaluate}
+def _compare(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="behavior-lm compare",
+        description="Train several recipes on one split; write one table and one chart. "
+                    "Extra --key value flags apply to every recipe.")
+    parser.add_argument("recipes", nargs="+", help="recipe YAML files (same data settings)")
+    parser.add_argument("--output_dir", required=True, help="folder for the runs and the comparison")
+    args, overrides = parser.parse_known_args(argv)
+    from behavior_lm.training.compare import compare
+
+    out = compare(args.recipes, args.output_dir, overrides)
+    if _is_main_process():
+        print((out / "comparison.md").read_text())
+        print(f"comparison written to {out}")
+    return 0
+
+
+COMMANDS = {"train": _train, "evaluate": _evaluate, "compare": _compare}
 
 
 def _is_main_process() -> bool:
@@ -60,9 +77,10 @@ def _is_main_process() -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: behavior-lm {train,evaluate} ...\n\n"
+        print("usage: behavior-lm {train,evaluate,compare} ...\n\n"
               "  train RECIPE [--key value ...]   train + evaluate a recipe, write a run directory\n"
-              "  evaluate RUN_DIR [--split test]  score a finished run with the harness",
+              "  evaluate RUN_DIR [--split test]  score a finished run with the harness\n"
+              "  compare RECIPE... --output_dir D train several recipes on one split, one table + chart",
               file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

@@ -95,7 +95,8 @@ def prepare_data(args: DataArguments, template: str = "causal") -> PreparedData:
     tokenizer = build_tokenizer(catalogue, behaviors if with_behaviors else (),
                                 template=template, max_length=args.max_length)
     dsd = build_dataset_dict(split, tokenizer, max_length=args.max_length,
-                             with_behaviors=with_behaviors, train_windows_mode=args.train_windows)
+                             with_behaviors=with_behaviors, train_windows_mode=args.train_windows,
+                             reserve=1 if template == "masked" else 0)
     n_events = sum(len(s) for s in sequences)
     info = {
         "dataset": args.dataset, "source": str(path), "terms": src.terms if src else "",

@@ -73,8 +73,12 @@ def _examples_dataset(examples: Sequence[Example], tokenizer: PreTrainedTokenize
 
 
 def build_dataset_dict(split: Split, tokenizer: PreTrainedTokenizerBase, *, max_length: int,
-                       with_behaviors: bool, train_windows_mode: str = "all") -> DatasetDict:
-    """Tokenize a :class:`Split` into ``train`` / ``validation`` / ``test``."""
+                       with_behaviors: bool, train_windows_mode: str = "all",
+                       reserve: int = 0) -> DatasetDict:
+    """Tokenize a :class:`Split` into ``train`` / ``validation`` / ``test``.
+
+    ``reserve`` leaves that many free positions in ranking rows (masked models append ``[MASK]``).
+    """
     users: list[str] = []
     texts: list[str] = []
     for seq in split.train:
@@ -87,6 +91,6 @@ def build_dataset_dict(split: Split, tokenizer: PreTrainedTokenizerBase, *, max_
     for name in ("validation", "test"):
         examples = getattr(split, name)
         if examples:
-            parts[name] = _examples_dataset(examples, tokenizer, max_length=max_length,
+            parts[name] = _examples_dataset(examples, tokenizer, max_length=max_length - reserve,
                                             with_behaviors=with_behaviors)
     return DatasetDict(parts)

@@ -11,12 +11,13 @@ import json
 from pathlib import Path
 
 import yaml
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
 from behavior_lm.data.pipeline import prepare_data
 from behavior_lm.errors import RecipeError
 from behavior_lm.evaluation.harness import evaluate_baselines, evaluate_model
 from behavior_lm.evaluation.protocol import EvalProtocol
+from behavior_lm.models.auto import MASKED_MODEL_TYPES, template_for
 from behavior_lm.training.arguments import DataArguments
 
 
@@ -35,11 +36,13 @@ def evaluate_run(run_dir: str | Path, *, split: str = "test", batch_size: int = 
         protocol = dataclasses.replace(protocol, filter_seen=filter_seen)
 
     tokenizer = AutoTokenizer.from_pretrained(run)
-    data = prepare_data(data_args, template="causal")
+    model_type = saved.get("model_type", "gpt2")
+    data = prepare_data(data_args, template=template_for(model_type))
     if data.tokenizer.get_vocab() != tokenizer.get_vocab():
         raise RecipeError(f"{run}: the data prepared from recipe.yaml has a different vocabulary "
                           "than the saved tokenizer (did the dataset file change?)")
-    model = AutoModelForCausalLM.from_pretrained(run)
+    auto = AutoModelForMaskedLM if model_type in MASKED_MODEL_TYPES else AutoModelForCausalLM
+    model = auto.from_pretrained(run)
     dataset = data.datasets[split]
     results = {saved.get("model_type", "model"): evaluate_model(model, dataset, tokenizer, protocol,
                                                                batch_size=batch_size)}

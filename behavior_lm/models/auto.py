@@ -6,14 +6,21 @@ Special token ids come from the tokenizer, never from constants.
 """
 from __future__ import annotations
 
-from transformers import (AutoConfig, AutoModelForCausalLM, PreTrainedConfig, PreTrainedModel,
-                          PreTrainedTokenizerBase)
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, PreTrainedConfig,
+                          PreTrainedModel, PreTrainedTokenizerBase)
 
 from behavior_lm.training.arguments import ModelArguments
 
 from behavior_lm.models.rnn import BehaviorRNNConfig
 
 CAUSAL_MODEL_TYPES = ("gpt2", "llama", "gru", "lstm")
+MASKED_MODEL_TYPES = ("bert4rec",)
+MODEL_TYPES = CAUSAL_MODEL_TYPES + MASKED_MODEL_TYPES
+
+
+def template_for(model_type: str) -> str:
+    """Which token template (``tokenizer/grammar.json``) a model type trains on."""
+    return "masked" if model_type in MASKED_MODEL_TYPES else "causal"
 
 
 def build_config(args: ModelArguments, tokenizer: PreTrainedTokenizerBase, max_length: int) -> PreTrainedConfig:
@@ -33,15 +40,25 @@ def build_config(args: ModelArguments, tokenizer: PreTrainedTokenizerBase, max_l
             num_hidden_layers=args.num_layers, num_attention_heads=args.num_heads,
             num_key_value_heads=args.num_heads, max_position_embeddings=max_length,
             attention_dropout=args.dropout, **ids)
+    if args.model_type == "bert4rec":
+        return AutoConfig.for_model(
+            "bert", hidden_size=args.hidden_size, num_hidden_layers=args.num_layers,
+            num_attention_heads=args.num_heads, intermediate_size=inner,
+            max_position_embeddings=max_length, hidden_dropout_prob=args.dropout,
+            attention_probs_dropout_prob=args.dropout, type_vocab_size=1,
+            mask_token_id=tokenizer.mask_token_id, **ids)
     if args.model_type in ("gru", "lstm"):
         return BehaviorRNNConfig(hidden_size=args.hidden_size, num_hidden_layers=args.num_layers,
                                  cell=args.model_type, dropout=args.dropout, **ids)
-    raise ValueError(f"unknown model_type {args.model_type!r}; known: {', '.join(CAUSAL_MODEL_TYPES)}")
+    raise ValueError(f"unknown model_type {args.model_type!r}; known: {', '.join(MODEL_TYPES)}")
 
 
 def build_model(args: ModelArguments, tokenizer: PreTrainedTokenizerBase, max_length: int) -> PreTrainedModel:
-    """A freshly initialised ``AutoModelForCausalLM`` for the tokenizer's vocabulary."""
+    """A freshly initialised next-behavior model for the tokenizer's vocabulary:
+    ``AutoModelForCausalLM`` (GPT-2, Llama, GRU/LSTM) or ``AutoModelForMaskedLM`` (BERT4Rec)."""
     config = build_config(args, tokenizer, max_length)
+    if args.model_type in MASKED_MODEL_TYPES:
+        return AutoModelForMaskedLM.from_config(config)
     return AutoModelForCausalLM.from_config(config)
 
 

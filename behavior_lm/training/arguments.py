@@ -82,12 +82,14 @@ class DataArguments:
 class ModelArguments:
     """The model, built from a config (no Hub download)."""
 
-    model_type: str = field(default="gpt2", metadata={"help": "gpt2, llama, gru or lstm (next-behavior models)."})
+    model_type: str = field(default="gpt2", metadata={"help": "gpt2, llama, gru, lstm (causal) or bert4rec (masked-item) next-behavior models."})
     hidden_size: int = field(default=64, metadata={"help": "Embedding / hidden width."})
     num_layers: int = field(default=2, metadata={"help": "Transformer blocks (or stacked recurrent layers)."})
     num_heads: int = field(default=2, metadata={"help": "Attention heads (ignored by gru/lstm)."})
     intermediate_size: int | None = field(default=None, metadata={"help": "MLP width (default 4 x hidden)."})
     dropout: float = field(default=0.2, metadata={"help": "Dropout on embeddings, attention and residuals."})
+    mask_probability: float = field(default=0.2, metadata={
+        "help": "bert4rec: share of items replaced by [MASK] in training (the last item is always masked too)."})
     tie_word_embeddings: bool = field(default=True, metadata={
         "help": "Share input item embeddings with the output layer (as SASRec does)."})
 

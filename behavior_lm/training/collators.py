@@ -25,9 +25,18 @@ def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
 
 @dataclass
 class BehaviorCollator:
-    """Right-pads ``input_ids``; adds ``labels`` for training rows, ``target``/``seen`` for ranking rows."""
+    """Right-pads ``input_ids``; adds ``labels`` for training rows, ``target``/``seen`` for ranking rows.
+
+    With ``mask_token_id`` set (BERT4Rec), training rows become cloze tasks: each item token is
+    replaced by ``[MASK]`` with probability ``mask_probability`` and the last item of every row is
+    masked as well, so training also practises exactly what evaluation asks (the item after the
+    history, at an appended ``[MASK]``). Labels are the original items at masked positions only.
+    """
 
     pad_token_id: int
+    mask_token_id: int | None = None
+    mask_probability: float = 0.2
+    maskable: torch.Tensor | None = None  # (vocab,) bool: which tokens may be masked (items)
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         ids = [list(f["input_ids"]) for f in features]
@@ -37,8 +46,25 @@ class BehaviorCollator:
         if "target" in features[0]:
             batch["target"] = torch.as_tensor([f["target"] for f in features], dtype=torch.long)
             batch["seen"] = _pad([list(f["seen"]) for f in features], -1)
+        elif self.mask_token_id is not None:
+            batch["input_ids"], batch["labels"] = self._cloze(input_ids, attention_mask)
         else:
             labels = input_ids.clone()
             labels[attention_mask == 0] = IGNORE_INDEX
             batch["labels"] = labels
         return batch
+
+    def _cloze(self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        can = attention_mask.bool()
+        if self.maskable is not None:
+            can &= self.maskable[input_ids]
+        chosen = (torch.rand(input_ids.shape) < self.mask_probability) & can
+        # always mask each row's last maskable token (the "next item" of that window)
+        positions = torch.arange(input_ids.size(1)).expand_as(input_ids)
+        last = torch.where(can, positions, -1).max(dim=1).values                # (B,)
+        rows = torch.nonzero(last >= 0).squeeze(1)
+        chosen[rows, last[rows]] = True
+        labels = torch.where(chosen, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
+        masked = torch.where(chosen, torch.full_like(input_ids, self.mask_token_id), input_ids)
+        return masked, labels

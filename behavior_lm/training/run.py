@@ -23,7 +23,7 @@ from behavior_lm.data.pipeline import prepare_data
 from behavior_lm.errors import RecipeError
 from behavior_lm.evaluation.harness import evaluate_baselines
 from behavior_lm.evaluation.protocol import EvalProtocol
-from behavior_lm.models.auto import build_model, count_parameters
+from behavior_lm.models.auto import MASKED_MODEL_TYPES, build_model, count_parameters, template_for
 from behavior_lm.reporting import metrics_table, training_curves
 from behavior_lm.tokenization.behavior_tokenizer import item_mask
 from behavior_lm.training.arguments import BehaviorTrainingArguments, DataArguments, ModelArguments
@@ -60,7 +60,7 @@ def train(data_args: DataArguments, model_args: ModelArguments,
     set_seed(training_args.seed)
 
     with training_args.main_process_first(desc="preparing token streams"):
-        data = prepare_data(data_args, template="causal")
+        data = prepare_data(data_args, template=template_for(model_args.model_type))
     tokenizer, dsd = data.tokenizer, data.datasets
     validation = dsd["validation"]
     if training_args.max_eval_users and validation.num_rows > training_args.max_eval_users:
@@ -72,7 +72,7 @@ def train(data_args: DataArguments, model_args: ModelArguments,
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=training_args.early_stopping_patience))
     trainer = BehaviorTrainer(
         model=model, args=training_args, train_dataset=dsd["train"], eval_dataset=validation,
-        data_collator=BehaviorCollator(tokenizer.pad_token_id), processing_class=tokenizer,
+        data_collator=make_collator(model_args, tokenizer), processing_class=tokenizer,
         compute_metrics=make_compute_metrics(training_args.eval_ks), callbacks=callbacks,
         item_mask=item_mask(tokenizer, model.get_output_embeddings().out_features),
         filter_seen=training_args.filter_seen)
@@ -105,6 +105,15 @@ def train(data_args: DataArguments, model_args: ModelArguments,
         _promote(partial, final)
     trainer.accelerator.wait_for_everyone()
     return final
+
+
+def make_collator(model_args: ModelArguments, tokenizer) -> BehaviorCollator:
+    """Causal batches, or cloze batches for masked-item models."""
+    if model_args.model_type in MASKED_MODEL_TYPES:
+        return BehaviorCollator(tokenizer.pad_token_id, mask_token_id=tokenizer.mask_token_id,
+                                mask_probability=model_args.mask_probability,
+                                maskable=item_mask(tokenizer))
+    return BehaviorCollator(tokenizer.pad_token_id)
 
 
 def _sync_weights_from_main(trainer: BehaviorTrainer) -> None:

@@ -1,0 +1,116 @@
+"""Train several recipes on the same split and put them in one table and one chart.
+
+Every run is an ordinary run directory (``<output_dir>/<recipe name>``), scored by the same
+harness; a finished run is reused, so an interrupted comparison picks up where it stopped. All
+recipes must prepare the data identically (same DataArguments), otherwise the numbers would not be
+comparable and this refuses.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from behavior_lm.cli.recipes import parse_recipe  # noqa: E402
+from behavior_lm.errors import RecipeError  # noqa: E402
+from behavior_lm.training.run import train  # noqa: E402
+
+METRICS = ("hr@10", "ndcg@10", "mrr@10")
+
+
+def compare(recipes: Sequence[str | Path], output_dir: str | Path,
+            overrides: Sequence[str] = ()) -> Path:
+    """Train (or reuse) every recipe under ``output_dir``; write comparison.{md,json,png}."""
+    out = Path(output_dir)
+    parsed = []
+    for recipe in recipes:
+        name = Path(recipe).stem
+        data_args, model_args, training_args, raw = parse_recipe(
+            recipe, [*overrides, "--output_dir", str(out / name)])
+        parsed.append((name, data_args, model_args, training_args, raw))
+    first = dataclasses.asdict(parsed[0][1])
+    for name, data_args, *_ in parsed[1:]:
+        diff = {k for k, v in dataclasses.asdict(data_args).items() if first[k] != v}
+        if diff:
+            raise RecipeError(f"{name}: data settings differ from {parsed[0][0]} ({', '.join(sorted(diff))}); "
+                              "a comparison needs one split")
+    rows: dict[str, dict] = {}
+    floors: dict[str, dict] = {}
+    for name, data_args, model_args, training_args, raw in parsed:
+        run = Path(training_args.output_dir)
+        if not (run / "metrics.json").is_file():
+            training_args.overwrite_output_dir = False
+            train(data_args, model_args, training_args, raw)
+        metrics = json.loads((run / "metrics.json").read_text())
+        rows[name] = {**{m: metrics["test"][m] for m in METRICS},
+                      "train_minutes": metrics["train"]["seconds"] / 60,
+                      "parameters": metrics["train"]["parameters"],
+                      "epochs": metrics["train"]["epochs_run"], "best_epoch": metrics["train"]["best_epoch"],
+                      "model_type": metrics["model_type"], "run": str(run)}
+        for floor, fm in metrics["baselines"]["test"].items():
+            floors.setdefault(floor, {m: fm[m] for m in METRICS})
+    if int(os.environ.get("RANK", "0")) == 0:
+        _write(out, rows, floors, metrics["protocol"], metrics["data"])
+    return out
+
+
+def comparison_table(rows: dict[str, dict], floors: dict[str, dict]) -> str:
+    lines = ["| model | HR@10 | NDCG@10 | MRR@10 | train (min) | parameters | epochs (best) |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, r in sorted(rows.items(), key=lambda kv: -kv[1]["ndcg@10"]):
+        lines.append(f"| {name} | {r['hr@10']:.4f} | {r['ndcg@10']:.4f} | {r['mrr@10']:.4f} | "
+                     f"{r['train_minutes']:.1f} | {r['parameters'] / 1e6:.2f}M | "
+                     f"{r['epochs']:g} ({r['best_epoch']}) |")
+    for name, f in floors.items():
+        lines.append(f"| {name} (floor) | {f['hr@10']:.4f} | {f['ndcg@10']:.4f} | {f['mrr@10']:.4f} | | | |")
+    return "\n".join(lines)
+
+
+def comparison_chart(rows: dict[str, dict], floors: dict[str, dict], path: Path) -> Path:
+    names = list(rows) + [f"{f} (floor)" for f in floors]
+    values = {**rows, **{f"{f} (floor)": v for f, v in floors.items()}}
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4), dpi=110,
+                             gridspec_kw={"width_ratios": [3, 1.3, 1.3]})
+    width = 0.8 / len(METRICS)
+    for i, metric in enumerate(METRICS):
+        xs = [j + (i - 1) * width for j in range(len(names))]
+        axes[0].bar(xs, [values[n][metric] for n in names], width, label=metric.upper())
+    axes[0].set_xticks(range(len(names)), names, rotation=30, ha="right")
+    axes[0].set_title("test ranking quality (full catalogue)")
+    axes[0].legend(fontsize=8)
+    model_names = list(rows)
+    axes[1].bar(model_names, [rows[n]["train_minutes"] for n in model_names], color="tab:gray")
+    axes[1].set_title("training time (min)")
+    axes[2].bar(model_names, [rows[n]["parameters"] / 1e6 for n in model_names], color="tab:olive")
+    axes[2].set_title("parameters (M)")
+    for ax in axes[1:]:
+        ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _write(out: Path, rows, floors, protocol, data) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    table = comparison_table(rows, floors)
+    seen = "seen items filtered" if protocol["filter_seen"] else "seen items kept"
+    text = (f"# Comparison on {data['dataset']}\n\nProtocol: {protocol['split']}, "
+            f"{protocol['candidates']} ranking, {seen}; {data['prepared']['users']} users, "
+            f"{data['prepared']['items']} items.\n\n{table}\n\n![comparison](comparison.png)\n")
+    for name, content in (("comparison.md", text),
+                          ("comparison.json", json.dumps({"models": rows, "floors": floors,
+                                                          "protocol": protocol}, indent=2))):
+        fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.")
+        with os.fdopen(fd, "w") as fh:
+            fh.write(content)
+        os.replace(tmp, out / name)
+    comparison_chart(rows, floors, out / "comparison.png")
