@@ -115,3 +115,50 @@ def test_score_ranks_masks_padded_vocab_and_gives_item_ce():
 
 def test_coverage():
     assert coverage(np.array([[1, 2], [2, 3]]), 6) == pytest.approx(0.5)
+
+
+# ----------------------------------------------------------------- classification and regression
+from behavior_lm.evaluation.metrics import accuracy, mae, precision_recall_f1, rmse, roc_auc  # noqa: E402
+
+
+def test_classification_hand_computed():
+    t = [0, 0, 1, 1, 2, 2]
+    p = [0, 1, 1, 1, 0, 0]
+    assert accuracy(t, p) == pytest.approx(3 / 6)
+    m = precision_recall_f1(t, p, labels=[0, 1, 2])
+    assert m["precision_0"] == pytest.approx(1 / 3) and m["recall_0"] == pytest.approx(1 / 2)
+    assert m["f1_0"] == pytest.approx(0.4)
+    assert m["precision_1"] == pytest.approx(2 / 3) and m["recall_1"] == 1.0
+    assert m["precision_2"] == 0.0 and m["recall_2"] == 0.0 and m["f1_2"] == 0.0
+    assert m["f1_macro"] == pytest.approx((0.4 + 0.8 + 0.0) / 3)
+
+
+def test_roc_auc_hand_and_brute_force():
+    assert roc_auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == pytest.approx(0.75)
+    assert roc_auc([0, 1], [0.5, 0.5]) == pytest.approx(0.5)          # a tie counts one half
+    assert math.isnan(roc_auc([1, 1], [0.2, 0.3]))
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        t = rng.integers(0, 2, 40)
+        s = rng.integers(0, 5, 40).astype(float)                        # many ties
+        pos, neg = s[t == 1], s[t == 0]
+        brute = sum((a > b) + 0.5 * (a == b) for a in pos for b in neg) / (len(pos) * len(neg))
+        assert roc_auc(t, s) == pytest.approx(brute)
+
+
+def test_precision_recall_against_brute_force():
+    rng = np.random.default_rng(1)
+    t, p = rng.integers(0, 4, 50), rng.integers(0, 4, 50)
+    m = precision_recall_f1(t, p, labels=range(4))
+    for c in range(4):
+        pairs = list(zip(t, p))
+        tp = sum(1 for a, b in pairs if a == c and b == c)
+        pred = sum(1 for _, b in pairs if b == c)
+        true = sum(1 for a, _ in pairs if a == c)
+        assert m[f"precision_{c}"] == pytest.approx(tp / pred if pred else 0.0)
+        assert m[f"recall_{c}"] == pytest.approx(tp / true if true else 0.0)
+
+
+def test_regression_errors():
+    assert mae([1, 2, 3], [2, 2, 5]) == pytest.approx(1.0)
+    assert rmse([1, 2, 3], [2, 2, 5]) == pytest.approx(math.sqrt(5 / 3))

@@ -93,3 +93,63 @@ def coverage(top_items: np.ndarray, num_candidates: int) -> float:
     if num_candidates <= 0:
         return 0.0
     return float(len(np.unique(np.asarray(top_items).ravel())) / num_candidates)
+
+
+# --------------------------------------------------------------------- classification / regression
+def accuracy(y_true, y_pred) -> float:
+    t, p = np.asarray(y_true), np.asarray(y_pred)
+    return float((t == p).mean()) if t.size else 0.0
+
+
+def precision_recall_f1(y_true, y_pred, labels: Sequence[int] | None = None) -> dict[str, float]:
+    """Per-class precision/recall/F1 and their macro averages.
+
+    A class never predicted has precision 0 (not NaN), a class absent from ``y_true`` recall 0, so
+    a model that ignores the rare class (e.g. ``buy``) is punished in the macro average.
+    """
+    t, p = np.asarray(y_true), np.asarray(y_pred)
+    labels = list(labels) if labels is not None else sorted(set(t.tolist()) | set(p.tolist()))
+    out: dict[str, float] = {}
+    for c in labels:
+        tp = float(((p == c) & (t == c)).sum())
+        prec = tp / float((p == c).sum()) if (p == c).any() else 0.0
+        rec = tp / float((t == c).sum()) if (t == c).any() else 0.0
+        f1 = 2 * prec * rec / (prec + rec) if prec + rec > 0 else 0.0
+        out[f"precision_{c}"], out[f"recall_{c}"], out[f"f1_{c}"] = prec, rec, f1
+    for m in ("precision", "recall", "f1"):
+        out[f"{m}_macro"] = float(np.mean([out[f"{m}_{c}"] for c in labels])) if labels else 0.0
+    return out
+
+
+def roc_auc(y_true, scores) -> float:
+    """Binary ROC-AUC as the probability that a positive outscores a negative (ties count 1/2).
+
+    Computed from average ranks (Mann-Whitney U), ``O(n log n)``. NaN when one class is absent.
+    """
+    t = np.asarray(y_true).astype(bool)
+    s = np.asarray(scores, dtype=np.float64)
+    n_pos, n_neg = int(t.sum()), int((~t).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(len(s), dtype=np.float64)
+    sorted_s = s[order]
+    i = 0
+    while i < len(s):  # average ranks over ties
+        j = i
+        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2.0 + 1.0
+        i = j + 1
+    u = ranks[t].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
+
+
+def mae(y_true, y_pred) -> float:
+    t, p = np.asarray(y_true, dtype=np.float64), np.asarray(y_pred, dtype=np.float64)
+    return float(np.abs(t - p).mean()) if t.size else 0.0
+
+
+def rmse(y_true, y_pred) -> float:
+    t, p = np.asarray(y_true, dtype=np.float64), np.asarray(y_pred, dtype=np.float64)
+    return float(np.sqrt(((t - p) ** 2).mean())) if t.size else 0.0
