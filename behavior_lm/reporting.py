@@ -45,7 +45,7 @@ def training_curves(log_history: Sequence[Mapping], path: Path,
     if val:
         ax2.plot(*zip(*val), color="tab:orange", marker="s", ms=3,
                  label=f"validation {metric.removeprefix('eval_').upper()}")
-        best = max(val, key=lambda p: p[1])
+        best = (min if metric.endswith(("mae", "rmse", "loss")) else max)(val, key=lambda p: p[1])
         ax2.axvline(best[0], color="tab:orange", ls=":", lw=1)
         ax2.annotate(f"best {best[1]:.4f} @ epoch {best[0]:g}", best, textcoords="offset points",
                      xytext=(-10, -14), ha="right", fontsize=8, color="tab:orange")

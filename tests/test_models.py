@@ -154,3 +154,44 @@ def test_masked_scoring_appends_mask_after_history(tok):
     new_ids, new_att, pos = append_mask_token(ids, att, 4, 0)
     assert new_ids.tolist() == [[2, 10, 11, 4, 0], [2, 12, 4, 0, 0]]
     assert pos.tolist() == [3, 2] and new_att.sum(1).tolist() == [4, 3]
+
+
+CLASSIFIERS = [("bert", "next-class"), ("gru", "next-rating"), ("lstm", "next-class"),
+               ("bert", "event-class")]
+
+
+@pytest.mark.parametrize("model_type,task", CLASSIFIERS, ids=lambda v: str(v))
+def test_classifiers_auto_save_load_and_train(model_type, task, tmp_path):
+    from transformers import AutoModelForTokenClassification
+
+    from behavior_lm.evaluation.task_metrics import make_task_metrics
+
+    tok = build_tokenizer([str(i) for i in range(12)], template="classification", max_length=16)
+    args = ModelArguments(model_type=model_type, hidden_size=16, num_layers=1, num_heads=2, dropout=0.0)
+    model = build_model(args, tok, 16, task=task, num_labels=2)
+    rows = [tok(f"i:{u} i:{u + 1}", f"i:{(u + 2) % 12}")["input_ids"] for u in range(8)]
+    if task == "event-class":
+        labels = [[-100] + [u % 2] * (len(r) - 2) + [-100] for u, r in enumerate(rows)]
+    elif task == "next-rating":
+        labels = [float(u % 5) for u in range(8)]
+    else:
+        labels = [u % 2 for u in range(8)]
+    ds = Dataset.from_dict({"input_ids": rows, "labels": labels})
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    targs = TrainingArguments(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=4,
+                              learning_rate=1e-2, report_to="none", remove_unused_columns=False,
+                              save_strategy="no", disable_tqdm=True, use_cpu=True)
+    trainer = BehaviorTrainer(model=model, args=targs, train_dataset=ds, eval_dataset=ds,
+                              data_collator=BehaviorCollator(tok.pad_token_id),
+                              compute_metrics=make_task_metrics(task, 2))
+    trainer.train()
+    assert any(not torch.equal(before[n], p.detach()) for n, p in model.named_parameters())
+    metrics = trainer.evaluate()
+    assert ("eval_mae" in metrics) if task == "next-rating" else ("eval_f1_macro" in metrics)
+    model.eval().save_pretrained(tmp_path / "m")
+    auto = AutoModelForTokenClassification if task == "event-class" else AutoModelForSequenceClassification
+    loaded = auto.from_pretrained(tmp_path / "m").eval()
+    assert type(loaded) is type(model)
+    x = torch.tensor([rows[0]])
+    with torch.no_grad():
+        assert torch.allclose(model(input_ids=x).logits, loaded(input_ids=x).logits, atol=1e-6)

@@ -147,3 +147,19 @@ def test_compare_two_models_one_table(tmp_path, capsys):
     beauty = REPO / "recipes" / "next-item" / "gpt2-beauty.yaml"
     assert main(["compare", str(gru), str(beauty), "--output_dir", str(tmp_path / "x")]) == 2
     assert "data settings differ" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("task,model_type,key", [("next-class", "bert", "f1_macro"),
+                                                  ("next-rating", "gru", "mae"),
+                                                  ("event-class", "bert", "f1_macro")])
+def test_task_runs_and_evaluate(task, model_type, key, tmp_path):
+    out = tmp_path / task
+    assert main(["train", str(QUICKSTART), *TINY, "--task", task, "--model_type", model_type,
+                 "--output_dir", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["task"] == task and key in metrics["test"]
+    floor = "training mean" if task == "next-rating" else "majority class"
+    assert floor in metrics["baselines"]["test"]
+    assert f"| {floor} (floor) |" in (out / "results.md").read_text()
+    results, _ = evaluate_run(out)
+    assert results[model_type][key] == pytest.approx(metrics["test"][key], abs=1e-6)

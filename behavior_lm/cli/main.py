@@ -45,8 +45,13 @@ def _evaluate(argv: Sequence[str]) -> int:
 
     metrics, protocol = evaluate_run(args.run_dir, split=args.split, batch_size=args.batch_size,
                                      filter_seen=False if args.no_filter_seen else None)
-    print(f"{args.run_dir} — {args.split} — {protocol.describe()}\n")
-    print(metrics_table(metrics, protocol.ks))
+    if any("ndcg@10" in m for m in metrics.values()):
+        print(f"{args.run_dir} — {args.split} — {protocol.describe()}\n")
+        print(metrics_table(metrics, protocol.ks))
+    else:
+        import json
+        print(f"{args.run_dir} — {args.split}\n")
+        print(json.dumps(metrics, indent=2))
     return 0
 
 

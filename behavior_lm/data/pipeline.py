@@ -22,9 +22,10 @@ import pyarrow.compute as pc
 from datasets import DatasetDict, load_from_disk
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from behavior_lm.data import preprocess, sources, splits
+from behavior_lm.data import preprocess, sources, splits, tasks
 from behavior_lm.data.events import EventLog
 from behavior_lm.data.streams import build_dataset_dict
+from behavior_lm.errors import RecipeError
 from behavior_lm.tokenization.behavior_tokenizer import build_tokenizer, grammar
 from behavior_lm.training.arguments import DataArguments
 
@@ -94,9 +95,20 @@ def prepare_data(args: DataArguments, template: str = "causal") -> PreparedData:
     catalogue = (item for s in sequences for item in s.items)
     tokenizer = build_tokenizer(catalogue, behaviors if with_behaviors else (),
                                 template=template, max_length=args.max_length)
-    dsd = build_dataset_dict(split, tokenizer, max_length=args.max_length,
-                             with_behaviors=with_behaviors, train_windows_mode=args.train_windows,
-                             reserve=1 if template == "masked" else 0)
+    labeler = tasks.EventLabeler(behaviors, args.like_threshold, log.source)
+    if args.task in tasks.RANKING_TASKS:
+        dsd = build_dataset_dict(split, tokenizer, max_length=args.max_length,
+                                 with_behaviors=with_behaviors, train_windows_mode=args.train_windows,
+                                 reserve=1 if template == "masked" else 0)
+    elif args.task in tasks.SEQUENCE_TASKS:
+        dsd = tasks.build_sequence_task(split, tokenizer, labeler, task=args.task,
+                                        max_length=args.max_length, with_behaviors=with_behaviors,
+                                        examples_per_user=args.examples_per_user)
+    elif args.task in tasks.TOKEN_TASKS:
+        dsd = tasks.build_token_task(split, tokenizer, labeler, max_length=args.max_length,
+                                     with_behaviors=with_behaviors)
+    else:
+        raise RecipeError(f"unknown task {args.task!r}; known: {', '.join(tasks.TASKS)}")
     n_events = sum(len(s) for s in sequences)
     info = {
         "dataset": args.dataset, "source": str(path), "terms": src.terms if src else "",
@@ -105,6 +117,7 @@ def prepare_data(args: DataArguments, template: str = "causal") -> PreparedData:
                      "items": len(set(i for s in sequences for i in s.items)),
                      "behaviors": behaviors},
         "split": split.summary(), "with_behaviors": with_behaviors, "cache_key": key,
+        "task": args.task, "class_names": tasks.class_names(behaviors, args.like_threshold),
         "rows": {name: ds.num_rows for name, ds in dsd.items()}, "cache_hit": False,
     }
     if args.cache:

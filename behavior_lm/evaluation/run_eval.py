@@ -11,13 +11,21 @@ import json
 from pathlib import Path
 
 import yaml
-from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from transformers import (AutoModelForCausalLM, AutoModelForMaskedLM,
+                          AutoModelForSequenceClassification, AutoModelForTokenClassification,
+                          AutoTokenizer)
 
 from behavior_lm.data.pipeline import prepare_data
 from behavior_lm.errors import RecipeError
 from behavior_lm.evaluation.harness import evaluate_baselines, evaluate_model
 from behavior_lm.evaluation.protocol import EvalProtocol
+from behavior_lm.data.tasks import TOKEN_TASKS
+from behavior_lm.evaluation.task_metrics import floor_metrics, score_predictions
 from behavior_lm.models.auto import MASKED_MODEL_TYPES, template_for
+from behavior_lm.training.collators import BehaviorCollator
 from behavior_lm.training.arguments import DataArguments
 
 
@@ -37,10 +45,13 @@ def evaluate_run(run_dir: str | Path, *, split: str = "test", batch_size: int = 
 
     tokenizer = AutoTokenizer.from_pretrained(run)
     model_type = saved.get("model_type", "gpt2")
-    data = prepare_data(data_args, template=template_for(model_type))
+    task = saved.get("task", "next-item")
+    data = prepare_data(data_args, template=template_for(model_type, task))
     if data.tokenizer.get_vocab() != tokenizer.get_vocab():
         raise RecipeError(f"{run}: the data prepared from recipe.yaml has a different vocabulary "
                           "than the saved tokenizer (did the dataset file change?)")
+    if task != "next-item":
+        return _evaluate_task_run(run, task, model_type, data, split, batch_size), protocol
     auto = AutoModelForMaskedLM if model_type in MASKED_MODEL_TYPES else AutoModelForCausalLM
     model = auto.from_pretrained(run)
     dataset = data.datasets[split]
@@ -51,3 +62,29 @@ def evaluate_run(run_dir: str | Path, *, split: str = "test", batch_size: int = 
                                       batch_size=batch_size).items():
         results[f"{name} (floor)"] = m
     return results, protocol
+
+
+def _evaluate_task_run(run: Path, task: str, model_type: str, data, split: str,
+                       batch_size: int) -> dict[str, dict]:
+    """Classification / regression / token-labelling runs: the model's logits, the task metrics."""
+    auto = AutoModelForTokenClassification if task in TOKEN_TASKS else AutoModelForSequenceClassification
+    model = auto.from_pretrained(run).eval()
+    dataset = data.datasets[split]
+    collate = BehaviorCollator(data.tokenizer.pad_token_id)
+    logits, labels = [], []
+    with torch.no_grad():
+        for batch in DataLoader(dataset.with_format(None), batch_size=batch_size, collate_fn=collate):
+            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            width = batch["input_ids"].size(1)
+            if task in TOKEN_TASKS:  # pad to a common length so batches concatenate
+                pad = data.tokenizer.model_max_length - width
+                out = torch.nn.functional.pad(out, (0, 0, 0, max(pad, 0)))
+                batch["labels"] = torch.nn.functional.pad(batch["labels"], (0, max(pad, 0)), value=-100)
+            logits.append(out.numpy())
+            labels.append(batch["labels"].numpy())
+    num_classes = len(data.info["class_names"])
+    results = {model_type: score_predictions(task, np.concatenate(logits), np.concatenate(labels),
+                                             num_classes)}
+    for name, m in floor_metrics(task, data.datasets["train"], dataset, num_classes).items():
+        results[f"{name} (floor)"] = m
+    return results

@@ -6,8 +6,9 @@ Special token ids come from the tokenizer, never from constants.
 """
 from __future__ import annotations
 
-from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, PreTrainedConfig,
-                          PreTrainedModel, PreTrainedTokenizerBase)
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM,
+                          AutoModelForSequenceClassification, AutoModelForTokenClassification,
+                          PreTrainedConfig, PreTrainedModel, PreTrainedTokenizerBase)
 
 from behavior_lm.training.arguments import ModelArguments
 
@@ -18,8 +19,13 @@ MASKED_MODEL_TYPES = ("bert4rec",)
 MODEL_TYPES = CAUSAL_MODEL_TYPES + MASKED_MODEL_TYPES
 
 
-def template_for(model_type: str) -> str:
-    """Which token template (``tokenizer/grammar.json``) a model type trains on."""
+CLASSIFIER_MODEL_TYPES = ("bert", "gru", "lstm")
+
+
+def template_for(model_type: str, task: str = "next-item") -> str:
+    """Which token template (``tokenizer/grammar.json``) a model type trains on for a task."""
+    if task != "next-item":
+        return "classification"
     return "masked" if model_type in MASKED_MODEL_TYPES else "causal"
 
 
@@ -40,7 +46,7 @@ def build_config(args: ModelArguments, tokenizer: PreTrainedTokenizerBase, max_l
             num_hidden_layers=args.num_layers, num_attention_heads=args.num_heads,
             num_key_value_heads=args.num_heads, max_position_embeddings=max_length,
             attention_dropout=args.dropout, **ids)
-    if args.model_type == "bert4rec":
+    if args.model_type in ("bert4rec", "bert"):
         return AutoConfig.for_model(
             "bert", hidden_size=args.hidden_size, num_hidden_layers=args.num_layers,
             num_attention_heads=args.num_heads, intermediate_size=inner,
@@ -50,13 +56,30 @@ def build_config(args: ModelArguments, tokenizer: PreTrainedTokenizerBase, max_l
     if args.model_type in ("gru", "lstm"):
         return BehaviorRNNConfig(hidden_size=args.hidden_size, num_hidden_layers=args.num_layers,
                                  cell=args.model_type, dropout=args.dropout, **ids)
-    raise ValueError(f"unknown model_type {args.model_type!r}; known: {', '.join(MODEL_TYPES)}")
+    raise ValueError(f"unknown model_type {args.model_type!r}; known: "
+                     f"{', '.join(MODEL_TYPES + ('bert',))}")
 
 
-def build_model(args: ModelArguments, tokenizer: PreTrainedTokenizerBase, max_length: int) -> PreTrainedModel:
-    """A freshly initialised next-behavior model for the tokenizer's vocabulary:
-    ``AutoModelForCausalLM`` (GPT-2, Llama, GRU/LSTM) or ``AutoModelForMaskedLM`` (BERT4Rec)."""
+def build_model(args: ModelArguments, tokenizer: PreTrainedTokenizerBase, max_length: int,
+                task: str = "next-item", num_labels: int = 2) -> PreTrainedModel:
+    """A freshly initialised model for the tokenizer's vocabulary and the task:
+    ``AutoModelForCausalLM`` (GPT-2, Llama, GRU/LSTM) or ``AutoModelForMaskedLM`` (BERT4Rec) for
+    next-item ranking; ``AutoModelForSequenceClassification`` (BERT, GRU/LSTM) for ``next-class``
+    and ``next-rating``; ``AutoModelForTokenClassification`` (BERT) for ``event-class``."""
     config = build_config(args, tokenizer, max_length)
+    if task != "next-item":
+        if args.model_type not in CLASSIFIER_MODEL_TYPES:
+            raise ValueError(f"task {task!r} needs model_type in {CLASSIFIER_MODEL_TYPES}, "
+                             f"got {args.model_type!r}")
+        config.num_labels = 1 if task == "next-rating" else num_labels
+        config.problem_type = "regression" if task == "next-rating" else "single_label_classification"
+        if task == "event-class":
+            if args.model_type != "bert":
+                raise ValueError("task 'event-class' (token classification) needs model_type bert")
+            return AutoModelForTokenClassification.from_config(config)
+        return AutoModelForSequenceClassification.from_config(config)
+    if args.model_type == "bert":
+        raise ValueError("model_type bert is for the classification tasks; use bert4rec for next-item")
     if args.model_type in MASKED_MODEL_TYPES:
         return AutoModelForMaskedLM.from_config(config)
     return AutoModelForCausalLM.from_config(config)

@@ -96,10 +96,11 @@ def build_tokenizer(
 
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=g["special_tokens"]["unk_token"]))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    single = g["templates"][template]
-    used = [t for t in single.split() if t in vocab]
+    spec = g["templates"][template]
+    spec = {"single": spec} if isinstance(spec, str) else dict(spec)   # optional "pair" template
+    used = sorted({t for text in spec.values() for t in text.split() if t in vocab})
     backend.post_processor = processors.TemplateProcessing(
-        single=single, special_tokens=[(t, vocab[t]) for t in used]
+        **spec, special_tokens=[(t, vocab[t]) for t in used]
     )
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,

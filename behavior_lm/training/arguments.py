@@ -30,6 +30,13 @@ def parse_mapping(text: str | None, what: str) -> dict[str, str] | None:
 class DataArguments:
     """Where events come from and how they become token streams."""
 
+    task: str = field(default="next-item", metadata={
+        "help": "next-item (ranking), next-class, next-rating (sequence classification/regression), "
+                "event-class (token classification). See behavior_lm/data/tasks.py."})
+    like_threshold: float = field(default=4.0, metadata={
+        "help": "next-class/event-class on one-behavior logs: class 1 when value >= this."})
+    examples_per_user: int = field(default=8, metadata={
+        "help": "next-class/next-rating: training targets drawn per user from the training events."})
     dataset: str = field(default="ml-100k", metadata={
         "help": "Named dataset (ml-100k, ml-1m, ml-1m-3706, beauty, lastfm, taobao) or a label for data_path."})
     data_path: str | None = field(default=None, metadata={

@@ -43,7 +43,14 @@ class BehaviorCollator:
         input_ids = _pad(ids, self.pad_token_id)
         attention_mask = _pad([[1] * len(r) for r in ids], 0)
         batch = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if "target" in features[0]:
+        if "labels" in features[0]:  # classification / regression / token labels from the log
+            first = features[0]["labels"]
+            if isinstance(first, (list, tuple)):
+                batch["labels"] = _pad([list(f["labels"]) for f in features], IGNORE_INDEX)
+            else:
+                dtype = torch.float32 if isinstance(first, float) else torch.long
+                batch["labels"] = torch.as_tensor([f["labels"] for f in features], dtype=dtype)
+        elif "target" in features[0]:
             batch["target"] = torch.as_tensor([f["target"] for f in features], dtype=torch.long)
             batch["seen"] = _pad([list(f["seen"]) for f in features], -1)
         elif self.mask_token_id is not None:

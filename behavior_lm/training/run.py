@@ -23,6 +23,7 @@ from behavior_lm.data.pipeline import prepare_data
 from behavior_lm.errors import RecipeError
 from behavior_lm.evaluation.harness import evaluate_baselines
 from behavior_lm.evaluation.protocol import EvalProtocol
+from behavior_lm.evaluation.task_metrics import floor_metrics, make_task_metrics, task_table
 from behavior_lm.models.auto import MASKED_MODEL_TYPES, build_model, count_parameters, template_for
 from behavior_lm.reporting import metrics_table, training_curves
 from behavior_lm.tokenization.behavior_tokenizer import item_mask
@@ -52,30 +53,38 @@ def train(data_args: DataArguments, model_args: ModelArguments,
     if (final / "metrics.json").is_file() and not training_args.overwrite_output_dir:
         raise RecipeError(f"{final} already holds a finished run; pass --overwrite_output_dir true "
                           "or choose another --output_dir")
+    ranking = data_args.task == "next-item"
+    if not ranking and training_args.metric_for_best_model == "ndcg@10":  # the ranking default
+        regression = data_args.task == "next-rating"
+        training_args.metric_for_best_model = "mae" if regression else "f1_macro"
+        training_args.greater_is_better = not regression
     _, at, best_k = (training_args.metric_for_best_model or "").rpartition("@")
-    if at and best_k not in {str(k) for k in training_args.eval_ks}:
+    if ranking and at and best_k not in {str(k) for k in training_args.eval_ks}:
         raise RecipeError(f"metric_for_best_model {training_args.metric_for_best_model!r} needs its K "
                           f"in eval_ks {training_args.eval_ks}")
     training_args.output_dir = str(partial / "checkpoints")
     set_seed(training_args.seed)
 
     with training_args.main_process_first(desc="preparing token streams"):
-        data = prepare_data(data_args, template=template_for(model_args.model_type))
+        data = prepare_data(data_args, template=template_for(model_args.model_type, data_args.task))
     tokenizer, dsd = data.tokenizer, data.datasets
     validation = dsd["validation"]
     if training_args.max_eval_users and validation.num_rows > training_args.max_eval_users:
         validation = validation.shuffle(seed=training_args.seed).select(range(training_args.max_eval_users))
 
-    model = build_model(model_args, tokenizer, data_args.max_length)
+    num_classes = len(data.info["class_names"])
+    model = build_model(model_args, tokenizer, data_args.max_length, task=data_args.task,
+                        num_labels=num_classes)
     callbacks = []
     if training_args.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=training_args.early_stopping_patience))
     trainer = BehaviorTrainer(
         model=model, args=training_args, train_dataset=dsd["train"], eval_dataset=validation,
-        data_collator=make_collator(model_args, tokenizer), processing_class=tokenizer,
-        compute_metrics=make_compute_metrics(training_args.eval_ks), callbacks=callbacks,
-        item_mask=item_mask(tokenizer, model.get_output_embeddings().out_features),
-        filter_seen=training_args.filter_seen)
+        data_collator=make_collator(model_args, tokenizer, data_args.task), processing_class=tokenizer,
+        compute_metrics=(make_compute_metrics(training_args.eval_ks) if ranking
+                         else make_task_metrics(data_args.task, num_classes)),
+        callbacks=callbacks, filter_seen=training_args.filter_seen,
+        item_mask=item_mask(tokenizer, model.get_output_embeddings().out_features) if ranking else None)
 
     checkpoint = None
     if training_args.resume and Path(training_args.output_dir).is_dir():
@@ -95,8 +104,11 @@ def train(data_args: DataArguments, model_args: ModelArguments,
     trainer.save_model(str(partial))  # model (safetensors) + tokenizer; writes on the main process
     if trainer.is_world_process_zero():
         protocol = protocol_for(data_args, training_args)
-        baselines = evaluate_baselines(training_args.baselines, dsd["train"], dsd["test"], tokenizer,
-                                       protocol, batch_size=training_args.per_device_eval_batch_size)
+        if ranking:
+            baselines = evaluate_baselines(training_args.baselines, dsd["train"], dsd["test"], tokenizer,
+                                           protocol, batch_size=training_args.per_device_eval_batch_size)
+        else:
+            baselines = floor_metrics(data_args.task, dsd["train"], dsd["test"], num_classes)
         _write_run_files(partial, data_args, model_args, training_args, recipe, data.info, protocol,
                          trainer, train_output.metrics, train_seconds, val_metrics, test_metrics,
                          baselines, count_parameters(model))
@@ -107,9 +119,9 @@ def train(data_args: DataArguments, model_args: ModelArguments,
     return final
 
 
-def make_collator(model_args: ModelArguments, tokenizer) -> BehaviorCollator:
-    """Causal batches, or cloze batches for masked-item models."""
-    if model_args.model_type in MASKED_MODEL_TYPES:
+def make_collator(model_args: ModelArguments, tokenizer, task: str = "next-item") -> BehaviorCollator:
+    """Causal batches, or cloze batches for masked-item models (labelled rows pass through)."""
+    if model_args.model_type in MASKED_MODEL_TYPES and task == "next-item":
         return BehaviorCollator(tokenizer.pad_token_id, mask_token_id=tokenizer.mask_token_id,
                                 mask_probability=model_args.mask_probability,
                                 maskable=item_mask(tokenizer))
@@ -164,7 +176,8 @@ def _write_run_files(run: Path, data_args, model_args, training_args, recipe, da
     metric = "eval_" + training_args.metric_for_best_model.removeprefix("eval_")
     evals = [h for h in history if metric in h]
     if evals:
-        best_epoch = max(evals, key=lambda h: h[metric])["epoch"]
+        pick = max if training_args.greater_is_better is not False else min
+        best_epoch = pick(evals, key=lambda h: h[metric])["epoch"]
     model_name = f"{model_args.model_type} ({n_params / 1e6:.2f}M params)"
     metrics = {
         "protocol": protocol.to_dict(),
@@ -177,6 +190,7 @@ def _write_run_files(run: Path, data_args, model_args, training_args, recipe, da
                                              if k in ("train_loss", "train_runtime")}},
         "data": data_info,
         "model_type": model_args.model_type,
+        "task": data_args.task,
     }
     (run / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     (run / "log_history.json").write_text(json.dumps(history, indent=2, default=str))
@@ -188,12 +202,19 @@ def _write_run_files(run: Path, data_args, model_args, training_args, recipe, da
     # the Trainer also pickles its arguments; runs carry no pickles (JSON above says the same)
     (run / "training_args.bin").unlink(missing_ok=True)
     rows = {model_name: metrics["test"], **{f"{b} (floor)": m for b, m in baselines.items()}}
-    table = metrics_table(rows, protocol.ks)
+    task = data_args.task
+    if task == "next-item":
+        table = metrics_table(rows, protocol.ks)
+        what = f"Protocol: {protocol.describe()}"
+    else:
+        table = task_table(rows, task, data_info["class_names"])
+        what = (f"Task: {task} ({', '.join(data_info['class_names']) if task != 'next-rating' else 'rating'}), "
+                f"held-out events of the {protocol.split.replace('_', '-')} split")
     ds = data_info["dataset"]
     prep = data_info["prepared"]
     (run / "results.md").write_text(
-        f"# {model_args.model_type} on {ds}: test results\n\n"
-        f"Protocol: {protocol.describe()}. Test users: {metrics['test'].get('num_examples', '')}; "
+        f"# {model_args.model_type} on {ds}, {task}: test results\n\n"
+        f"{what}. Test users: {metrics['test'].get('num_examples', '')}; "
         f"{prep['users']} users, {prep['items']} items, {prep['events']} events after preprocessing.\n\n"
         f"{table}\n\n"
         f"Training: {metrics['train']['epochs_run']:g} epochs in {train_seconds:.0f} s "

@@ -29,7 +29,7 @@ class BehaviorTrainer(Trainer):
         filter_seen: remove each user's history items from the ranking.
     """
 
-    def __init__(self, *args: Any, item_mask: torch.Tensor, filter_seen: bool = True,
+    def __init__(self, *args: Any, item_mask: torch.Tensor | None = None, filter_seen: bool = True,
                  **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.item_mask = item_mask

@@ -1,0 +1,158 @@
+"""Tasks beyond next-item ranking, with labels taken from the log itself.
+
+=================  ===========================================  ==========================
+task               one example                                  label
+=================  ===========================================  ==========================
+``next-item``      history -> the next item (ranking)           the item token
+``next-class``     (history, next item) -> what happens to it   behavior index; on one-
+                                                                behavior logs liked
+                                                                (value >= like_threshold)
+``next-rating``    (history, next item) -> its value            the rating (regression)
+``event-class``    a stream -> a class per event (token labels) as ``next-class``
+=================  ===========================================  ==========================
+
+The item asked about is given as the second segment (``[CLS] history [SEP] item [SEP]``): "will
+this user like / buy *this* item" is the question a product asks; without the item the label of
+an unknown next event is mostly noise. Validation and test examples are exactly the ranking
+split's targets, so every task is scored on the same held-out events; training examples are
+drawn from the training events only (``examples_per_user`` positions per user, seeded).
+"""
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+from datasets import Dataset, DatasetDict
+from transformers import PreTrainedTokenizerBase
+
+from behavior_lm.data.preprocess import UserSequence
+from behavior_lm.data.splits import Example, Split
+from behavior_lm.errors import DataError
+from behavior_lm.tokenization.behavior_tokenizer import behavior_token, item_token, serialize_events
+
+RANKING_TASKS = ("next-item",)
+SEQUENCE_TASKS = ("next-class", "next-rating")
+TOKEN_TASKS = ("event-class",)
+TASKS = RANKING_TASKS + SEQUENCE_TASKS + TOKEN_TASKS
+IGNORE = -100
+
+
+def class_names(behaviors: Sequence[str], like_threshold: float) -> list[str]:
+    """Names of the classes of ``next-class`` / ``event-class``."""
+    if len(behaviors) > 1:
+        return list(behaviors)
+    return [f"value<{like_threshold:g}", f"value>={like_threshold:g}"]
+
+
+class EventLabeler:
+    """Maps an event (behavior, value, line) to its class or regression target."""
+
+    def __init__(self, behaviors: Sequence[str], like_threshold: float, source: str) -> None:
+        self.behaviors = list(behaviors)
+        self.like_threshold = like_threshold
+        self.source = source
+
+    def _value(self, value: float | None, line: int) -> float:
+        if value is None or value != value:  # None or NaN
+            raise DataError("this task needs a value (rating) on every event", path=self.source,
+                            line=line, field="value")
+        return float(value)
+
+    def label(self, task: str, behavior: str, value: float | None, line: int) -> int | float:
+        if task == "next-rating":
+            return self._value(value, line)
+        if len(self.behaviors) > 1:
+            return self.behaviors.index(behavior)
+        return int(self._value(value, line) >= self.like_threshold)
+
+
+def _training_targets(seq: UserSequence, n: int, seed: int) -> list[int]:
+    """Up to ``n`` target positions (>= 1, so there is a history) of a training sequence."""
+    positions = list(range(1, len(seq)))
+    rng = random.Random(f"{seed}:{seq.user_id}")
+    return sorted(rng.sample(positions, min(n, len(positions))))
+
+
+def _pair_rows(pairs: list[tuple[str, UserSequence, str, str, int | float]], tokenizer,
+               max_length: int, with_behaviors: bool) -> dict[str, list]:
+    histories = [serialize_events(h.items, h.behaviors if with_behaviors else None) for _, h, *_ in pairs]
+    asked = [item_token(item) for _, _, item, _, _ in pairs]
+    ids: list[list[int]] = []
+    for start in range(0, len(pairs), 4096):
+        enc = tokenizer(histories[start:start + 4096], asked[start:start + 4096],
+                        truncation="only_first", max_length=max_length)
+        ids.extend(enc["input_ids"])
+    return {"user_id": [u for u, *_ in pairs], "input_ids": ids, "labels": [p[4] for p in pairs]}
+
+
+def build_sequence_task(split: Split, tokenizer: PreTrainedTokenizerBase, labeler: EventLabeler, *,
+                        task: str, max_length: int, with_behaviors: bool, examples_per_user: int,
+                        seed: int = 0) -> DatasetDict:
+    """``next-class`` / ``next-rating`` datasets: (history, item) pairs with a label each."""
+    train = []
+    for seq in split.train:
+        for i in _training_targets(seq, examples_per_user, seed):
+            train.append((seq.user_id, seq.slice(0, i), seq.items[i], seq.behaviors[i],
+                          labeler.label(task, seq.behaviors[i], seq.values[i], seq.lines[i])))
+    parts = {"train": Dataset.from_dict(_pair_rows(train, tokenizer, max_length, with_behaviors))}
+    for name in ("validation", "test"):
+        examples: list[Example] = getattr(split, name)
+        rows = [(ex.user_id, ex.history, ex.target_item, ex.target_behavior,
+                 labeler.label(task, ex.target_behavior, ex.target_value, ex.target_line))
+                for ex in examples]
+        if rows:
+            parts[name] = Dataset.from_dict(_pair_rows(rows, tokenizer, max_length, with_behaviors))
+    return DatasetDict(parts)
+
+
+def _token_row(seq: UserSequence, labels: list[int], tokenizer, max_length: int,
+               with_behaviors: bool) -> tuple[list[int], list[int]]:
+    """``[CLS] (<b>) i:x ... [SEP]`` ids and a label on each item token (-100 elsewhere),
+    keeping the most recent events that fit."""
+    vocab = tokenizer.get_vocab()
+    unk = tokenizer.unk_token_id
+    per_event = 2 if with_behaviors else 1
+    keep = max(1, (max_length - 2) // per_event)
+    ids, lab = [tokenizer.cls_token_id], [IGNORE]
+    start = max(0, len(seq) - keep)
+    for item, beh, y in zip(seq.items[start:], seq.behaviors[start:], labels[start:]):
+        if with_behaviors:
+            ids.append(vocab.get(behavior_token(beh), unk))
+            lab.append(IGNORE)
+        ids.append(vocab.get(item_token(item), unk))
+        lab.append(y)
+    ids.append(tokenizer.sep_token_id)
+    lab.append(IGNORE)
+    return ids, lab
+
+
+def build_token_task(split: Split, tokenizer: PreTrainedTokenizerBase, labeler: EventLabeler, *,
+                     max_length: int, with_behaviors: bool) -> DatasetDict:
+    """``event-class``: training streams labelled on every item token; validation/test streams are
+    the history plus the held-out event, labelled on the held-out event only (history labels of
+    those users were never shown, and nothing later than the target is in the input)."""
+    def rows_for(seqs: list[tuple[str, UserSequence, list[int]]]) -> dict[str, list]:
+        out = {"user_id": [], "input_ids": [], "labels": []}
+        for user, seq, labels in seqs:
+            ids, lab = _token_row(seq, labels, tokenizer, max_length, with_behaviors)
+            out["user_id"].append(user)
+            out["input_ids"].append(ids)
+            out["labels"].append(lab)
+        return out
+
+    train = [(s.user_id, s, [labeler.label("event-class", b, v, ln)
+                             for b, v, ln in zip(s.behaviors, s.values, s.lines)]) for s in split.train]
+    parts = {"train": Dataset.from_dict(rows_for(train))}
+    for name in ("validation", "test"):
+        rows = []
+        for ex in getattr(split, name):
+            h = ex.history
+            full = UserSequence(ex.user_id, h.items + [ex.target_item], h.behaviors + [ex.target_behavior],
+                                h.timestamps + [ex.target_timestamp], h.values + [ex.target_value],
+                                h.lines + [ex.target_line])
+            labels = [IGNORE] * len(h) + [labeler.label("event-class", ex.target_behavior,
+                                                        ex.target_value, ex.target_line)]
+            rows.append((ex.user_id, full, labels))
+        if rows:
+            parts[name] = Dataset.from_dict(rows_for(rows))
+    return DatasetDict(parts)
