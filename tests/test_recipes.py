@@ -8,7 +8,7 @@ import torch
 
 from behavior_lm.cli.recipes import load_recipe, parse_recipe
 from behavior_lm.errors import RecipeError
-from behavior_lm.models.auto import build_model
+from behavior_lm.models.auto import build_model, template_for
 from behavior_lm.tokenization.behavior_tokenizer import build_tokenizer
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").rglob("*.yaml"))
@@ -17,7 +17,8 @@ RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").rglob("*.yaml
 def test_there_are_recipes():
     names = {p.relative_to(p.parents[1]).as_posix() for p in RECIPES}
     assert {"quickstart/gpt2-ml-100k.yaml", "next-item/gpt2-ml-1m.yaml",
-            "next-item/gpt2-beauty.yaml"} <= names
+            "next-item/gpt2-beauty.yaml", "next-class/bert-ml-100k.yaml",
+            "next-rating/gru-ml-100k.yaml", "event-class/bert-ml-100k.yaml"} <= names
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.relative_to(p.parents[1]).as_posix())
@@ -28,13 +29,21 @@ def test_recipe_parses_and_builds_tiny(recipe):
         if key not in ("hidden_size", "num_layers", "num_heads"):
             got = next(getattr(a, key) for a in (data_args, model_args, training_args) if hasattr(a, key))
             assert got == value or str(got).lower().endswith(str(value).lower()), key
-    assert training_args.metric_for_best_model == "ndcg@10"
-    tok = build_tokenizer([str(i) for i in range(20)], max_length=data_args.max_length)
-    model = build_model(model_args, tok, data_args.max_length)
+    task = data_args.task
+    template = template_for(model_args.model_type, task)
+    tok = build_tokenizer([str(i) for i in range(20)], template=template, max_length=data_args.max_length)
+    model = build_model(model_args, tok, data_args.max_length, task=task, num_labels=2)
     assert model.config.vocab_size == len(tok)
     assert model.config.pad_token_id == tok.pad_token_id
-    ids = torch.tensor([tok.convert_tokens_to_ids(["[BOS]", "i:3", "i:4"])])
-    assert model(input_ids=ids).logits.shape == (1, 3, len(tok))
+    ids = torch.tensor([tok("i:3 i:4")["input_ids"]])
+    logits = model(input_ids=ids).logits
+    if task == "next-item":
+        assert training_args.metric_for_best_model == "ndcg@10"
+        assert logits.shape == (1, ids.size(1), len(tok))
+    elif task == "event-class":
+        assert logits.shape == (1, ids.size(1), 2)
+    else:
+        assert logits.shape == (1, 1 if task == "next-rating" else 2)
 
 
 def test_flags_override_yaml(tmp_path):

@@ -23,7 +23,10 @@ from behavior_lm.cli.recipes import parse_recipe  # noqa: E402
 from behavior_lm.errors import RecipeError  # noqa: E402
 from behavior_lm.training.run import train  # noqa: E402
 
-METRICS = ("hr@10", "ndcg@10", "mrr@10")
+TASK_METRICS = {"next-item": ("hr@10", "ndcg@10", "mrr@10"),
+                "next-class": ("accuracy", "f1_macro", "roc_auc"),
+                "event-class": ("accuracy", "f1_macro", "roc_auc"),
+                "next-rating": ("mae", "rmse")}
 
 
 def compare(recipes: Sequence[str | Path], output_dir: str | Path,
@@ -42,6 +45,7 @@ def compare(recipes: Sequence[str | Path], output_dir: str | Path,
         if diff:
             raise RecipeError(f"{name}: data settings differ from {parsed[0][0]} ({', '.join(sorted(diff))}); "
                               "a comparison needs one split")
+    metric_names = TASK_METRICS[parsed[0][1].task]
     rows: dict[str, dict] = {}
     floors: dict[str, dict] = {}
     for name, data_args, model_args, training_args, raw in parsed:
@@ -50,41 +54,49 @@ def compare(recipes: Sequence[str | Path], output_dir: str | Path,
             training_args.overwrite_output_dir = False
             train(data_args, model_args, training_args, raw)
         metrics = json.loads((run / "metrics.json").read_text())
-        rows[name] = {**{m: metrics["test"][m] for m in METRICS},
+        rows[name] = {**{m: metrics["test"].get(m, float("nan")) for m in metric_names},
                       "train_minutes": metrics["train"]["seconds"] / 60,
                       "parameters": metrics["train"]["parameters"],
                       "epochs": metrics["train"]["epochs_run"], "best_epoch": metrics["train"]["best_epoch"],
                       "model_type": metrics["model_type"], "run": str(run)}
         for floor, fm in metrics["baselines"]["test"].items():
-            floors.setdefault(floor, {m: fm[m] for m in METRICS})
+            floors.setdefault(floor, {m: fm.get(m, float("nan")) for m in metric_names})
     if int(os.environ.get("RANK", "0")) == 0:
-        _write(out, rows, floors, metrics["protocol"], metrics["data"])
+        _write(out, rows, floors, metrics["protocol"], metrics["data"], metric_names)
     return out
 
 
-def comparison_table(rows: dict[str, dict], floors: dict[str, dict]) -> str:
-    lines = ["| model | HR@10 | NDCG@10 | MRR@10 | train (min) | parameters | epochs (best) |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    for name, r in sorted(rows.items(), key=lambda kv: -kv[1]["ndcg@10"]):
-        lines.append(f"| {name} | {r['hr@10']:.4f} | {r['ndcg@10']:.4f} | {r['mrr@10']:.4f} | "
-                     f"{r['train_minutes']:.1f} | {r['parameters'] / 1e6:.2f}M | "
+def comparison_table(rows: dict[str, dict], floors: dict[str, dict],
+                     metric_names: Sequence[str] = TASK_METRICS["next-item"]) -> str:
+    """Models sorted best first by the second metric (NDCG@10, F1 macro; lowest RMSE), then floors."""
+    head = " | ".join(m.upper() if "@" in m else m.replace("_", " ") for m in metric_names)
+    lines = [f"| model | {head} | train (min) | parameters | epochs (best) |",
+             "|---|" + "---:|" * (len(metric_names) + 3)]
+    key = metric_names[1]
+    sign = 1 if key in ("rmse", "mae") else -1
+    for name, r in sorted(rows.items(), key=lambda kv: sign * kv[1][key]):
+        cells = " | ".join(f"{r[m]:.4f}" for m in metric_names)
+        lines.append(f"| {name} | {cells} | {r['train_minutes']:.1f} | {r['parameters'] / 1e6:.2f}M | "
                      f"{r['epochs']:g} ({r['best_epoch']}) |")
     for name, f in floors.items():
-        lines.append(f"| {name} (floor) | {f['hr@10']:.4f} | {f['ndcg@10']:.4f} | {f['mrr@10']:.4f} | | | |")
+        cells = " | ".join(f"{f[m]:.4f}" for m in metric_names)
+        lines.append(f"| {name} (floor) | {cells} | | | |")
     return "\n".join(lines)
 
 
-def comparison_chart(rows: dict[str, dict], floors: dict[str, dict], path: Path) -> Path:
+def comparison_chart(rows: dict[str, dict], floors: dict[str, dict], path: Path,
+                     metric_names: Sequence[str] = TASK_METRICS["next-item"]) -> Path:
     names = list(rows) + [f"{f} (floor)" for f in floors]
     values = {**rows, **{f"{f} (floor)": v for f, v in floors.items()}}
     fig, axes = plt.subplots(1, 3, figsize=(13, 4), dpi=110,
                              gridspec_kw={"width_ratios": [3, 1.3, 1.3]})
-    width = 0.8 / len(METRICS)
-    for i, metric in enumerate(METRICS):
-        xs = [j + (i - 1) * width for j in range(len(names))]
+    width = 0.8 / len(metric_names)
+    for i, metric in enumerate(metric_names):
+        xs = [j + (i - (len(metric_names) - 1) / 2) * width for j in range(len(names))]
         axes[0].bar(xs, [values[n][metric] for n in names], width, label=metric.upper())
     axes[0].set_xticks(range(len(names)), names, rotation=30, ha="right")
-    axes[0].set_title("test ranking quality (full catalogue)")
+    axes[0].set_title("test ranking quality (full catalogue)" if "@" in metric_names[0]
+                      else "test quality")
     axes[0].legend(fontsize=8)
     model_names = list(rows)
     axes[1].bar(model_names, [rows[n]["train_minutes"] for n in model_names], color="tab:gray")
@@ -99,9 +111,9 @@ def comparison_chart(rows: dict[str, dict], floors: dict[str, dict], path: Path)
     return path
 
 
-def _write(out: Path, rows, floors, protocol, data) -> None:
+def _write(out: Path, rows, floors, protocol, data, metric_names) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    table = comparison_table(rows, floors)
+    table = comparison_table(rows, floors, metric_names)
     seen = "seen items filtered" if protocol["filter_seen"] else "seen items kept"
     text = (f"# Comparison on {data['dataset']}\n\nProtocol: {protocol['split']}, "
             f"{protocol['candidates']} ranking, {seen}; {data['prepared']['users']} users, "
@@ -113,4 +125,4 @@ def _write(out: Path, rows, floors, protocol, data) -> None:
         with os.fdopen(fd, "w") as fh:
             fh.write(content)
         os.replace(tmp, out / name)
-    comparison_chart(rows, floors, out / "comparison.png")
+    comparison_chart(rows, floors, out / "comparison.png", metric_names)
