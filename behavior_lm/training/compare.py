@@ -114,9 +114,13 @@ def comparison_chart(rows: dict[str, dict], floors: dict[str, dict], path: Path,
 def _write(out: Path, rows, floors, protocol, data, metric_names) -> None:
     out.mkdir(parents=True, exist_ok=True)
     table = comparison_table(rows, floors, metric_names)
-    seen = "seen items filtered" if protocol["filter_seen"] else "seen items kept"
-    text = (f"# Comparison on {data['dataset']}\n\nProtocol: {protocol['split']}, "
-            f"{protocol['candidates']} ranking, {seen}; {data['prepared']['users']} users, "
+    task = data.get("task", "next-item")
+    if task == "next-item":
+        seen = "seen items filtered" if protocol["filter_seen"] else "seen items kept"
+        what = f"Protocol: {protocol['split']}, {protocol['candidates']} ranking, {seen}"
+    else:
+        what = f"Task: {task}, classes {data.get('class_names')}, held-out events of the {protocol['split']} split"
+    text = (f"# Comparison on {data['dataset']} ({task})\n\n{what}; {data['prepared']['users']} users, "
             f"{data['prepared']['items']} items.\n\n{table}\n\n![comparison](comparison.png)\n")
     for name, content in (("comparison.md", text),
                           ("comparison.json", json.dumps({"models": rows, "floors": floors,
