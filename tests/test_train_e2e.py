@@ -126,6 +126,8 @@ def test_accelerate_launch_two_processes(tmp_path):
     assert metrics["test"]["num_examples"] == metrics["test"]["num_ranked"] == 60
     assert metrics["validation"]["num_ranked"] == 60
     assert not out.with_name("ddp.partial").exists()
+    # really data-parallel (not two processes each training alone on all the data)
+    assert metrics["train"]["world_size"] == 2
 
 
 def test_compare_two_models_one_table(tmp_path, capsys):

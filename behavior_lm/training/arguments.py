@@ -7,7 +7,10 @@ best checkpoint by validation NDCG@10, keep the ranking columns for the collator
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+
+import torch
 
 from transformers import TrainingArguments
 
@@ -121,6 +124,15 @@ class BehaviorTrainingArguments(TrainingArguments):
         "help": "Replace an existing finished run directory (atomically, at the end)."})
     resume: bool = field(default=True, metadata={
         "help": "Resume from the newest checkpoint of an unfinished run (<output_dir>.partial)."})
+
+    def __post_init__(self) -> None:
+        # `accelerate launch --multi_gpu` / `torchrun` on a machine without GPUs starts several
+        # processes, but TrainingArguments only builds a multi-CPU (gloo) state when use_cpu is
+        # set; without it every process would train alone on all the data.
+        if (int(os.environ.get("WORLD_SIZE", "1")) > 1 and not self.use_cpu
+                and not torch.cuda.is_available()):
+            self.use_cpu = True
+        super().__post_init__()
 
     # TrainingArguments fields whose defaults differ for next-item training
     output_dir: str | None = field(default="runs/run", metadata={"help": "The run directory."})

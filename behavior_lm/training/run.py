@@ -186,6 +186,7 @@ def _write_run_files(run: Path, data_args, model_args, training_args, recipe, da
         "baselines": {"test": baselines},
         "train": {"seconds": round(train_seconds, 1), "epochs_run": trainer.state.epoch,
                   "best_epoch": best_epoch, "global_steps": trainer.state.global_step,
+                  "world_size": training_args.world_size,
                   "parameters": n_params, **{k: v for k, v in train_metrics.items()
                                              if k in ("train_loss", "train_runtime")}},
         "data": data_info,
