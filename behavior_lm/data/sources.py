@@ -21,7 +21,6 @@ import hashlib
 import io
 import logging
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -171,8 +170,3 @@ def load_events(name: str, data_path: str | os.PathLike | None = None,
     if src is not None and "fmt" not in kwargs:
         return src.reader(path, **{**src.reader_kwargs, **kwargs})
     return readers.read_events(path, **kwargs)
-
-
-def clear_cached(name: str) -> None:
-    """Remove a dataset's cached files (tests use it to exercise the fallbacks)."""
-    shutil.rmtree(cache_dir() / "datasets" / name, ignore_errors=True)
