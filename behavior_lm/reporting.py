@@ -10,25 +10,13 @@ matplotlib.use("Agg")  # headless: CI and servers have no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def metrics_table(rows: Mapping[str, Mapping[str, float]], ks: Sequence[int],
-                  extra: Sequence[str] = ()) -> str:
-    """Markdown table, one row per model/baseline: HR, NDCG, MRR at every K (+ extra columns)."""
+def metrics_table(rows: Mapping[str, Mapping[str, float]], ks: Sequence[int]) -> str:
+    """Markdown table, one row per model/baseline: HR, NDCG, MRR at every K."""
     cols = [f"{m}@{k}" for k in ks for m in ("hr", "ndcg", "mrr")]
-    head = "| model | " + " | ".join(c.upper() for c in cols)
-    head += "".join(f" | {e}" for e in extra) + " |"
-    sep = "|---|" + "---:|" * (len(cols) + len(extra))
-    lines = [head, sep]
+    lines = ["| model | " + " | ".join(c.upper() for c in cols) + " |", "|---|" + "---:|" * len(cols)]
     for name, m in rows.items():
-        cells = [f"{m[c]:.4f}" if c in m else "" for c in cols]
-        cells += [_fmt(m.get(e, "")) for e in extra]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | " + " | ".join(f"{m[c]:.4f}" if c in m else "" for c in cols) + " |")
     return "\n".join(lines)
-
-
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.1f}" if abs(v) >= 100 else f"{v:.4g}"
-    return str(v)
 
 
 def training_curves(log_history: Sequence[Mapping], path: Path,
