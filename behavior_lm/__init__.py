@@ -15,6 +15,7 @@ from behavior_lm.data.pipeline import PreparedData, prepare_data
 from behavior_lm.data.readers import read_events
 from behavior_lm.data.sources import load_events
 from behavior_lm.models import rnn as _rnn  # noqa: F401  (registers GRU/LSTM with the Auto classes)
+from behavior_lm.inference.pipelines import NextBehaviorPipeline, register as _register_pipeline
 from behavior_lm.errors import BehaviorLMError, DataError, RecipeError
 from behavior_lm.evaluation.metrics import rank_of_target, ranking_metrics
 from behavior_lm.evaluation.protocol import EvalProtocol
@@ -22,8 +23,10 @@ from behavior_lm.tokenization.behavior_tokenizer import build_tokenizer
 from behavior_lm.training.arguments import BehaviorTrainingArguments, DataArguments, ModelArguments
 from behavior_lm.training.run import train
 
+_register_pipeline()  # pipeline("next-behavior", model=...)
+
 __all__ = [
     "BehaviorLMError", "BehaviorTrainingArguments", "DataArguments", "DataError", "EvalProtocol",
-    "EventLog", "ModelArguments", "PreparedData", "RecipeError", "build_tokenizer", "load_events",
+    "EventLog", "ModelArguments", "NextBehaviorPipeline", "PreparedData", "RecipeError", "build_tokenizer", "load_events",
     "prepare_data", "rank_of_target", "ranking_metrics", "read_events", "train", "__version__",
 ]

@@ -44,3 +44,37 @@ def training_curves(log_history: Sequence[Mapping], path: Path,
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def regenerate(folder: str | Path) -> list[Path]:
+    """Redraw the PNGs of a run directory (training curves) or a comparison directory (the chart,
+    and every run in it) from the JSON they were drawn from (``behavior-lm report``)."""
+    import json
+
+    from behavior_lm.errors import RecipeError
+
+    root = Path(folder)
+    written: list[Path] = []
+    if (root / "comparison.json").is_file():
+        from behavior_lm.training.compare import TASK_METRICS, comparison_chart
+
+        saved = json.loads((root / "comparison.json").read_text())
+        rows, floors = saved["models"], saved["floors"]
+        first = next(iter(rows.values()), {})
+        names = next((m for m in TASK_METRICS.values() if all(k in first for k in m)),
+                     TASK_METRICS["next-item"])
+        written.append(comparison_chart(rows, floors, root / "comparison.png", names))
+        for sub in sorted(p for p in root.iterdir() if (p / "log_history.json").is_file()):
+            written += regenerate(sub)
+        return written
+    if not (root / "log_history.json").is_file() or not (root / "metrics.json").is_file():
+        raise RecipeError(f"{root}: neither a run directory (log_history.json, metrics.json) nor a "
+                          "comparison directory (comparison.json)")
+    history = json.loads((root / "log_history.json").read_text())
+    metrics = json.loads((root / "metrics.json").read_text())
+    args_path = root / "training_args.json"
+    best = json.loads(args_path.read_text()).get("metric_for_best_model") if args_path.is_file() else None
+    metric = "eval_" + (best or "ndcg@10").removeprefix("eval_")
+    written.append(training_curves(history, root / "training_curves.png", metric=metric,
+                                   title=f"{metrics.get('model_type', 'model')} on {metrics['data']['dataset']}"))
+    return written

@@ -22,6 +22,23 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+QUICKSTART = REPO / "recipes" / "quickstart" / "gpt2-ml-100k.yaml"
+# a slice of ml-100k and a tiny model: every part is the real one, seconds per run
+TINY = ["--max_users", "60", "--max_length", "32", "--hidden_size", "16", "--num_layers", "1",
+        "--num_heads", "1", "--num_train_epochs", "2", "--per_device_train_batch_size", "16",
+        "--warmup_steps", "0", "--dataloader_num_workers", "0", "--disable_tqdm", "true"]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """One finished tiny GPT-2 run directory on ml-100k, shared by the tests that only read it."""
+    from behavior_lm.cli.main import main
+
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    assert main(["train", str(QUICKSTART), *TINY, "--output_dir", str(out)]) == 0
+    return out
+
+
 def shared_dataset(*parts: str) -> Path:
     """Path inside ../shared/datasets, or skip the test with the reason."""
     data = Path(os.environ.get("BEHAVIOR_LM_DATA", SHARED_DATASETS))

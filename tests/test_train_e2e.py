@@ -19,20 +19,16 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from behavior_lm.cli.main import main
 from behavior_lm.evaluation.run_eval import evaluate_run
 
+from conftest import QUICKSTART, TINY
+
 REPO = Path(__file__).resolve().parents[1]
-QUICKSTART = REPO / "recipes" / "quickstart" / "gpt2-ml-100k.yaml"
-TINY = ["--max_users", "60", "--max_length", "32", "--hidden_size", "16", "--num_layers", "1",
-        "--num_heads", "1", "--num_train_epochs", "2", "--per_device_train_batch_size", "16",
-        "--warmup_steps", "0", "--dataloader_num_workers", "0", "--disable_tqdm", "true"]
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("runs") / "tiny"
-    assert main(["train", str(QUICKSTART), *TINY, "--output_dir", str(out)]) == 0
-    return out
+def run_dir(tiny_run) -> Path:
+    return tiny_run
 
 
 def test_run_directory_is_complete(run_dir):
@@ -110,15 +106,22 @@ def test_crash_then_resume(tmp_path):
     assert max(h.get("epoch", 0) for h in history) == pytest.approx(6)
 
 
-def test_accelerate_launch_two_processes(tmp_path):
-    """`accelerate launch` runs the same CLI with 2 CPU processes (DDP over gloo); the run
-    directory is written once and every test user is scored exactly once."""
+def test_accelerate_two_processes_match_one_process(tmp_path):
+    """`accelerate launch` runs the same CLI with 2 CPU processes (DDP over gloo). The run
+    directory is written once, every test user is scored exactly once, and the result matches a
+    1-process run with the same global batch (2 x 8 = 16): same batches, gradients averaged over
+    the tokens of both processes. Tolerance: 1e-3 on the training loss and 0.02 on test NDCG@10
+    (float summation order differs between 1 and 2 processes; nothing else should)."""
     accelerate = Path(sys.executable).with_name("accelerate")
     if not accelerate.exists():
         pytest.skip("accelerate CLI not installed in this environment")
+    same = ["--dropout", "0", "--train_sampling_strategy", "random", "--early_stopping_patience", "0"]
+    one = tmp_path / "one"
+    assert main(["train", str(QUICKSTART), *TINY, *same, "--output_dir", str(one)]) == 0
     out = tmp_path / "ddp"
     cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "-m",
-           "behavior_lm.cli.main", "train", str(QUICKSTART), *TINY, "--output_dir", str(out)]
+           "behavior_lm.cli.main", "train", str(QUICKSTART), *TINY, *same,
+           "--per_device_train_batch_size", "8", "--output_dir", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
@@ -128,6 +131,30 @@ def test_accelerate_launch_two_processes(tmp_path):
     assert not out.with_name("ddp.partial").exists()
     # really data-parallel (not two processes each training alone on all the data)
     assert metrics["train"]["world_size"] == 2
+    single = json.loads((one / "metrics.json").read_text())
+    assert metrics["train"]["global_steps"] == single["train"]["global_steps"]
+    assert metrics["train"]["train_loss"] == pytest.approx(single["train"]["train_loss"], abs=1e-3)
+    assert metrics["test"]["ndcg@10"] == pytest.approx(single["test"]["ndcg@10"], abs=0.02)
+
+
+def test_tensorboard_accumulation_and_recipe_push(tiny_run, tmp_path, capsys):
+    """Trainer options are recipe keys: TensorBoard event files land in the run directory and
+    gradient accumulation halves the optimizer steps. `push_to_hub` in a recipe pushes the
+    finished run once; without a Hub the run is kept and the error is one line."""
+    out = tmp_path / "tb"
+    code = main(["train", str(QUICKSTART), *TINY, "--report_to", "tensorboard",
+                 "--gradient_accumulation_steps", "2", "--push_to_hub", "true",
+                 "--hub_model_id", "me/tiny-tb", "--output_dir", str(out)])
+    assert code == 2 and "push to the Hub as 'me/tiny-tb' failed" in capsys.readouterr().err
+    assert (out / "metrics.json").is_file()                       # the finished run is kept
+    assert list((out / "logs").glob("events.out.tfevents.*"))
+    metrics = json.loads((out / "metrics.json").read_text())
+    base = json.loads((tiny_run / "metrics.json").read_text())["train"]["global_steps"]  # same run, no accumulation
+    epochs = int(metrics["train"]["epochs_run"])
+    assert base // 2 <= metrics["train"]["global_steps"] <= base // 2 + epochs
+    assert main(["train", str(QUICKSTART), *TINY, "--push_to_hub", "true",
+                 "--output_dir", str(tmp_path / "x")]) == 2
+    assert "hub_model_id" in capsys.readouterr().err
 
 
 def test_compare_two_models_one_table(tmp_path, capsys):
@@ -165,3 +192,16 @@ def test_task_runs_and_evaluate(task, model_type, key, tmp_path):
     assert f"| {floor} (floor) |" in (out / "results.md").read_text()
     results, _ = evaluate_run(out)
     assert results[model_type][key] == pytest.approx(metrics["test"][key], abs=1e-6)
+    if task == "next-class":  # the stock text-classification pipeline reads the run as it is
+        from transformers import pipeline
+
+        clf = pipeline("text-classification", model=str(out))
+        pred = clf({"text": "i:1 i:50 i:100", "text_pair": "i:181"})
+        pred = pred[0] if isinstance(pred, list) else pred
+        assert pred["label"] in metrics["data"]["class_names"] and 0.0 <= pred["score"] <= 1.0
+    if task == "event-class":
+        from transformers import pipeline
+
+        tagger = pipeline("token-classification", model=str(out))
+        tags = tagger("i:1 i:50 i:100")
+        assert {t["entity"] for t in tags} <= set(metrics["data"]["class_names"])

@@ -1,4 +1,4 @@
-"""``behavior-lm`` command line: ``train``, ``evaluate``.
+"""``behavior-lm`` command line: ``train``, ``evaluate``, ``compare``, ``predict``, ``push``, ``report``.
 
 Errors from bad input (files, rows, recipes) are printed as one line and exit with status 2;
 anything else is a bug and keeps its traceback.
@@ -72,7 +72,65 @@ def _compare(argv: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "evaluate": _evaluate, "compare": _compare}
+def _predict(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="behavior-lm predict",
+        description='Rank the next event for one history with pipeline("next-behavior").')
+    parser.add_argument("model", help="run directory (or a Hub id)")
+    parser.add_argument("--history", required=True,
+                        help='item ids ("50 172 133"), item:behavior pairs ("4021:pv 4021:cart") '
+                             'or the serialized stream ("<pv> i:4021 <cart> i:4021")')
+    parser.add_argument("--top_k", type=int, default=10)
+    parser.add_argument("--behavior", default=None, help='condition on the next behavior, e.g. "buy"')
+    seen = parser.add_mutually_exclusive_group()
+    seen.add_argument("--exclude_seen", dest="exclude_seen", action="store_true", default=None)
+    seen.add_argument("--include_seen", dest="exclude_seen", action="store_false")
+    parser.add_argument("--return_behaviors", action="store_true",
+                        help="also print the distribution over the next behavior")
+    args = parser.parse_args(argv)
+    from behavior_lm.inference.predict_table import predict_table
+
+    print(predict_table(args.model, args.history, top_k=args.top_k, behavior=args.behavior,
+                        exclude_seen=args.exclude_seen, return_behaviors=args.return_behaviors))
+    return 0
+
+
+def _push(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="behavior-lm push",
+        description="Upload a run (model, tokenizer, generated model card, metrics) to the Hub.")
+    parser.add_argument("run_dir")
+    parser.add_argument("--repo-id", "--repo_id", dest="repo_id", required=True, help="ORG/NAME")
+    parser.add_argument("--private", action="store_true")
+    parser.add_argument("--token", default=None, help="Hub token (default: the logged-in one)")
+    parser.add_argument("--dry-run", "--dry_run", dest="dry_run", metavar="DIR", default=None,
+                        help="write the folder that would be uploaded into DIR; upload nothing")
+    args = parser.parse_args(argv)
+    from behavior_lm.hub import push_run, stage_run
+
+    if args.dry_run:
+        out = stage_run(args.run_dir, args.dry_run, args.repo_id)
+        print(f"staged {len(list(out.iterdir()))} files for {args.repo_id} in {out} (nothing uploaded)")
+        return 0
+    print(push_run(args.run_dir, args.repo_id, private=args.private, token=args.token))
+    return 0
+
+
+def _report(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="behavior-lm report",
+        description="Regenerate the plots (and tables) of a run or comparison directory.")
+    parser.add_argument("run_dir")
+    args = parser.parse_args(argv)
+    from behavior_lm.reporting import regenerate
+
+    for path in regenerate(args.run_dir):
+        print(f"wrote {path}")
+    return 0
+
+
+COMMANDS = {"train": _train, "evaluate": _evaluate, "compare": _compare, "predict": _predict,
+            "push": _push, "report": _report}
 
 
 def _is_main_process() -> bool:
@@ -82,10 +140,13 @@ def _is_main_process() -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: behavior-lm {train,evaluate,compare} ...\n\n"
+        print("usage: behavior-lm {train,evaluate,compare,predict,push,report} ...\n\n"
               "  train RECIPE [--key value ...]   train + evaluate a recipe, write a run directory\n"
               "  evaluate RUN_DIR [--split test]  score a finished run with the harness\n"
-              "  compare RECIPE... --output_dir D train several recipes on one split, one table + chart",
+              "  compare RECIPE... --output_dir D train several recipes on one split, one table + chart\n"
+              "  predict RUN_DIR --history \"...\"   rank the next event for one history\n"
+              "  push RUN_DIR --repo-id ORG/NAME   upload model, tokenizer and model card to the Hub\n"
+              "  report RUN_DIR                   regenerate the run's plots",
               file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

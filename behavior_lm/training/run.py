@@ -9,8 +9,10 @@ writes, the others wait.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import shutil
 import time
 from dataclasses import asdict
@@ -63,6 +65,11 @@ def train(data_args: DataArguments, model_args: ModelArguments,
         raise RecipeError(f"metric_for_best_model {training_args.metric_for_best_model!r} needs its K "
                           f"in eval_ks {training_args.eval_ks}")
     training_args.output_dir = str(partial / "checkpoints")
+    # the Trainer would push checkpoints during training; we push the finished run once, with its card
+    push_to = training_args.hub_model_id if training_args.push_to_hub else None
+    if training_args.push_to_hub and not push_to:
+        raise RecipeError("push_to_hub: true needs hub_model_id: ORG/NAME in the recipe")
+    training_args.push_to_hub = False
     set_seed(training_args.seed)
 
     with training_args.main_process_first(desc="preparing token streams"):
@@ -75,16 +82,18 @@ def train(data_args: DataArguments, model_args: ModelArguments,
     num_classes = len(data.info["class_names"])
     model = build_model(model_args, tokenizer, data_args.max_length, task=data_args.task,
                         num_labels=num_classes)
+    describe_run_in_config(model.config, data_args, model_args, training_args, data.info)
     callbacks = []
     if training_args.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=training_args.early_stopping_patience))
-    trainer = BehaviorTrainer(
-        model=model, args=training_args, train_dataset=dsd["train"], eval_dataset=validation,
-        data_collator=make_collator(model_args, tokenizer, data_args.task), processing_class=tokenizer,
-        compute_metrics=(make_compute_metrics(training_args.eval_ks) if ranking
-                         else make_task_metrics(data_args.task, num_classes)),
-        callbacks=callbacks, filter_seen=training_args.filter_seen,
-        item_mask=item_mask(tokenizer, model.get_output_embeddings().out_features) if ranking else None)
+    with _tensorboard_logs(partial / "logs"):  # read when the Trainer builds its callbacks
+        trainer = BehaviorTrainer(
+            model=model, args=training_args, train_dataset=dsd["train"], eval_dataset=validation,
+            data_collator=make_collator(model_args, tokenizer, data_args.task), processing_class=tokenizer,
+            compute_metrics=(make_compute_metrics(training_args.eval_ks) if ranking
+                             else make_task_metrics(data_args.task, num_classes)),
+            callbacks=callbacks, filter_seen=training_args.filter_seen,
+            item_mask=item_mask(tokenizer, model.get_output_embeddings().out_features) if ranking else None)
 
     checkpoint = None
     if training_args.resume and Path(training_args.output_dir).is_dir():
@@ -116,7 +125,44 @@ def train(data_args: DataArguments, model_args: ModelArguments,
             shutil.rmtree(partial / "checkpoints", ignore_errors=True)
         _promote(partial, final)
     trainer.accelerator.wait_for_everyone()
+    if push_to and trainer.is_world_process_zero():
+        from behavior_lm.hub import push_run
+
+        url = push_run(final, push_to, private=bool(training_args.hub_private_repo),
+                       token=training_args.hub_token)
+        logger.warning("pushed %s to %s", final, url)
     return final
+
+
+@contextlib.contextmanager
+def _tensorboard_logs(folder: Path):
+    """``report_to: tensorboard`` writes its event files into the run directory (``logs/``), not
+    into the checkpoints that are deleted; a ``TENSORBOARD_LOGGING_DIR`` set by the user wins."""
+    if "TENSORBOARD_LOGGING_DIR" in os.environ:
+        yield
+        return
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(folder)
+    try:
+        yield
+    finally:
+        os.environ.pop("TENSORBOARD_LOGGING_DIR", None)
+
+
+def describe_run_in_config(config, data_args: DataArguments, model_args: ModelArguments,
+                           training_args: BehaviorTrainingArguments, data_info: dict) -> None:
+    """Store what inference needs in ``config.json`` (it travels with the weights to the Hub):
+    the behaviors of the log, whether the run ranked with seen items filtered, and class names."""
+    from behavior_lm import __version__
+
+    config.behavior_lm = {
+        "version": __version__, "task": data_args.task, "dataset": data_args.dataset,
+        "model_type": model_args.model_type, "behaviors": list(data_info["prepared"]["behaviors"]),
+        "filter_seen": bool(training_args.filter_seen), "split": data_args.split,
+    }
+    if data_args.task in ("next-class", "event-class"):
+        names = list(data_info["class_names"])
+        config.id2label = dict(enumerate(names))
+        config.label2id = {n: i for i, n in enumerate(names)}
 
 
 def make_collator(model_args: ModelArguments, tokenizer, task: str = "next-item") -> BehaviorCollator:

@@ -1,0 +1,209 @@
+"""Hub-ready runs: stage a run directory with a generated model card, then upload it.
+
+``stage_run`` writes exactly the folder that would be uploaded (weights, config, tokenizer, the
+run's metrics/recipe/arguments/plots and a ``README.md`` model card) atomically; ``push_run``
+stages into a temporary folder and hands it to ``huggingface_hub`` (``create_repo`` +
+``upload_folder``), nothing more. The card states everything a reader needs to trust or reproduce
+a number: task, data source and its terms, preprocessing, the full ``EvalProtocol``, the metrics
+next to their floors, the training arguments and a ``pipeline("next-behavior")`` snippet.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from behavior_lm.errors import BehaviorLMError, RecipeError
+from behavior_lm.evaluation.protocol import EvalProtocol
+
+# weights, config and tokenizer first; then the run's own records
+MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+               "tokenizer_config.json", "special_tokens_map.json")
+RUN_FILES = ("metrics.json", "recipe.yaml", "training_args.json", "log_history.json", "results.md",
+             "training_curves.png")
+TRAINING_ARGS_SHOWN = ("learning_rate", "num_train_epochs", "per_device_train_batch_size",
+                       "gradient_accumulation_steps", "warmup_steps", "weight_decay",
+                       "lr_scheduler_type", "optim", "seed", "bf16", "fp16",
+                       "train_sampling_strategy", "metric_for_best_model", "early_stopping_patience")
+
+
+def _load_run(run: Path) -> tuple[dict, dict, dict]:
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "metrics.json", "recipe.yaml"):
+        if not (run / name).is_file():
+            raise RecipeError(f"{run}: not a finished run directory (no {name})")
+    metrics = json.loads((run / "metrics.json").read_text())
+    recipe = yaml.safe_load((run / "recipe.yaml").read_text()) or {}
+    args_path = run / "training_args.json"
+    training_args = json.loads(args_path.read_text()) if args_path.is_file() else {}
+    return metrics, recipe, training_args
+
+
+def _card_metadata(metrics: dict, recipe: dict, repo_id: str | None) -> str:
+    from huggingface_hub import EvalResult, ModelCardData
+
+    task, dataset = metrics.get("task", "next-item"), metrics["data"]["dataset"]
+    results = []
+    headline = (("hr@10", "ndcg@10", "mrr@10") if task == "next-item"
+                else ("mae", "rmse") if task == "next-rating" else ("accuracy", "f1_macro", "roc_auc"))
+    for name in headline:
+        if name in metrics.get("test", {}):
+            results.append(EvalResult(
+                task_type=task, task_name=task, dataset_type=dataset, dataset_name=dataset,
+                dataset_split="test", metric_type=name, metric_name=name.upper(),
+                metric_value=round(float(metrics["test"][name]), 4)))
+    data = ModelCardData(
+        library_name="transformers", license="other",
+        tags=["behavior-lm", "recommendation", "sequential-recommendation", task,
+              metrics.get("model_type", "model")],
+        model_name=repo_id or f"{metrics.get('model_type')}-{dataset}",
+        eval_results=results or None)
+    return data.to_yaml()
+
+
+def _results_table(metrics: dict) -> str:
+    from behavior_lm.evaluation.task_metrics import task_table
+    from behavior_lm.reporting import metrics_table
+
+    rows = {metrics.get("model_type", "model"): metrics["test"],
+            **{f"{b} (floor)": m for b, m in metrics.get("baselines", {}).get("test", {}).items()}}
+    task = metrics.get("task", "next-item")
+    if task == "next-item":
+        return metrics_table(rows, metrics["protocol"]["ks"])
+    return task_table(rows, task, metrics["data"].get("class_names", []))
+
+
+def _usage(task: str, repo_id: str) -> str:
+    if task == "next-item":
+        return (
+            "```python\n"
+            "import behavior_lm  # registers the next-behavior pipeline and the GRU/LSTM classes\n"
+            "from transformers import pipeline\n\n"
+            f'recommend = pipeline("next-behavior", model="{repo_id}")\n'
+            'recommend(["50", "172", "133"], top_k=10)          # item ids of one history\n'
+            'recommend([("4021", "pv"), ("4021", "cart")], behavior="buy")  # multi-behavior logs\n'
+            "```\n\nor from a shell: `behavior-lm predict "
+            f'{repo_id} --history "50 172 133"`.\n')
+    return (
+        "```python\n"
+        "import behavior_lm  # registers the GRU/LSTM classes\n"
+        "from transformers import pipeline\n\n"
+        f'classify = pipeline("{"token-classification" if task == "event-class" else "text-classification"}", '
+        f'model="{repo_id}")\n'
+        + ('classify("i:50 i:172 i:133")\n' if task == "event-class" else
+           'classify({"text": "i:50 i:172 i:133", "text_pair": "i:181"})  # history, candidate item\n')
+        + "```\n")
+
+
+def model_card(run_dir: str | Path, repo_id: str | None = None) -> str:
+    """The ``README.md`` (YAML metadata + Markdown) for a finished run directory."""
+    run = Path(run_dir)
+    metrics, recipe, training_args = _load_run(run)
+    repo_id = repo_id or str(run)
+    protocol = EvalProtocol.from_dict(metrics["protocol"])
+    data = metrics["data"]
+    task, model_type = metrics.get("task", "next-item"), metrics.get("model_type", "model")
+    raw, prep, split = data.get("raw", {}), data.get("prepared", {}), data.get("split", {})
+    train = metrics.get("train", {})
+    preprocessing = [
+        f"exact duplicates dropped: {recipe.get('dedupe', True)}",
+        f"minimum rating kept: {recipe.get('min_rating')}" if recipe.get("min_rating") is not None else None,
+        f"k-core: users >= {recipe.get('min_user_events', 0)} events, "
+        f"items >= {recipe.get('min_item_events', 0)} events (iterated to a fixed point)",
+        f"most recent {recipe['max_history']} events per user" if recipe.get("max_history") else None,
+        "events in time order (stable for equal timestamps)",
+        f"behavior tokens in the stream: {data.get('with_behaviors')} "
+        f"(behaviors: {', '.join(prep.get('behaviors', []))})",
+        f"sequences of at most {recipe.get('max_length', protocol.max_length)} tokens, most recent kept",
+    ]
+    protocol_rows = [
+        ("split", protocol.split.replace("_", "-")), ("target", protocol.target),
+        ("candidates", f"{protocol.candidates} catalogue ({prep.get('items', '?')} items)"
+         if protocol.candidates == "full" else protocol.candidates),
+        ("seen items", "filtered from the ranking (the target never is)" if protocol.filter_seen
+         else "kept in the ranking (repeat consumption counts)"),
+        ("ties", f"{protocol.ties}: rank = number of other items scoring >= the target"),
+        ("cut-offs K", ", ".join(map(str, protocol.ks))), ("history length", f"{protocol.max_length} tokens"),
+        ("test examples", metrics["test"].get("num_examples", "")),
+    ]
+    shown = {k: training_args[k] for k in TRAINING_ARGS_SHOWN if k in training_args}
+    shown.update({k: recipe[k] for k in ("early_stopping_patience",) if k in recipe})
+    best = train.get("best_epoch")
+    parts = [
+        "---", _card_metadata(metrics, recipe, repo_id).strip(), "---", "",
+        f"# {model_type} · {task} on {data['dataset']}", "",
+        f"A `{model_type}` model trained with behavior-lm on the "
+        f"`{data['dataset']}` user-behavior log for **{task}**. The item vocabulary is the "
+        "tokenizer saved next to the weights (`i:<item id>` tokens; `<behavior>` tokens on "
+        "multi-behavior logs).", "",
+        "## Data", "",
+        f"- Source: `{data['dataset']}` (file `{Path(str(data.get('source', ''))).name}`)",
+        f"- Terms: {data.get('terms', 'see the data source')}",
+        f"- Raw: {raw.get('events', '?')} events, {raw.get('users', '?')} users, {raw.get('items', '?')} items; "
+        f"after preprocessing: {prep.get('events', '?')} events, {prep.get('users', '?')} users, "
+        f"{prep.get('items', '?')} items", "",
+        "Preprocessing:", "", *[f"- {p}" for p in preprocessing if p], "",
+        "## Evaluation protocol", "", "| | |", "|---|---|",
+        *[f"| {k} | {v} |" for k, v in protocol_rows], "",
+        f"Split sizes: {json.dumps(split)}", "",
+        "## Results (test split)", "", _results_table(metrics), "",
+        "Floors are scored by the same harness on the same split; a model is useful only above them.", "",
+        "## Training", "",
+        f"- {train.get('epochs_run', '?')} epochs in {train.get('seconds', '?')} s on "
+        f"{train.get('world_size', 1)} process(es); best validation "
+        f"{training_args.get('metric_for_best_model', 'metric')} at epoch {best}; "
+        f"{train.get('parameters', 0) / 1e6:.2f}M parameters", "",
+        "| argument | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in shown.items()], "",
+        "The complete arguments are in `training_args.json`, the recipe in `recipe.yaml`; "
+        "`behavior-lm train recipe.yaml` reproduces the run.", "",
+        "![training curves](training_curves.png)", "",
+        "## Usage", "", _usage(task, repo_id),
+        "Weights are safetensors; the model classes are stock transformers classes or "
+        "behavior-lm's own (registered with the Auto classes on `import behavior_lm`), so no "
+        "`trust_remote_code` is needed.", "",
+    ]
+    return "\n".join(parts)
+
+
+def stage_run(run_dir: str | Path, out_dir: str | Path, repo_id: str | None = None) -> Path:
+    """Write the folder that ``push`` uploads into ``out_dir`` (atomically: all or nothing)."""
+    run, out = Path(run_dir), Path(out_dir)
+    card = model_card(run, repo_id)
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in MODEL_FILES + RUN_FILES:
+        if (run / name).is_file():
+            shutil.copy2(run / name, tmp / name)
+    (tmp / "README.md").write_text(card)
+    if out.exists():
+        old = out.with_name(out.name + f".old-{int(time.time())}")
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out)
+    return out
+
+
+def push_run(run_dir: str | Path, repo_id: str, *, private: bool = False, token: str | None = None,
+             commit_message: str = "Upload behavior-lm run") -> str:
+    """Stage the run and upload it to the Hub as ``repo_id``; returns the commit URL."""
+    from huggingface_hub import HfApi
+
+    with tempfile.TemporaryDirectory(prefix="behavior-lm-push-") as tmp:
+        folder = stage_run(run_dir, Path(tmp) / "upload", repo_id)
+        api = HfApi(token=token)
+        try:
+            api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+            info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
+                                     commit_message=commit_message)
+        except Exception as exc:  # network, auth, offline mode: one clear line, nothing lost
+            raise BehaviorLMError(f"push to the Hub as {repo_id!r} failed ({type(exc).__name__}: "
+                                  f"{str(exc).splitlines()[0] if str(exc) else ''}); the run in "
+                                  f"{run_dir} is unchanged; `behavior-lm push {run_dir} --repo-id "
+                                  f"{repo_id} --dry-run DIR` writes the folder locally") from exc
+    return str(getattr(info, "commit_url", info))

@@ -1,0 +1,1 @@
+"""Inference: the ``next-behavior`` pipeline and the next-event distribution it reads."""

@@ -1,0 +1,247 @@
+"""``pipeline("next-behavior", model=RUN_DIR_OR_HUB_ID)``: raw events in, ranked raw items out.
+
+Registered with ``PIPELINE_REGISTRY`` when ``behavior_lm`` is imported. A history is given as
+
+- a list of item ids: ``["50", "172", 133]``;
+- a list of ``(item, behavior)`` tuples: ``[("4021", "pv"), ("4021", "cart")]``;
+- a serialized stream: ``"<pv> i:4021 <cart> i:4021"`` (the tokenizer's own format);
+
+and a batch is a list of histories (lists of lists, or lists of serialized strings).
+Items the tokenizer does not know are dropped with a warning; an empty history falls back to the
+model's unconditional distribution (what it predicts after ``[BOS]``) and says so in each output.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, Pipeline
+from transformers.pipelines import PIPELINE_REGISTRY
+
+from behavior_lm.evaluation.scoring import is_masked_lm
+from behavior_lm.inference.distribution import next_event_distribution
+from behavior_lm.tokenization.behavior_tokenizer import (behavior_token, behavior_token_ids, grammar,
+                                                         is_behavior_token, is_item_token, item_id_of,
+                                                         item_token)
+
+logger = logging.getLogger(__name__)
+TASK = "next-behavior"
+EMPTY_NOTE = "empty history (no known items): the model's unconditional distribution"
+
+
+@dataclass
+class History:
+    """One parsed history: ``events`` as ``(item, behavior or None)``; wrapped so the base
+    ``Pipeline.__call__`` does not mistake a list of item ids for a batch."""
+
+    events: list[tuple[str, str | None]] = field(default_factory=list)
+
+
+def _parse_serialized(text: str) -> History:
+    events: list[tuple[str, str | None]] = []
+    pending: str | None = None
+    head, _, tail = grammar()["behavior_format"].partition("{}")
+    for tok in text.split():
+        if is_behavior_token(tok):
+            pending = tok[len(head):len(tok) - len(tail)]
+        elif is_item_token(tok):
+            events.append((item_id_of(tok), pending))
+            pending = None
+        # special tokens ([BOS], [SEP], ...) carry no event
+    return History(events)
+
+
+def _is_serialized(text: str) -> bool:
+    return any(is_item_token(t) or is_behavior_token(t) for t in text.split())
+
+
+def parse_history(history: Any) -> History:
+    """One history in any accepted form -> :class:`History`."""
+    if isinstance(history, History):
+        return history
+    if isinstance(history, str):
+        if _is_serialized(history):
+            return _parse_serialized(history)
+        return History([(tok, None) for tok in history.replace(",", " ").split()])
+    events: list[tuple[str, str | None]] = []
+    for event in history:
+        if isinstance(event, tuple):
+            if len(event) != 2:
+                raise ValueError(f"an event tuple must be (item, behavior), got {event!r}")
+            events.append((str(event[0]), None if event[1] is None else str(event[1])))
+        elif isinstance(event, dict):
+            events.append((str(event["item"]), event.get("behavior")))
+        else:
+            events.append((str(event), None))
+    return History(events)
+
+
+def is_batch(inputs: Any) -> bool:
+    """A list of histories (lists, or serialized strings) rather than one history."""
+    if not isinstance(inputs, list) or not inputs:
+        return False
+    return all(isinstance(x, list) or (isinstance(x, str) and _is_serialized(x)) for x in inputs)
+
+
+class AutoModelForNextBehavior:
+    """Loader for the pipeline: ``AutoModelForMaskedLM`` for masked-item checkpoints (BERT4Rec),
+    ``AutoModelForCausalLM`` for the rest. (Trying the causal class first would load a BERT4Rec
+    checkpoint into ``BertLMHeadModel`` and silently predict with the wrong attention.)"""
+
+    @classmethod
+    def from_pretrained(cls, path: str, **kwargs: Any):
+        kwargs.pop("_from_pipeline", None)
+        config = kwargs.pop("config", None) or AutoConfig.from_pretrained(path)
+        archs = getattr(config, "architectures", None) or []
+        auto = AutoModelForMaskedLM if any(a.endswith("ForMaskedLM") for a in archs) else AutoModelForCausalLM
+        return auto.from_pretrained(path, config=config, **kwargs)
+
+
+class NextBehaviorPipeline(Pipeline):
+    """Ranks the catalogue for the next event of each history.
+
+    Call options: ``top_k`` (10), ``behavior`` (condition on the next behavior, e.g. ``"buy"``),
+    ``exclude_seen`` (drop history items; default: what the model was evaluated with),
+    ``return_behaviors`` (also return ``P(next behavior)``).
+
+    Returns, per history, ``[{"item": raw_id, "score": probability, "behavior": name}, ...]``
+    sorted by score; with ``return_behaviors`` a dict ``{"items": [...], "behaviors": [...]}``.
+    ``score`` is the model's probability of the item (its share of the whole catalogue, not
+    renormalised after excluding seen items).
+    """
+
+    _load_processor = False
+    _load_image_processor = False
+    _load_feature_extractor = False
+    _load_tokenizer = True
+
+    def _sanitize_parameters(self, top_k: int | None = None, behavior: str | None = None,
+                             exclude_seen: bool | None = None, return_behaviors: bool | None = None,
+                             **kwargs: Any):
+        if kwargs:
+            raise TypeError(f"next-behavior pipeline: unknown options {sorted(kwargs)}")
+        pre, post = {}, {}
+        if behavior is not None:
+            pre["behavior"] = behavior
+        if top_k is not None:
+            if int(top_k) < 1:
+                raise ValueError(f"top_k must be >= 1, got {top_k}")
+            post["top_k"] = int(top_k)
+        if exclude_seen is not None:
+            post["exclude_seen"] = bool(exclude_seen)
+        if return_behaviors is not None:
+            post["return_behaviors"] = bool(return_behaviors)
+        return pre, {}, post
+
+    # ------------------------------------------------------------------ metadata of the run
+    @property
+    def run_info(self) -> dict:
+        """What ``behavior-lm train`` stored in the config (behaviors, seen filtering, task)."""
+        return dict(getattr(self.model.config, "behavior_lm", None) or {})
+
+    def behavior_names(self) -> list[str]:
+        names = list(behavior_token_ids(self.tokenizer))
+        return names or list(self.run_info.get("behaviors") or [])
+
+    # ------------------------------------------------------------------ Pipeline steps
+    def __call__(self, inputs: Any, **kwargs: Any):
+        if is_batch(inputs):
+            return super().__call__([parse_history(h) for h in inputs], **kwargs)
+        return super().__call__(parse_history(inputs), **kwargs)
+
+    def preprocess(self, history: History, behavior: str | None = None) -> dict[str, Any]:
+        stream_behaviors = behavior_token_ids(self.tokenizer)
+        if behavior is not None and behavior not in stream_behaviors:
+            known = self.behavior_names()
+            if not (stream_behaviors == {} and known == [behavior]):
+                raise ValueError(f"behavior {behavior!r} is not one this model knows; known: {known}")
+            behavior = None  # the single behavior of a one-behavior log: nothing to condition on
+        vocab = self.tokenizer.get_vocab()
+        kept: list[tuple[str, str | None]] = []
+        dropped_items, dropped_behaviors = [], []
+        for item, b in history.events:
+            if item_token(item) not in vocab:
+                dropped_items.append(item)
+            elif stream_behaviors and b not in stream_behaviors:
+                dropped_behaviors.append((item, b))
+            else:
+                kept.append((item, b))
+        if dropped_items:
+            logger.warning("next-behavior: dropped %d unknown item(s) from the history: %s",
+                           len(dropped_items), ", ".join(map(str, dropped_items[:10])))
+        if dropped_behaviors:
+            logger.warning("next-behavior: dropped %d event(s) without a known behavior (this model "
+                           "reads (item, behavior) pairs; known behaviors: %s): %s",
+                           len(dropped_behaviors), list(stream_behaviors), dropped_behaviors[:10])
+        # keep whole events of the most recent history that fits (room for [BOS], an appended
+        # behavior token and, for masked models, the [MASK] slot)
+        per_event = 2 if stream_behaviors else 1
+        room = self.max_length - 1 - (1 if stream_behaviors else 0) - (1 if is_masked_lm(self.model) else 0)
+        kept = kept[-max(room // per_event, 0):] if room > 0 else []
+        text = " ".join((f"{behavior_token(b)} " if stream_behaviors else "") + item_token(i)
+                        for i, b in kept)
+        encoded = self.tokenizer(text, return_tensors="pt", truncation=False)
+        return {"input_ids": encoded["input_ids"], "behavior": behavior,
+                "seen": [i for i, _ in kept], "empty": not kept}
+
+    @property
+    def max_length(self) -> int:
+        cfg = self.model.config
+        limits = [self.tokenizer.model_max_length]
+        for name in ("n_positions", "max_position_embeddings"):
+            if isinstance(getattr(cfg, name, None), int):
+                limits.append(getattr(cfg, name))
+        return min(limits)
+
+    def _forward(self, model_inputs: dict[str, Any]) -> dict[str, Any]:
+        dist = next_event_distribution(self.model, self.tokenizer, model_inputs["input_ids"],
+                                       behavior=model_inputs["behavior"])
+        return {"dist": dist, "seen": model_inputs["seen"], "empty": model_inputs["empty"],
+                "behavior": model_inputs["behavior"]}
+
+    def postprocess(self, model_outputs: dict[str, Any], top_k: int = 10, exclude_seen: bool | None = None,
+                    return_behaviors: bool = False):
+        dist = model_outputs["dist"]
+        if exclude_seen is None:
+            exclude_seen = bool(self.run_info.get("filter_seen", False))
+        probs = dist.items.clone()
+        if exclude_seen and model_outputs["seen"]:
+            seen_ids = self.tokenizer.convert_tokens_to_ids([item_token(i) for i in model_outputs["seen"]])
+            probs[torch.as_tensor(seen_ids, dtype=torch.long)] = 0.0
+        k = min(top_k, int((probs > 0).sum()))
+        scores, ids = probs.topk(k)
+        single = self.behavior_names()
+        tokens = self.tokenizer.convert_ids_to_tokens(ids.tolist())
+        items = []
+        for tok, tid, score in zip(tokens, ids.tolist(), scores.tolist()):
+            if dist.item_behavior is not None:
+                b = dist.behavior_names[int(dist.item_behavior[tid])]
+            else:
+                b = single[0] if len(single) == 1 else None
+            row = {"item": item_id_of(tok), "score": score, "behavior": b}
+            if model_outputs["empty"]:
+                row["note"] = EMPTY_NOTE
+            items.append(row)
+        if model_outputs["empty"]:
+            logger.warning("next-behavior: %s", EMPTY_NOTE)
+        if not return_behaviors:
+            return items
+        if dist.behaviors is None:
+            if dist.behavior_names:
+                raise ValueError("return_behaviors: a masked-item model is not trained to predict the "
+                                 "behavior token, so it has no next-behavior distribution")
+            behaviors = [{"behavior": single[0], "score": 1.0}] if len(single) == 1 else []
+        else:
+            behaviors = sorted(({"behavior": n, "score": p} for n, p in dist.behaviors.items()),
+                               key=lambda r: -r["score"])
+        return {"items": items, "behaviors": behaviors}
+
+
+def register() -> None:
+    """Make ``pipeline("next-behavior", ...)`` available (idempotent)."""
+    if TASK not in PIPELINE_REGISTRY.get_supported_tasks():
+        PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=NextBehaviorPipeline,
+                                            pt_model=AutoModelForNextBehavior, type="text")
+
