@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 from datasets import DatasetDict, load_from_disk
+from tqdm.auto import tqdm
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from behavior_lm.data import preprocess, sources, splits, tasks
@@ -74,13 +75,19 @@ def prepare_data(args: DataArguments, template: str = "causal") -> PreparedData:
                             AutoTokenizer.from_pretrained(cached / "tokenizer"), info,
                             info["with_behaviors"])
 
+    progress = tqdm(total=5, desc=f"preparing {args.dataset}", unit="stage", disable=None)
+    progress.set_postfix_str("reading events")
     log = sources.load_events(args.dataset, args.data_path, reader_kwargs=args.reader_kwargs())
     raw_summary = log.summary()
+    progress.update()
+    progress.set_postfix_str("cleaning (dedupe, k-core, time order)")
     if args.max_users:
         log = _first_users(log, args.max_users)
     sequences = preprocess.prepare(
         log, dedupe=args.dedupe, min_value=args.min_rating, min_user_events=args.min_user_events,
         min_item_events=args.min_item_events, max_history=args.max_history)
+    progress.update()
+    progress.set_postfix_str(f"splitting ({args.split}) and auditing for leakage")
     if args.split == "leave_one_out":
         split = splits.leave_one_out(sequences, source=log.source)
     elif args.split == "temporal":
@@ -90,6 +97,8 @@ def prepare_data(args: DataArguments, template: str = "causal") -> PreparedData:
     else:
         raise ValueError(f"split must be leave_one_out or temporal, got {args.split!r}")
 
+    progress.update()
+    progress.set_postfix_str("tokenizing into streams")
     behaviors = list(dict.fromkeys(b for s in sequences for b in s.behaviors))
     with_behaviors = args.use_behaviors if args.use_behaviors is not None else len(behaviors) > 1
     catalogue = (item for s in sequences for item in s.items)
@@ -109,6 +118,8 @@ def prepare_data(args: DataArguments, template: str = "causal") -> PreparedData:
                                      with_behaviors=with_behaviors)
     else:
         raise RecipeError(f"unknown task {args.task!r}; known: {', '.join(tasks.TASKS)}")
+    progress.update()
+    progress.set_postfix_str("saving to the cache")
     n_events = sum(len(s) for s in sequences)
     info = {
         "dataset": args.dataset, "source": str(path), "terms": src.terms if src else "",
@@ -122,6 +133,8 @@ def prepare_data(args: DataArguments, template: str = "causal") -> PreparedData:
     }
     if args.cache:
         _save_atomically(cached, dsd, tokenizer, info)
+    progress.update()
+    progress.close()
     return PreparedData(dsd, tokenizer, info, with_behaviors)
 
 
