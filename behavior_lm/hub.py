@@ -93,7 +93,7 @@ def _usage(task: str, repo_id: str) -> str:
         "from transformers import pipeline\n\n"
         f'classify = pipeline("{"token-classification" if task == "event-class" else "text-classification"}", '
         f'model="{repo_id}")\n'
-        + ('classify("i:50 i:172 i:133")\n' if task == "event-class" else
+        + ('classify("i:50 i:172 i:133")\n' if task in ("event-class", "purchase-intent") else
            'classify({"text": "i:50 i:172 i:133", "text_pair": "i:181"})  # history, candidate item\n')
         + "```\n")
 

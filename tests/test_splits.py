@@ -66,6 +66,27 @@ def test_leave_one_out_without_validation(two_users):
     assert [view(e) for e in split.test] == [("u1", "abc", "d", 30, 7), ("u2", "xy", "z", 7, 6)]
 
 
+def test_leave_last_buy_out():
+    """target_behavior: test = each user's last buy, validation = the buy before it (not as a
+    first event), training = everything before the earliest target; users without buys train."""
+    def mseq(user, items, behaviors):
+        n = len(items)
+        return UserSequence(user, list(items), behaviors, list(range(10, 10 + n)), [None] * n,
+                            list(range(1, n + 1)))
+
+    users = [mseq("u1", "abcdef", ["pv", "buy", "pv", "buy", "pv", "buy"]),   # 3 buys
+             mseq("u2", "xyz", ["buy", "pv", "buy"]),                          # first-event buy skipped
+             mseq("u3", "pq", ["pv", "cart"])]                                 # no buy
+    split = leave_one_out(users, source=SOURCE, target_behavior="buy")
+    assert [(e.user_id, "".join(e.history.items), e.target_item, e.target_behavior) for e in split.test] == \
+        [("u1", "abcde", "f", "buy"), ("u2", "xy", "z", "buy")]
+    assert [(e.user_id, "".join(e.history.items), e.target_item) for e in split.validation] == \
+        [("u1", "abc", "d")]
+    assert train_view(split) == {"u1": "abc", "u2": "xy", "u3": "pq"}
+    with pytest.raises(DataError, match="target_behavior 'share' does not occur"):
+        leave_one_out(users, source=SOURCE, target_behavior="share")
+
+
 def test_leave_one_out_too_short_user_names_file_line_and_fix():
     df = pd.DataFrame({"user_id": ["u1", "u1", "u1", "u2", "u1", "u2", "u3"],
                        "item_id": list("abcdefg"),

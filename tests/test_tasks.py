@@ -5,6 +5,7 @@ import pytest
 
 from behavior_lm.data.preprocess import UserSequence
 from behavior_lm.data.splits import leave_one_out
+from behavior_lm.data.streams import StreamFormat
 from behavior_lm.data.tasks import (IGNORE, EventLabeler, build_sequence_task, build_token_task,
                                     class_names)
 from behavior_lm.errors import DataError
@@ -32,7 +33,7 @@ def test_sequence_task_pairs_and_labels(split):
     tok = build_tokenizer(list("abcde"), template="classification")
     labeler = EventLabeler(["rate"], 4.0, "log.csv")
     dsd = build_sequence_task(split, tok, labeler, task="next-class", max_length=16,
-                              with_behaviors=False, examples_per_user=10)
+                              fmt=StreamFormat(), examples_per_user=10)
     # user 1 trains on a b c -> targets at positions 1, 2 (b: 2.0 -> 0, c: 4.0 -> 1); user 2 on c
     assert dsd["train"]["labels"] == [0, 1]
     first = tok.convert_ids_to_tokens(dsd["train"][0]["input_ids"])
@@ -42,14 +43,14 @@ def test_sequence_task_pairs_and_labels(split):
     assert tok.convert_ids_to_tokens(test[0]["input_ids"]) == \
         ["[CLS]", "i:a", "i:b", "i:c", "i:d", "[SEP]", "i:e", "[SEP]"]
     reg = build_sequence_task(split, tok, labeler, task="next-rating", max_length=16,
-                              with_behaviors=False, examples_per_user=10)
+                              fmt=StreamFormat(), examples_per_user=10)
     assert reg["validation"]["labels"] == [1.0, 4.0]
 
 
 def test_token_task_labels_only_the_held_out_event(split):
     tok = build_tokenizer(list("abcde"), template="classification")
     dsd = build_token_task(split, tok, EventLabeler(["rate"], 4.0, "log.csv"), max_length=16,
-                           with_behaviors=False)
+                           fmt=StreamFormat())
     assert dsd["train"][0]["labels"] == [IGNORE, 1, 0, 1, IGNORE]     # a b c of user 1
     row = dsd["test"][0]
     assert tok.convert_ids_to_tokens(row["input_ids"]) == ["[CLS]", "i:a", "i:b", "i:c", "i:d", "i:e", "[SEP]"]
@@ -60,3 +61,31 @@ def test_missing_value_is_a_located_error():
     labeler = EventLabeler(["rate"], 4.0, "log.csv")
     with pytest.raises(DataError, match=r"log\.csv:7: field 'value'"):
         labeler.label("next-class", "rate", None, 7)
+
+
+def test_purchase_intent_cuts_labels_and_no_leakage():
+    from behavior_lm.data.tasks import build_intent_task, intent_cuts, intent_label
+
+    # 12 events; buys at positions 4 and 10; horizon 3
+    beh = ["pv"] * 12
+    beh[4] = beh[10] = "buy"
+    s = UserSequence("u", [str(i) for i in range(12)], beh, [i * 100 for i in range(12)], [None] * 12,
+                     list(range(1, 13)))
+    assert intent_cuts(12, 3) == (9, 6, 4)             # test window 9..11, validation 6..8, train cuts 1..3
+    assert intent_label(s, 9, "buy", 3, None) == 1     # event 10 is a buy
+    assert intent_label(s, 6, "buy", 3, None) == 0
+    assert intent_label(s, 2, "buy", 3, None) == 1     # event 4
+    assert intent_label(s, 9, "buy", 3, 50) == 0       # the buy is 200 s after event 8: outside 50 s
+    tok = build_tokenizer(s.items, ["pv", "buy"], template="classification", max_length=64)
+    dsd, summary = build_intent_task([s], tok, fmt=StreamFormat(behaviors=True), max_length=64,
+                                     horizon=3, examples_per_user=10)
+    assert summary["test_examples"] == summary["validation_examples"] == 1
+    assert dsd["test"]["labels"] == [1] and dsd["validation"]["labels"] == [0]
+    # training cuts 1..3 only: each label window (c .. c+2) ends before the validation cut (6)
+    lengths = [ids.count(tok.convert_tokens_to_ids("<pv>")) + ids.count(tok.convert_tokens_to_ids("<buy>"))
+               for ids in dsd["train"]["input_ids"]]
+    assert sorted(lengths) == [1, 2, 3]
+    assert dsd["train"]["labels"] == [0, 1, 1]          # windows 1..3 (no buy), 2..4, 3..5
+    assert tok.convert_ids_to_tokens(dsd["test"]["input_ids"][0])[0] == "[CLS]"
+    short = UserSequence("v", ["1", "2"], ["pv", "buy"], [0, 1], [None] * 2, [1, 2])
+    assert intent_cuts(len(short), 3) == (None, None, 1)

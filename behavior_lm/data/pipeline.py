@@ -25,7 +25,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from behavior_lm.data import preprocess, sources, splits, tasks
 from behavior_lm.data.events import EventLog
-from behavior_lm.data.streams import build_dataset_dict
+from behavior_lm.data.streams import StreamFormat, build_dataset_dict
 from behavior_lm.errors import RecipeError
 from behavior_lm.tokenization.behavior_tokenizer import build_tokenizer, grammar
 from behavior_lm.training.arguments import DataArguments
@@ -33,7 +33,7 @@ from behavior_lm.training.arguments import DataArguments
 logger = logging.getLogger(__name__)
 
 # Bump when the prepared output changes for the same inputs (invalidates caches).
-PIPELINE_VERSION = 1
+PIPELINE_VERSION = 2  # 2: target_behavior_id column, a slot for <b> in multi-behavior rows
 
 
 @dataclass
@@ -88,8 +88,11 @@ def prepare_data(args: DataArguments, template: str = "causal") -> PreparedData:
         min_item_events=args.min_item_events, max_history=args.max_history)
     progress.update()
     progress.set_postfix_str(f"splitting ({args.split}) and auditing for leakage")
+    if args.target_behavior and args.split != "leave_one_out":
+        raise RecipeError(f"target_behavior needs split: leave_one_out, got {args.split!r}")
     if args.split == "leave_one_out":
-        split = splits.leave_one_out(sequences, source=log.source)
+        split = splits.leave_one_out(sequences, source=log.source,
+                                     target_behavior=args.target_behavior)
     elif args.split == "temporal":
         split = splits.temporal_split(sequences, source=log.source,
                                       valid_fraction=args.valid_fraction,
@@ -101,21 +104,28 @@ def prepare_data(args: DataArguments, template: str = "causal") -> PreparedData:
     progress.set_postfix_str("tokenizing into streams")
     behaviors = list(dict.fromkeys(b for s in sequences for b in s.behaviors))
     with_behaviors = args.use_behaviors if args.use_behaviors is not None else len(behaviors) > 1
+    fmt = StreamFormat(behaviors=with_behaviors, time_gaps=args.time_gaps, session_gap=args.session_gap)
     catalogue = (item for s in sequences for item in s.items)
     tokenizer = build_tokenizer(catalogue, behaviors if with_behaviors else (),
-                                template=template, max_length=args.max_length)
+                                template=template, max_length=args.max_length,
+                                extra_tokens=fmt.extra_tokens())
     labeler = tasks.EventLabeler(behaviors, args.like_threshold, log.source)
     if args.task in tasks.RANKING_TASKS:
         dsd = build_dataset_dict(split, tokenizer, max_length=args.max_length,
-                                 with_behaviors=with_behaviors, train_windows_mode=args.train_windows,
+                                 fmt=fmt, train_windows_mode=args.train_windows,
                                  reserve=1 if template == "masked" else 0)
     elif args.task in tasks.SEQUENCE_TASKS:
         dsd = tasks.build_sequence_task(split, tokenizer, labeler, task=args.task,
-                                        max_length=args.max_length, with_behaviors=with_behaviors,
+                                        max_length=args.max_length, fmt=fmt,
                                         examples_per_user=args.examples_per_user)
     elif args.task in tasks.TOKEN_TASKS:
         dsd = tasks.build_token_task(split, tokenizer, labeler, max_length=args.max_length,
-                                     with_behaviors=with_behaviors)
+                                     fmt=fmt)
+    elif args.task in tasks.INTENT_TASKS:
+        dsd, intent_summary = tasks.build_intent_task(
+            sequences, tokenizer, fmt=fmt, max_length=args.max_length, behavior=args.intent_behavior,
+            horizon=args.intent_horizon, seconds=args.intent_seconds,
+            examples_per_user=args.examples_per_user, source=log.source)
     else:
         raise RecipeError(f"unknown task {args.task!r}; known: {', '.join(tasks.TASKS)}")
     progress.update()
@@ -127,8 +137,11 @@ def prepare_data(args: DataArguments, template: str = "causal") -> PreparedData:
         "prepared": {"events": n_events, "users": len(sequences),
                      "items": len(set(i for s in sequences for i in s.items)),
                      "behaviors": behaviors},
-        "split": split.summary(), "with_behaviors": with_behaviors, "cache_key": key,
-        "task": args.task, "class_names": tasks.class_names(behaviors, args.like_threshold),
+        "split": intent_summary if args.task in tasks.INTENT_TASKS else split.summary(),
+        "with_behaviors": with_behaviors, "cache_key": key,
+        "stream": dataclasses.asdict(fmt),
+        "task": args.task, "class_names": tasks.class_names(behaviors, args.like_threshold, args.task,
+                                                                   args.intent_behavior),
         "rows": {name: ds.num_rows for name, ds in dsd.items()}, "cache_hit": False,
     }
     if args.cache:

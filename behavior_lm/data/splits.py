@@ -215,7 +215,7 @@ def _audit_temporal(split: Split) -> None:
 
 # --------------------------------------------------------------------------- leave-one-out
 def leave_one_out(sequences: list[UserSequence], *, source: str = "<memory>",
-                  validation: bool = True) -> Split:
+                  validation: bool = True, target_behavior: str | None = None) -> Split:
     """Per user: last event = test target, second-to-last = validation target, the rest = train.
 
     Each target's history is every earlier event of the user (so the test history includes the
@@ -223,9 +223,14 @@ def leave_one_out(sequences: list[UserSequence], *, source: str = "<memory>",
     there are no validation examples. ``sequences`` must be time-ordered (as from
     :func:`~behavior_lm.data.preprocess.to_sequences`); the audit fails otherwise.
 
+    ``target_behavior`` (e.g. ``"buy"``) makes the targets each user's last events *of that
+    behavior* instead (see :func:`_leave_last_of_behavior_out`).
+
     A user with too few events (< 3 with validation, < 2 without) is a :class:`DataError`
     naming the file, the line of that user's first event in the file and the field ``user_id``.
     """
+    if target_behavior is not None:
+        return _leave_last_of_behavior_out(sequences, target_behavior, source, validation)
     _check_time_ordered(sequences, source)
     need = 3 if validation else 2
     short = [s for s in sequences if len(s) < need]
@@ -252,6 +257,40 @@ def leave_one_out(sequences: list[UserSequence], *, source: str = "<memory>",
             train.append(seq.slice(0, n - 2))
         else:
             train.append(seq.slice(0, n - 1))
+    split = Split(kind=LEAVE_ONE_OUT, train=train, validation=valid, test=test, source=source)
+    split.audit()
+    return split
+
+
+def _leave_last_of_behavior_out(sequences: list[UserSequence], behavior: str, source: str,
+                                validation: bool) -> Split:
+    """Leave-one-out on the events of one behavior ("what will they buy next").
+
+    Per user with at least one ``behavior`` event after their first event: test = the last such
+    event, validation = the one before it (when there is one, after the first event); history =
+    every earlier event of any behavior. Training sees each user's events before their earliest
+    target (all events of users with no target), so the audit's rule holds unchanged.
+    """
+    _check_time_ordered(sequences, source)
+    if not any(behavior in s.behaviors for s in sequences):
+        known = sorted({b for s in sequences for b in s.behaviors})
+        raise DataError(f"target_behavior {behavior!r} does not occur in the log; its behaviors "
+                        f"are {known}", path=source, field="behavior")
+    train: list[UserSequence] = []
+    valid: list[Example] = []
+    test: list[Example] = []
+    for seq in sequences:
+        at = [i for i, b in enumerate(seq.behaviors) if b == behavior and i > 0]
+        if not at:
+            train.append(seq)
+            continue
+        test.append(Example.at(seq, at[-1]))
+        first_target = at[-1]
+        if validation and len(at) > 1:
+            valid.append(Example.at(seq, at[-2]))
+            first_target = at[-2]
+        train.append(seq.slice(0, first_target))
+    train = [s for s in train if len(s)]
     split = Split(kind=LEAVE_ONE_OUT, train=train, validation=valid, test=test, source=source)
     split.audit()
     return split

@@ -8,22 +8,67 @@ the ``seen`` item token ids of the whole history (for seen-item filtering).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from datasets import Dataset, DatasetDict
 from transformers import PreTrainedTokenizerBase
 
 from behavior_lm.data.preprocess import UserSequence
 from behavior_lm.data.splits import Example, Split
-from behavior_lm.tokenization.behavior_tokenizer import item_token, serialize_events
+from behavior_lm.tokenization.behavior_tokenizer import (behavior_token, gap_token, gap_tokens, grammar,
+                                                         item_token)
 
 TRAIN_WINDOWS = ("all", "last")
 
 
-def _events_text(seq: UserSequence, with_behaviors: bool) -> str:
-    return serialize_events(seq.items, seq.behaviors if with_behaviors else None)
+@dataclass(frozen=True)
+class StreamFormat:
+    """How one event becomes tokens: ``[SESSION] [gap:1h] <pv> i:42`` at most, ``i:42`` at least.
+
+    - ``behaviors``: the behavior token before each item (multi-behavior logs);
+    - ``time_gaps``: a log-spaced bucket token (``[gap:10m]``, ``[gap:1d]``, ...) before an event
+      when the time since the user's previous event reaches the smallest bucket;
+    - ``session_gap``: seconds of inactivity that start a new session (``[SESSION]`` token).
+
+    The first event of a history has no gap (nothing before it is known), and no gap is ever
+    written before a *target*: its time is not known when predicting it.
+    """
+
+    behaviors: bool = False
+    time_gaps: bool = False
+    session_gap: int | None = None
+
+    @property
+    def max_tokens_per_event(self) -> int:
+        return 1 + int(self.behaviors) + int(self.time_gaps) + int(self.session_gap is not None)
+
+    def extra_tokens(self) -> list[str]:
+        """Vocabulary besides items and behaviors (gap buckets, the session token)."""
+        return (gap_tokens() if self.time_gaps else []) + \
+            ([grammar()["session_token"]] if self.session_gap is not None else [])
+
+    def event_tokens(self, seq: UserSequence, i: int) -> list[str]:
+        out: list[str] = []
+        if i > 0 and (self.time_gaps or self.session_gap is not None):
+            gap = seq.timestamps[i] - seq.timestamps[i - 1]
+            if self.session_gap is not None and gap >= self.session_gap:
+                out.append(grammar()["session_token"])
+            if self.time_gaps and (tok := gap_token(gap)):
+                out.append(tok)
+        if self.behaviors:
+            out.append(behavior_token(seq.behaviors[i]))
+        out.append(item_token(seq.items[i]))
+        return out
+
+    def serialize(self, seq: UserSequence) -> str:
+        return " ".join(t for i in range(len(seq)) for t in self.event_tokens(seq, i))
 
 
-def train_windows(seq: UserSequence, *, max_length: int, with_behaviors: bool,
+def _events_text(seq: UserSequence, fmt: StreamFormat) -> str:
+    return fmt.serialize(seq)
+
+
+def train_windows(seq: UserSequence, *, max_length: int, fmt: StreamFormat,
                   mode: str = "all") -> list[str]:
     """Cut one training sequence into texts of at most ``max_length`` tokens (with ``[BOS]``).
 
@@ -32,13 +77,12 @@ def train_windows(seq: UserSequence, *, max_length: int, with_behaviors: bool,
     """
     if mode not in TRAIN_WINDOWS:
         raise ValueError(f"train_windows must be one of {TRAIN_WINDOWS}, got {mode!r}")
-    per_event = 2 if with_behaviors else 1
-    span = max(1, (max_length - 1) // per_event)  # events per window; 1 slot for [BOS]
+    span = max(1, (max_length - 1) // fmt.max_tokens_per_event)  # events per window; 1 slot for [BOS]
     texts: list[str] = []
     stop = len(seq)
     while stop > 0:
         start = max(0, stop - span)
-        texts.append(_events_text(seq.slice(start, stop), with_behaviors))
+        texts.append(_events_text(seq.slice(start, stop), fmt))
         if mode == "last":
             break
         stop = start
@@ -56,10 +100,10 @@ def _encode(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length
 
 
 def _examples_dataset(examples: Sequence[Example], tokenizer: PreTrainedTokenizerBase, *,
-                      max_length: int, with_behaviors: bool) -> Dataset:
+                      max_length: int, fmt: StreamFormat) -> Dataset:
     vocab = tokenizer.get_vocab()
     unk = tokenizer.unk_token_id
-    texts = [_events_text(ex.history, with_behaviors) for ex in examples]
+    texts = [_events_text(ex.history, fmt) for ex in examples]
     input_ids = _encode(tokenizer, texts, max_length)
     seen = [sorted({vocab.get(item_token(i), unk) for i in ex.history.items} - {unk})
             for ex in examples]
@@ -68,22 +112,26 @@ def _examples_dataset(examples: Sequence[Example], tokenizer: PreTrainedTokenize
         "input_ids": input_ids,
         "target": [vocab.get(item_token(ex.target_item), unk) for ex in examples],
         "target_behavior": [ex.target_behavior for ex in examples],
+        # the <b> token of the target's behavior (-1 when streams carry no behavior tokens)
+        "target_behavior_id": [vocab.get(behavior_token(ex.target_behavior), -1) if fmt.behaviors else -1
+                               for ex in examples],
         "seen": seen,
     })
 
 
 def build_dataset_dict(split: Split, tokenizer: PreTrainedTokenizerBase, *, max_length: int,
-                       with_behaviors: bool, train_windows_mode: str = "all",
+                       fmt: StreamFormat, train_windows_mode: str = "all",
                        reserve: int = 0) -> DatasetDict:
     """Tokenize a :class:`Split` into ``train`` / ``validation`` / ``test``.
 
-    ``reserve`` leaves that many free positions in ranking rows (masked models append ``[MASK]``).
+    ``reserve`` leaves that many free positions in ranking rows (masked models append ``[MASK]``);
+    streams with behavior tokens keep one more, for the ``<b>`` that scoring appends.
     """
+    reserve += 1 if fmt.behaviors else 0
     users: list[str] = []
     texts: list[str] = []
     for seq in split.train:
-        for text in train_windows(seq, max_length=max_length, with_behaviors=with_behaviors,
-                                  mode=train_windows_mode):
+        for text in train_windows(seq, max_length=max_length, fmt=fmt, mode=train_windows_mode):
             users.append(seq.user_id)
             texts.append(text)
     train = Dataset.from_dict({"user_id": users, "input_ids": _encode(tokenizer, texts, max_length)})
@@ -92,5 +140,5 @@ def build_dataset_dict(split: Split, tokenizer: PreTrainedTokenizerBase, *, max_
         examples = getattr(split, name)
         if examples:
             parts[name] = _examples_dataset(examples, tokenizer, max_length=max_length - reserve,
-                                            with_behaviors=with_behaviors)
+                                            fmt=fmt)
     return DatasetDict(parts)

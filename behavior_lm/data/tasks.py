@@ -9,6 +9,9 @@ task               one example                                  label
                                                                 (value >= like_threshold)
 ``next-rating``    (history, next item) -> its value            the rating (regression)
 ``event-class``    a stream -> a class per event (token labels) as ``next-class``
+``purchase-        history -> will a buy follow within the      1 if a ``buy`` is among the
+intent``           next ``intent_horizon`` events (and          next N events, else 0
+                   ``intent_seconds`` of the last event)
 =================  ===========================================  ==========================
 
 The item asked about is given as the second segment (``[CLS] history [SEP] item [SEP]``): "will
@@ -16,6 +19,10 @@ this user like / buy *this* item" is the question a product asks; without the it
 an unknown next event is mostly noise. Validation and test examples are exactly the ranking
 split's targets, so every task is scored on the same held-out events; training examples are
 drawn from the training events only (``examples_per_user`` positions per user, seeded).
+
+``purchase-intent`` has its own per-user cut (see :func:`build_intent_task`): the label of a
+history is about the events *after* it, so the test window is the user's last N events, the
+validation window the N before, and training cuts stop N events before validation.
 """
 from __future__ import annotations
 
@@ -28,17 +35,22 @@ from transformers import PreTrainedTokenizerBase
 from behavior_lm.data.preprocess import UserSequence
 from behavior_lm.data.splits import Example, Split
 from behavior_lm.errors import DataError
-from behavior_lm.tokenization.behavior_tokenizer import behavior_token, item_token, serialize_events
+from behavior_lm.data.streams import StreamFormat
+from behavior_lm.tokenization.behavior_tokenizer import item_token
 
 RANKING_TASKS = ("next-item",)
 SEQUENCE_TASKS = ("next-class", "next-rating")
 TOKEN_TASKS = ("event-class",)
-TASKS = RANKING_TASKS + SEQUENCE_TASKS + TOKEN_TASKS
+INTENT_TASKS = ("purchase-intent",)
+TASKS = RANKING_TASKS + SEQUENCE_TASKS + TOKEN_TASKS + INTENT_TASKS
 IGNORE = -100
 
 
-def class_names(behaviors: Sequence[str], like_threshold: float) -> list[str]:
-    """Names of the classes of ``next-class`` / ``event-class``."""
+def class_names(behaviors: Sequence[str], like_threshold: float, task: str = "next-class",
+                intent_behavior: str = "buy") -> list[str]:
+    """Names of the classes of ``next-class`` / ``event-class`` / ``purchase-intent``."""
+    if task in INTENT_TASKS:
+        return [f"no {intent_behavior}", intent_behavior]
     if len(behaviors) > 1:
         return list(behaviors)
     return [f"value<{like_threshold:g}", f"value>={like_threshold:g}"]
@@ -74,8 +86,8 @@ def _training_targets(seq: UserSequence, n: int, seed: int) -> list[int]:
 
 
 def _pair_rows(pairs: list[tuple[str, UserSequence, str, str, int | float]], tokenizer,
-               max_length: int, with_behaviors: bool) -> dict[str, list]:
-    histories = [serialize_events(h.items, h.behaviors if with_behaviors else None) for _, h, *_ in pairs]
+               max_length: int, fmt: StreamFormat) -> dict[str, list]:
+    histories = [fmt.serialize(h) for _, h, *_ in pairs]
     asked = [item_token(item) for _, _, item, _, _ in pairs]
     ids: list[list[int]] = []
     for start in range(0, len(pairs), 4096):
@@ -86,7 +98,7 @@ def _pair_rows(pairs: list[tuple[str, UserSequence, str, str, int | float]], tok
 
 
 def build_sequence_task(split: Split, tokenizer: PreTrainedTokenizerBase, labeler: EventLabeler, *,
-                        task: str, max_length: int, with_behaviors: bool, examples_per_user: int,
+                        task: str, max_length: int, fmt: StreamFormat, examples_per_user: int,
                         seed: int = 0) -> DatasetDict:
     """``next-class`` / ``next-rating`` datasets: (history, item) pairs with a label each."""
     train = []
@@ -94,47 +106,44 @@ def build_sequence_task(split: Split, tokenizer: PreTrainedTokenizerBase, labele
         for i in _training_targets(seq, examples_per_user, seed):
             train.append((seq.user_id, seq.slice(0, i), seq.items[i], seq.behaviors[i],
                           labeler.label(task, seq.behaviors[i], seq.values[i], seq.lines[i])))
-    parts = {"train": Dataset.from_dict(_pair_rows(train, tokenizer, max_length, with_behaviors))}
+    parts = {"train": Dataset.from_dict(_pair_rows(train, tokenizer, max_length, fmt))}
     for name in ("validation", "test"):
         examples: list[Example] = getattr(split, name)
         rows = [(ex.user_id, ex.history, ex.target_item, ex.target_behavior,
                  labeler.label(task, ex.target_behavior, ex.target_value, ex.target_line))
                 for ex in examples]
         if rows:
-            parts[name] = Dataset.from_dict(_pair_rows(rows, tokenizer, max_length, with_behaviors))
+            parts[name] = Dataset.from_dict(_pair_rows(rows, tokenizer, max_length, fmt))
     return DatasetDict(parts)
 
 
 def _token_row(seq: UserSequence, labels: list[int], tokenizer, max_length: int,
-               with_behaviors: bool) -> tuple[list[int], list[int]]:
+               fmt: StreamFormat) -> tuple[list[int], list[int]]:
     """``[CLS] (<b>) i:x ... [SEP]`` ids and a label on each item token (-100 elsewhere),
     keeping the most recent events that fit."""
     vocab = tokenizer.get_vocab()
     unk = tokenizer.unk_token_id
-    per_event = 2 if with_behaviors else 1
-    keep = max(1, (max_length - 2) // per_event)
+    keep = max(1, (max_length - 2) // fmt.max_tokens_per_event)
     ids, lab = [tokenizer.cls_token_id], [IGNORE]
     start = max(0, len(seq) - keep)
-    for item, beh, y in zip(seq.items[start:], seq.behaviors[start:], labels[start:]):
-        if with_behaviors:
-            ids.append(vocab.get(behavior_token(beh), unk))
-            lab.append(IGNORE)
-        ids.append(vocab.get(item_token(item), unk))
-        lab.append(y)
+    for i in range(start, len(seq)):
+        tokens = fmt.event_tokens(seq, i) if i > start else fmt.event_tokens(seq.slice(i, i + 1), 0)
+        ids.extend(vocab.get(t, unk) for t in tokens)
+        lab.extend([IGNORE] * (len(tokens) - 1) + [labels[i]])             # the label sits on the item
     ids.append(tokenizer.sep_token_id)
     lab.append(IGNORE)
     return ids, lab
 
 
 def build_token_task(split: Split, tokenizer: PreTrainedTokenizerBase, labeler: EventLabeler, *,
-                     max_length: int, with_behaviors: bool) -> DatasetDict:
+                     max_length: int, fmt: StreamFormat) -> DatasetDict:
     """``event-class``: training streams labelled on every item token; validation/test streams are
     the history plus the held-out event, labelled on the held-out event only (history labels of
     those users were never shown, and nothing later than the target is in the input)."""
     def rows_for(seqs: list[tuple[str, UserSequence, list[int]]]) -> dict[str, list]:
         out = {"user_id": [], "input_ids": [], "labels": []}
         for user, seq, labels in seqs:
-            ids, lab = _token_row(seq, labels, tokenizer, max_length, with_behaviors)
+            ids, lab = _token_row(seq, labels, tokenizer, max_length, fmt)
             out["user_id"].append(user)
             out["input_ids"].append(ids)
             out["labels"].append(lab)
@@ -156,3 +165,64 @@ def build_token_task(split: Split, tokenizer: PreTrainedTokenizerBase, labeler: 
         if rows:
             parts[name] = Dataset.from_dict(rows_for(rows))
     return DatasetDict(parts)
+
+
+def intent_label(seq: UserSequence, cut: int, behavior: str, horizon: int, seconds: int | None) -> int:
+    """1 if an event of ``behavior`` is among events ``cut .. cut + horizon - 1`` (and, with
+    ``seconds``, at most that long after the last history event ``cut - 1``)."""
+    t0 = seq.timestamps[cut - 1]
+    for j in range(cut, min(cut + horizon, len(seq))):
+        if seconds is not None and seq.timestamps[j] - t0 > seconds:
+            break
+        if seq.behaviors[j] == behavior:
+            return 1
+    return 0
+
+
+def intent_cuts(n: int, horizon: int) -> tuple[int | None, int | None, int]:
+    """``(test cut, validation cut, last training cut + 1)`` for a user with ``n`` events.
+
+    The test window is the last ``horizon`` events, validation the ``horizon`` before; a training
+    cut ``c`` needs its whole window ``c .. c + horizon - 1`` before the validation cut, so no
+    label of training ever looks at a validation or test event. ``None`` when too short.
+    """
+    test = n - horizon if n - horizon >= 1 else None
+    valid = test - horizon if test is not None and test - horizon >= 1 else None
+    train_end = (valid - horizon + 1) if valid is not None else 1
+    return test, valid, max(train_end, 1)
+
+
+def build_intent_task(sequences: list[UserSequence], tokenizer: PreTrainedTokenizerBase, *,
+                      fmt: StreamFormat, max_length: int, behavior: str = "buy", horizon: int = 10,
+                      seconds: int | None = None, examples_per_user: int = 8, seed: int = 0,
+                      source: str = "<memory>") -> tuple[DatasetDict, dict]:
+    """``purchase-intent`` rows ``[CLS] history [SEP]`` with 0/1 labels, and a split summary."""
+    if not any(behavior in s.behaviors for s in sequences):
+        raise DataError(f"purchase-intent: behavior {behavior!r} does not occur in the log",
+                        path=source, field="behavior")
+    rows: dict[str, list[tuple[str, UserSequence, int]]] = {"train": [], "validation": [], "test": []}
+    for seq in sequences:
+        test, valid, train_end = intent_cuts(len(seq), horizon)
+        if test is not None:
+            rows["test"].append((seq.user_id, seq.slice(0, test), intent_label(seq, test, behavior, horizon, seconds)))
+        if valid is not None:
+            rows["validation"].append((seq.user_id, seq.slice(0, valid),
+                                       intent_label(seq, valid, behavior, horizon, seconds)))
+        positions = list(range(1, train_end))
+        rng = random.Random(f"{seed}:{seq.user_id}")
+        for c in sorted(rng.sample(positions, min(examples_per_user, len(positions)))):
+            rows["train"].append((seq.user_id, seq.slice(0, c), intent_label(seq, c, behavior, horizon, seconds)))
+    parts = {}
+    for name, items in rows.items():
+        if not items:
+            continue
+        ids: list[list[int]] = []
+        texts = [fmt.serialize(h) for _, h, _ in items]
+        for start in range(0, len(texts), 4096):
+            ids.extend(tokenizer(texts[start:start + 4096], truncation=True, max_length=max_length)["input_ids"])
+        parts[name] = Dataset.from_dict({"user_id": [u for u, _, _ in items], "input_ids": ids,
+                                         "labels": [y for _, _, y in items]})
+    summary = {"kind": "purchase-intent", "horizon_events": horizon, "horizon_seconds": seconds,
+               "behavior": behavior, **{f"{k}_examples": len(v) for k, v in rows.items()},
+               **{f"{k}_positive": int(sum(y for *_, y in v)) for k, v in rows.items()}}
+    return DatasetDict(parts), summary

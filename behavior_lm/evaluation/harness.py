@@ -18,23 +18,34 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from behavior_lm.evaluation.metrics import ranking_metrics
 from behavior_lm.evaluation.protocol import EvalProtocol
-from behavior_lm.evaluation.scoring import next_token_scores
-from behavior_lm.tokenization.behavior_tokenizer import item_mask
+from behavior_lm.evaluation.scoring import next_item_scores, next_token_scores
+from behavior_lm.tokenization.behavior_tokenizer import behavior_token_ids, item_mask
 from behavior_lm.training.collators import BehaviorCollator
 from behavior_lm.training.trainer import score_ranks
 
 Scorer = Callable[[dict[str, torch.Tensor]], torch.Tensor]
-BASELINES = ("popularity", "markov")
+BASELINES = ("popularity", "markov", "repeat")
 
 
-def model_scorer(model: PreTrainedModel) -> Scorer:
-    """Scores from a causal model (last hidden state times the output head)."""
+def model_scorer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None = None,
+                 protocol: EvalProtocol | None = None) -> Scorer:
+    """Next-item scores from a model (last hidden state times the output head). On streams with
+    behavior tokens, the mixture over behaviors or, when the protocol says so, the scores given
+    each target's behavior (:func:`~behavior_lm.evaluation.scoring.next_item_scores`)."""
     device = next(model.parameters()).device
     model.eval()
+    vocab = model.get_output_embeddings().out_features
+    candidates = item_mask(tokenizer, vocab) if tokenizer is not None else None
+    b_ids = (torch.tensor(list(behavior_token_ids(tokenizer).values()), dtype=torch.long)
+             if tokenizer is not None else None)
+    condition = protocol is not None and protocol.condition_on_behavior
 
     def score(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return next_token_scores(model, batch["input_ids"].to(device),
-                                 batch["attention_mask"].to(device)).cpu()
+        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+        if candidates is None:
+            return next_token_scores(model, ids, mask).cpu()
+        given = batch["target_behavior"].to(device) if condition else None
+        return next_item_scores(model, ids, mask, candidates, b_ids, given).cpu()
 
     return score
 
@@ -91,6 +102,35 @@ def markov_scorer(train: Dataset, vocab_size: int, candidates: torch.Tensor) -> 
     return score
 
 
+def repeat_scorer(train: Dataset, vocab_size: int, candidates: torch.Tensor) -> Scorer:
+    """Repeat floor: the items the user already touched, most frequent first, ties broken by the
+    most recent touch; every other item after them, by training popularity. On logs where people
+    come back to the same items (e-commerce, music) this is the floor that matters; it is useless
+    when seen items are filtered."""
+    popularity = np.zeros(vocab_size, dtype=np.float64)
+    for ids in train["input_ids"]:
+        np.add.at(popularity, np.asarray(ids, dtype=np.int64), 1.0)
+    popularity[~candidates.numpy()[:vocab_size]] = 0.0
+    base = torch.as_tensor(popularity / (popularity.max() + 1.0), dtype=torch.float32)  # < 1
+
+    def score(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        out = base.unsqueeze(0).repeat(ids.size(0), 1)
+        for b in range(ids.size(0)):
+            real = ids[b][mask[b].bool()]
+            real = real[candidates[real]]
+            if real.numel():
+                n = real.numel()
+                counts = torch.bincount(real, minlength=vocab_size)[:vocab_size].float()
+                last = torch.zeros(vocab_size).scatter_reduce(          # last position touched
+                    0, real, torch.arange(1, n + 1, dtype=torch.float32), reduce="amax")
+                touched = counts > 0
+                out[b, touched] = 1.0 + counts[touched] + last[touched] / (n + 1.0)
+        return out
+
+    return score
+
+
 def rank_dataset(scorer: Scorer, dataset: Dataset, tokenizer: PreTrainedTokenizerBase,
                  protocol: EvalProtocol, *, batch_size: int = 256, vocab_size: int | None = None,
                  desc: str = "ranking") -> np.ndarray:
@@ -120,7 +160,7 @@ def evaluate_scorer(scorer: Scorer, dataset: Dataset, tokenizer: PreTrainedToken
 
 def evaluate_model(model: PreTrainedModel, dataset: Dataset, tokenizer: PreTrainedTokenizerBase,
                    protocol: EvalProtocol, *, batch_size: int = 256) -> dict[str, float]:
-    return evaluate_scorer(model_scorer(model), dataset, tokenizer, protocol,
+    return evaluate_scorer(model_scorer(model, tokenizer, protocol), dataset, tokenizer, protocol,
                            batch_size=batch_size, vocab_size=model.get_output_embeddings().out_features,
                            desc="evaluating")
 
@@ -135,6 +175,8 @@ def evaluate_baselines(names: Iterable[str], train: Dataset, dataset: Dataset,
             scorer = popularity_scorer(train, len(tokenizer))
         elif name == "markov":
             scorer = markov_scorer(train, len(tokenizer), item_mask(tokenizer))
+        elif name == "repeat":
+            scorer = repeat_scorer(train, len(tokenizer), item_mask(tokenizer))
         else:
             raise ValueError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)}")
         results[name] = evaluate_scorer(scorer, dataset, tokenizer, protocol,

@@ -145,6 +145,23 @@ def roc_auc(y_true, scores) -> float:
     return float(u / (n_pos * n_neg))
 
 
+def average_precision(y_true, scores) -> float:
+    """Area under the precision-recall curve, ``sum_n (R_n - R_{n-1}) P_n`` over the distinct
+    score thresholds (as scikit-learn's ``average_precision_score``): a tie group is one
+    threshold, so a constant scorer gets the positive rate. NaN without positives."""
+    y = np.asarray(y_true).astype(bool)
+    s = np.asarray(scores, dtype=np.float64)
+    if not y.any():
+        return float("nan")
+    order = np.argsort(-s, kind="stable")
+    y, s = y[order], s[order]
+    last_of_group = np.r_[np.nonzero(np.diff(s))[0], y.size - 1]      # end of each tie group
+    tp = np.cumsum(y)[last_of_group]
+    precision = tp / (last_of_group + 1.0)
+    recall = tp / y.sum()
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
 def mae(y_true, y_pred) -> float:
     t, p = np.asarray(y_true, dtype=np.float64), np.asarray(y_pred, dtype=np.float64)
     return float(np.abs(t - p).mean()) if t.size else 0.0

@@ -20,7 +20,14 @@ class EvalProtocol:
     ties: str = "pessimistic"             # rank = number of other items scoring >= the target
     target: str = "last event per user (test); second-to-last (validation)"
     max_length: int = 200                 # history tokens the model sees (most recent kept)
+    # multi-behavior streams: "mixture" ranks by sum_b P(b|h) P(item|h,b); "target behavior"
+    # appends the target's <b> first (what will they buy next); "none": one-behavior stream
+    behavior_scoring: str = "none"
     extra: dict = field(default_factory=dict)
+
+    @property
+    def condition_on_behavior(self) -> bool:
+        return self.behavior_scoring == "target behavior"
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -29,7 +36,9 @@ class EvalProtocol:
 
     def describe(self) -> str:
         seen = "seen items filtered" if self.filter_seen else "seen items kept"
-        return (f"{self.split.replace('_', '-')}, {self.candidates} ranking, {seen}, "
+        scoring = {"mixture": ", items ranked by the mixture over next behaviors",
+                   "target behavior": ", items ranked given the target's behavior"}.get(self.behavior_scoring, "")
+        return (f"{self.split.replace('_', '-')}, {self.candidates} ranking, {seen}{scoring}, "
                 f"ties pessimistic, K in {list(self.ks)}")
 
     @classmethod

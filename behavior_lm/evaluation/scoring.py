@@ -26,17 +26,24 @@ def last_positions(attention_mask: torch.Tensor) -> torch.Tensor:
     return attention_mask.long().sum(dim=1).clamp(min=1) - 1
 
 
-def append_mask_token(input_ids: torch.Tensor, attention_mask: torch.Tensor, mask_token_id: int,
-                      pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Put ``[MASK]`` right after each row's last real token; returns ids, mask, its positions."""
+def append_token(input_ids: torch.Tensor, attention_mask: torch.Tensor, token_ids: torch.Tensor | int,
+                 pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Put ``token_ids`` (one per row, or one for all) right after each row's last real token;
+    returns ids, mask and the positions written. Rows stay right-padded."""
     lengths = attention_mask.long().sum(dim=1)                              # (B,)
     pad = torch.full((input_ids.size(0), 1), pad_token_id, dtype=input_ids.dtype, device=input_ids.device)
     ids = torch.cat([input_ids, pad], dim=1)
     mask = torch.cat([attention_mask, torch.zeros_like(pad)], dim=1)
     rows = torch.arange(ids.size(0), device=ids.device)
-    ids[rows, lengths] = mask_token_id
+    ids[rows, lengths] = torch.as_tensor(token_ids, dtype=ids.dtype, device=ids.device)
     mask[rows, lengths] = 1
     return ids, mask, lengths
+
+
+def append_mask_token(input_ids: torch.Tensor, attention_mask: torch.Tensor, mask_token_id: int,
+                      pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Put ``[MASK]`` right after each row's last real token; returns ids, mask, its positions."""
+    return append_token(input_ids, attention_mask, mask_token_id, pad_token_id)
 
 
 def prediction_head(model: PreTrainedModel) -> nn.Module:
@@ -64,3 +71,46 @@ def next_token_scores(model: PreTrainedModel, input_ids: torch.Tensor,
         return model(input_ids=input_ids, attention_mask=attention_mask).logits[rows, positions]
     hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     return prediction_head(model)(hidden[rows, positions])                 # (B, H) -> (B, V)
+
+
+@torch.no_grad()
+def next_item_scores(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                     candidates: torch.Tensor, behavior_ids: torch.Tensor | None = None,
+                     condition: torch.Tensor | None = None) -> torch.Tensor:
+    """``(batch, vocab)`` scores of the next *item*, whatever the stream looks like.
+
+    One-behavior streams (``behavior_ids`` empty/None): the next token is an item, so these are
+    :func:`next_token_scores`. Multi-behavior streams put ``<b>`` before each item, so the token
+    after a history is a behavior:
+
+    - ``condition`` (one behavior token id per row, e.g. the target's ``<buy>``): append it and
+      read the item logits ("what will they buy next");
+    - otherwise the mixture ``log sum_b P(b|h) P(item|h,b)``, every behavior in one batched
+      forward. Masked-item models never learn ``P(b|h)``: their mixture is uniform over behaviors.
+
+    ``candidates``: ``(vocab,)`` bool, True at item tokens (normalisation is over those only).
+    """
+    pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+    if behavior_ids is None or behavior_ids.numel() == 0:
+        return next_token_scores(model, input_ids, attention_mask)
+    if condition is not None:
+        ids, mask, _ = append_token(input_ids, attention_mask, condition, pad)
+        return next_token_scores(model, ids, mask)
+    batch, n_b = input_ids.size(0), behavior_ids.numel()
+    b_ids = behavior_ids.to(input_ids.device)
+    if is_masked_lm(model):
+        log_pb = torch.full((batch, n_b), -torch.log(torch.tensor(float(n_b))).item(),
+                            device=input_ids.device)
+    else:
+        first = next_token_scores(model, input_ids, attention_mask)
+        log_pb = torch.log_softmax(first[:, b_ids].float(), dim=-1)                   # (B, nb)
+    rep_ids = input_ids.repeat_interleave(n_b, dim=0)                                  # (B*nb, L)
+    rep_mask = attention_mask.repeat_interleave(n_b, dim=0)
+    ids, mask, _ = append_token(rep_ids, rep_mask, b_ids.repeat(batch), pad)
+    logits = next_token_scores(model, ids, mask).float()                                # (B*nb, V)
+    cand = candidates.to(logits.device)
+    if cand.numel() < logits.size(1):
+        cand = torch.nn.functional.pad(cand, (0, logits.size(1) - cand.numel()), value=False)
+    log_pi = torch.log_softmax(logits.masked_fill(~cand[: logits.size(1)], float("-inf")), dim=-1)
+    log_pi = log_pi.view(batch, n_b, -1)
+    return torch.logsumexp(log_pb.unsqueeze(-1) + log_pi, dim=1)                        # (B, V)

@@ -13,7 +13,8 @@ from datasets import Dataset
 from transformers import EvalPrediction
 
 from behavior_lm.data.tasks import IGNORE, TOKEN_TASKS
-from behavior_lm.evaluation.metrics import accuracy, mae, precision_recall_f1, rmse, roc_auc
+from behavior_lm.evaluation.metrics import (accuracy, average_precision, mae, precision_recall_f1, rmse,
+                                            roc_auc)
 
 
 def _flatten(task: str, logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -38,6 +39,7 @@ def score_predictions(task: str, logits: np.ndarray, labels: np.ndarray,
         shifted = logits - logits.max(-1, keepdims=True)
         prob = np.exp(shifted) / np.exp(shifted).sum(-1, keepdims=True)
         out["roc_auc"] = roc_auc(labels == 1, prob[:, 1])
+        out["average_precision"] = average_precision(labels == 1, prob[:, 1])
     return out
 
 
@@ -74,7 +76,7 @@ def task_table(rows: dict[str, dict], task: str, class_names: Sequence[str]) -> 
         cols = ["accuracy", "precision_macro", "recall_macro", "f1_macro"]
         cols += [f"f1_{i}" for i in range(len(class_names))]
         if len(class_names) == 2:
-            cols.append("roc_auc")
+            cols += ["roc_auc", "average_precision"]
     names = {f"f1_{i}": f"F1 {c}" for i, c in enumerate(class_names)}
     head = "| model | " + " | ".join(names.get(c, c.replace("_", " ")) for c in cols) + " |"
     lines = [head, "|---|" + "---:|" * len(cols)]

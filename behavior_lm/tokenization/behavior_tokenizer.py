@@ -52,6 +52,22 @@ def is_behavior_token(token: str) -> bool:
     return token.startswith(head) and token.endswith(tail) and len(token) > len(head) + len(tail)
 
 
+def gap_tokens() -> list[str]:
+    """``[gap:1m] [gap:10m] ...``: one per log-spaced bucket of ``grammar.json``, smallest first."""
+    g = grammar()
+    return [g["gap_format"].format(name) for name, _ in sorted(g["gap_buckets"].items(), key=lambda kv: kv[1])]
+
+
+def gap_token(seconds: float) -> str | None:
+    """The bucket token for the time since the previous event (``None`` below the smallest)."""
+    g = grammar()
+    best = None
+    for name, floor in sorted(g["gap_buckets"].items(), key=lambda kv: kv[1]):
+        if seconds >= floor:
+            best = g["gap_format"].format(name)
+    return best
+
+
 def serialize_events(items: Sequence[str], behaviors: Sequence[str] | None = None) -> str:
     """Events -> the whitespace-separated stream, behavior first when behaviors are given.
 
@@ -68,13 +84,15 @@ def build_tokenizer(
     *,
     template: str = "causal",
     max_length: int = 200,
+    extra_tokens: Sequence[str] = (),
 ) -> PreTrainedTokenizerFast:
     """Build the tokenizer whose vocabulary is ``specials + behaviors + items``.
 
     ``items`` may repeat (an event stream): the vocabulary orders items by frequency, ties by
     first appearance, so the most popular items get the smallest ids (deterministic, readable).
     Pass ``behaviors`` only when the log has more than one kind; with one kind the streams carry
-    no behavior tokens.
+    no behavior tokens. ``extra_tokens`` (time-gap buckets, the session token) come between the
+    behaviors and the items; they are neither items nor behaviors.
     """
     g = grammar()
     specials = list(g["special_tokens"].values())
@@ -91,7 +109,8 @@ def build_tokenizer(
     if not counts:
         raise DataError("cannot build a tokenizer from an empty item catalogue", field="item_id")
     ordered = sorted(counts, key=lambda i: (-counts[i], first_seen[i]))
-    tokens = specials + [behavior_token(b) for b in behaviors] + [item_token(i) for i in ordered]
+    tokens = (specials + [behavior_token(b) for b in behaviors] + list(extra_tokens)
+              + [item_token(i) for i in ordered])
     vocab = {tok: idx for idx, tok in enumerate(tokens)}
 
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=g["special_tokens"]["unk_token"]))

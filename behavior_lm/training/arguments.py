@@ -34,12 +34,18 @@ class DataArguments:
     """Where events come from and how they become token streams."""
 
     task: str = field(default="next-item", metadata={
-        "help": "next-item (ranking), next-class, next-rating (sequence classification/regression), "
+        "help": "next-item (ranking), next-class, next-rating, purchase-intent (sequence classification/regression), "
                 "event-class (token classification). See behavior_lm/data/tasks.py."})
     like_threshold: float = field(default=4.0, metadata={
         "help": "next-class/event-class on one-behavior logs: class 1 when value >= this."})
     examples_per_user: int = field(default=8, metadata={
         "help": "next-class/next-rating: training targets drawn per user from the training events."})
+    intent_behavior: str = field(default="buy", metadata={
+        "help": "purchase-intent: the behavior whose occurrence is predicted."})
+    intent_horizon: int = field(default=10, metadata={
+        "help": "purchase-intent: label 1 when intent_behavior is among the next N events."})
+    intent_seconds: int | None = field(default=None, metadata={
+        "help": "purchase-intent: only count events at most this long after the history (86400: next 24 h)."})
     dataset: str = field(default="ml-100k", metadata={
         "help": "Named dataset (ml-100k, ml-1m, ml-1m-3706, beauty, lastfm, taobao) or a label for data_path."})
     data_path: str | None = field(default=None, metadata={
@@ -62,6 +68,9 @@ class DataArguments:
     max_users: int | None = field(default=None, metadata={
         "help": "Use only the first N users (file order): for tiny smoke runs."})
     split: str = field(default="leave_one_out", metadata={"help": "leave_one_out or temporal."})
+    target_behavior: str | None = field(default=None, metadata={
+        "help": "leave_one_out on multi-behavior logs: targets are each user's last events of this "
+                "behavior (e.g. buy: test = last buy, validation = the buy before it)."})
     valid_fraction: float = field(default=0.1, metadata={"help": "temporal split: share of events in validation."})
     test_fraction: float = field(default=0.1, metadata={"help": "temporal split: share of events in test."})
     max_length: int = field(default=200, metadata={
@@ -70,6 +79,11 @@ class DataArguments:
         "help": "all: cut long training sequences into windows that use every event; last: only the newest."})
     use_behaviors: bool | None = field(default=None, metadata={
         "help": "Put behavior tokens in the stream (default: when the log has more than one behavior)."})
+    time_gaps: bool = field(default=False, metadata={
+        "help": "Put a log-spaced time-gap token ([gap:1m] .. [gap:1w], tokenizer/grammar.json) before "
+                "each event that follows the previous one by at least a minute."})
+    session_gap: int | None = field(default=None, metadata={
+        "help": "Seconds of inactivity that start a new session: a [SESSION] token before that event."})
     cache: bool = field(default=True, metadata={
         "help": "Reuse prepared token streams from the cache when the data and settings are unchanged."})
 
@@ -117,7 +131,10 @@ class BehaviorTrainingArguments(TrainingArguments):
     max_eval_users: int | None = field(default=None, metadata={
         "help": "Validate on at most this many users (a fixed random subset) to save time; test uses all."})
     baselines: list[str] = field(default_factory=lambda: ["popularity", "markov"], metadata={
-        "help": "Floors scored by the same harness next to the model (popularity, markov)."})
+        "help": "Floors scored by the same harness next to the model (popularity, markov, repeat)."})
+    condition_on_behavior: bool = field(default=False, metadata={
+        "help": "Multi-behavior streams: rank items given the target's behavior token (what will "
+                "they buy next) instead of the mixture over next behaviors."})
     keep_checkpoints: bool = field(default=False, metadata={
         "help": "Keep Trainer checkpoints in the finished run directory (default: only the best model)."})
     overwrite_output_dir: bool = field(default=False, metadata={

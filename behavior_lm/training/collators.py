@@ -53,6 +53,9 @@ class BehaviorCollator:
         elif "target" in features[0]:
             batch["target"] = torch.as_tensor([f["target"] for f in features], dtype=torch.long)
             batch["seen"] = _pad([list(f["seen"]) for f in features], -1)
+            if "target_behavior_id" in features[0]:
+                batch["target_behavior"] = torch.as_tensor([f["target_behavior_id"] for f in features],
+                                                           dtype=torch.long)
         elif self.mask_token_id is not None:
             batch["input_ids"], batch["labels"] = self._cloze(input_ids, attention_mask)
         else:

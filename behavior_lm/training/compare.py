@@ -26,6 +26,7 @@ from behavior_lm.training.run import train  # noqa: E402
 TASK_METRICS = {"next-item": ("hr@10", "ndcg@10", "mrr@10"),
                 "next-class": ("accuracy", "f1_macro", "roc_auc"),
                 "event-class": ("accuracy", "f1_macro", "roc_auc"),
+                "purchase-intent": ("f1_macro", "roc_auc", "average_precision"),
                 "next-rating": ("mae", "rmse")}
 
 

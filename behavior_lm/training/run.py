@@ -18,17 +18,19 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import torch
 import yaml
 from transformers import EarlyStoppingCallback, set_seed
 
 from behavior_lm.data.pipeline import prepare_data
 from behavior_lm.errors import RecipeError
 from behavior_lm.evaluation.harness import evaluate_baselines
+from behavior_lm.evaluation.next_behavior import evaluate_next_behavior, next_behavior_table
 from behavior_lm.evaluation.protocol import EvalProtocol
 from behavior_lm.evaluation.task_metrics import floor_metrics, make_task_metrics, task_table
 from behavior_lm.models.auto import MASKED_MODEL_TYPES, build_model, count_parameters, template_for
 from behavior_lm.reporting import metrics_table, training_curves
-from behavior_lm.tokenization.behavior_tokenizer import item_mask
+from behavior_lm.tokenization.behavior_tokenizer import behavior_token_ids, item_mask
 from behavior_lm.training.arguments import BehaviorTrainingArguments, DataArguments, ModelArguments
 from behavior_lm.training.collators import BehaviorCollator
 from behavior_lm.training.trainer import BehaviorTrainer, make_compute_metrics
@@ -41,10 +43,22 @@ SPLIT_TARGETS = {
 }
 
 
-def protocol_for(data_args: DataArguments, training_args: BehaviorTrainingArguments) -> EvalProtocol:
+def protocol_for(data_args: DataArguments, training_args: BehaviorTrainingArguments,
+                 with_behaviors: bool = False) -> EvalProtocol:
+    target = SPLIT_TARGETS[data_args.split]
+    if data_args.task == "purchase-intent":
+        within = f" and {data_args.intent_seconds} s" if data_args.intent_seconds else ""
+        target = (f"'{data_args.intent_behavior}' within the next {data_args.intent_horizon} events{within} "
+                  "(test: each user's last window; validation: the window before)")
+    elif data_args.target_behavior:
+        target = (f"last '{data_args.target_behavior}' event per user (test); the one before it "
+                  "(validation)")
+    scoring = "none"
+    if with_behaviors:
+        scoring = "target behavior" if training_args.condition_on_behavior else "mixture"
     return EvalProtocol(split=data_args.split, filter_seen=training_args.filter_seen,
-                        ks=tuple(training_args.eval_ks), target=SPLIT_TARGETS[data_args.split],
-                        max_length=data_args.max_length)
+                        ks=tuple(training_args.eval_ks), target=target,
+                        max_length=data_args.max_length, behavior_scoring=scoring)
 
 
 def train(data_args: DataArguments, model_args: ModelArguments,
@@ -93,6 +107,8 @@ def train(data_args: DataArguments, model_args: ModelArguments,
             compute_metrics=(make_compute_metrics(training_args.eval_ks) if ranking
                              else make_task_metrics(data_args.task, num_classes)),
             callbacks=callbacks, filter_seen=training_args.filter_seen,
+            behavior_ids=torch.tensor(list(behavior_token_ids(tokenizer).values()), dtype=torch.long),
+            condition_on_behavior=training_args.condition_on_behavior,
             item_mask=item_mask(tokenizer, model.get_output_embeddings().out_features) if ranking else None)
 
     checkpoint = None
@@ -112,15 +128,20 @@ def train(data_args: DataArguments, model_args: ModelArguments,
 
     trainer.save_model(str(partial))  # model (safetensors) + tokenizer; writes on the main process
     if trainer.is_world_process_zero():
-        protocol = protocol_for(data_args, training_args)
+        protocol = protocol_for(data_args, training_args, data.info["with_behaviors"])
         if ranking:
             baselines = evaluate_baselines(training_args.baselines, dsd["train"], dsd["test"], tokenizer,
                                            protocol, batch_size=training_args.per_device_eval_batch_size)
         else:
             baselines = floor_metrics(data_args.task, dsd["train"], dsd["test"], num_classes)
+        next_behavior = None
+        if (ranking and data.info["with_behaviors"] and not data_args.target_behavior
+                and model_args.model_type not in MASKED_MODEL_TYPES):
+            next_behavior = evaluate_next_behavior(trainer.model, dsd["test"], dsd["train"], tokenizer,
+                                                   training_args.per_device_eval_batch_size)
         _write_run_files(partial, data_args, model_args, training_args, recipe, data.info, protocol,
                          trainer, train_output.metrics, train_seconds, val_metrics, test_metrics,
-                         baselines, count_parameters(model))
+                         baselines, count_parameters(model), next_behavior)
         if not training_args.keep_checkpoints:
             shutil.rmtree(partial / "checkpoints", ignore_errors=True)
         _promote(partial, final)
@@ -216,7 +237,7 @@ def _strip(metrics: dict, prefix: str) -> dict:
 
 def _write_run_files(run: Path, data_args, model_args, training_args, recipe, data_info, protocol,
                      trainer, train_metrics, train_seconds, val_metrics, test_metrics, baselines,
-                     n_params) -> None:
+                     n_params, next_behavior: dict | None = None) -> None:
     history = trainer.state.log_history
     best_epoch = None
     metric = "eval_" + training_args.metric_for_best_model.removeprefix("eval_")
@@ -239,6 +260,8 @@ def _write_run_files(run: Path, data_args, model_args, training_args, recipe, da
         "model_type": model_args.model_type,
         "task": data_args.task,
     }
+    if next_behavior is not None:
+        metrics["next_behavior"] = next_behavior
     (run / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     (run / "log_history.json").write_text(json.dumps(history, indent=2, default=str))
     effective = dict(recipe or {})
@@ -264,7 +287,9 @@ def _write_run_files(run: Path, data_args, model_args, training_args, recipe, da
         f"{what}. Test users: {metrics['test'].get('num_examples', '')}; "
         f"{prep['users']} users, {prep['items']} items, {prep['events']} events after preprocessing.\n\n"
         f"{table}\n\n"
-        f"Training: {metrics['train']['epochs_run']:g} epochs in {train_seconds:.0f} s "
+        + (f"Next behavior type on the same test events (P(b | history) from the model):\n\n"
+           f"{next_behavior_table(next_behavior)}\n\n" if next_behavior else "")
+        + f"Training: {metrics['train']['epochs_run']:g} epochs in {train_seconds:.0f} s "
         f"(best validation {training_args.metric_for_best_model} at epoch {best_epoch}).\n\n"
         "![training curves](training_curves.png)\n")
     training_curves(history, run / "training_curves.png",

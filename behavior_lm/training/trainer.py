@@ -18,7 +18,7 @@ from torch import nn
 from transformers import EvalPrediction, Trainer
 
 from behavior_lm.evaluation.metrics import rank_of_target, ranking_metrics
-from behavior_lm.evaluation.scoring import next_token_scores
+from behavior_lm.evaluation.scoring import next_item_scores
 
 
 class BehaviorTrainer(Trainer):
@@ -27,13 +27,19 @@ class BehaviorTrainer(Trainer):
     Args:
         item_mask: ``(vocab,)`` bool, True at item tokens (the candidates).
         filter_seen: remove each user's history items from the ranking.
+        behavior_ids: token ids of ``<b>`` on multi-behavior streams (items are then ranked by
+            the mixture over behaviors, or given each target's behavior).
+        condition_on_behavior: rank given the target's behavior instead of the mixture.
     """
 
     def __init__(self, *args: Any, item_mask: torch.Tensor | None = None, filter_seen: bool = True,
+                 behavior_ids: torch.Tensor | None = None, condition_on_behavior: bool = False,
                  **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.item_mask = item_mask
         self.filter_seen = filter_seen
+        self.behavior_ids = behavior_ids
+        self.condition_on_behavior = condition_on_behavior
 
     def prediction_step(self, model: nn.Module, inputs: dict[str, torch.Tensor | Any],
                         prediction_loss_only: bool, ignore_keys: list[str] | None = None):
@@ -42,7 +48,9 @@ class BehaviorTrainer(Trainer):
         inputs = self._prepare_inputs(inputs)
         model = self.accelerator.unwrap_model(model)
         with torch.no_grad():
-            scores = next_token_scores(model, inputs["input_ids"], inputs["attention_mask"])
+            given = inputs.get("target_behavior") if self.condition_on_behavior else None
+            scores = next_item_scores(model, inputs["input_ids"], inputs["attention_mask"],
+                                      self.item_mask, self.behavior_ids, given)
             ranks, loss = score_ranks(scores, inputs["target"], self.item_mask,
                                       inputs["seen"] if self.filter_seen else None)
         if prediction_loss_only:
