@@ -64,11 +64,9 @@ def evaluate_run(run_dir: str | Path, *, split: str = "test", batch_size: int = 
     return results, protocol
 
 
-def _evaluate_task_run(run: Path, task: str, model_type: str, data, split: str,
-                       batch_size: int) -> dict[str, dict]:
-    """Classification / regression / token-labelling runs: the model's logits, the task metrics."""
-    auto = AutoModelForTokenClassification if task in TOKEN_TASKS else AutoModelForSequenceClassification
-    model = auto.from_pretrained(run).eval()
+def task_logits(model, data, split: str, task: str, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Raw outputs and labels of a classification / regression / token-labelling model on a split
+    (token tasks padded to ``max_length`` so batches concatenate)."""
     dataset = data.datasets[split]
     collate = BehaviorCollator(data.tokenizer.pad_token_id)
     logits, labels = [], []
@@ -76,15 +74,27 @@ def _evaluate_task_run(run: Path, task: str, model_type: str, data, split: str,
         for batch in DataLoader(dataset.with_format(None), batch_size=batch_size, collate_fn=collate):
             out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             width = batch["input_ids"].size(1)
-            if task in TOKEN_TASKS:  # pad to a common length so batches concatenate
+            if task in TOKEN_TASKS:
                 pad = data.tokenizer.model_max_length - width
                 out = torch.nn.functional.pad(out, (0, 0, 0, max(pad, 0)))
                 batch["labels"] = torch.nn.functional.pad(batch["labels"], (0, max(pad, 0)), value=-100)
             logits.append(out.numpy())
             labels.append(batch["labels"].numpy())
+    return np.concatenate(logits), np.concatenate(labels)
+
+
+def load_task_model(run: Path, task: str):
+    auto = AutoModelForTokenClassification if task in TOKEN_TASKS else AutoModelForSequenceClassification
+    return auto.from_pretrained(run).eval()
+
+
+def _evaluate_task_run(run: Path, task: str, model_type: str, data, split: str,
+                       batch_size: int) -> dict[str, dict]:
+    """Classification / regression / token-labelling runs: the model's logits, the task metrics."""
+    logits, labels = task_logits(load_task_model(run, task), data, split, task, batch_size)
     num_classes = len(data.info["class_names"])
-    results = {model_type: score_predictions(task, np.concatenate(logits), np.concatenate(labels),
-                                             num_classes)}
+    results = {model_type: score_predictions(task, logits, labels, num_classes)}
+    dataset = data.datasets[split]
     for name, m in floor_metrics(task, data.datasets["train"], dataset, num_classes).items():
         results[f"{name} (floor)"] = m
     return results

@@ -1,0 +1,190 @@
+"""The Taobao e-commerce case study: every recipe in recipes/taobao/, one report.
+
+Usage:
+    python scripts/taobao_case_study.py [--output_dir runs/taobao] [--only NAME ...] [-- --key value ...]
+
+Trains (or reuses) each recipe's run under ``--output_dir`` and writes ``case_study.md`` there with:
+next event (mixture over behaviors, seen items kept) and next buy (given ``<buy>``) ranking tables
+with the popularity / Markov / repeat floors; behavior-aware vs behavior-blind vs with time gaps;
+the next-behavior-type table (argmax and prior-corrected decisions, floors) and its confusion
+matrix; purchase intent (BERT, GRU) with a precision-recall curve. Extra ``--key value`` flags go
+to every recipe (e.g. ``--max_users 80 --num_train_epochs 2`` for a quick slice).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = REPO / "recipes" / "taobao"
+RANKING = ["gpt2-next-event", "llama-next-event", "gru-next-event", "gpt2-next-event-blind",
+           "gpt2-next-event-gaps", "gpt2-next-buy"]
+INTENT = ["bert-purchase-intent", "gru-purchase-intent"]
+
+
+def run_recipe(name: str, out: Path, extra: list[str]) -> Path:
+    from behavior_lm.cli.main import main
+
+    run = out / name
+    if not (run / "metrics.json").is_file():
+        start = time.perf_counter()
+        code = main(["train", str(RECIPES / f"{name}.yaml"), *extra, "--output_dir", str(run),
+                     "--disable_tqdm", "true"])
+        if code != 0:
+            sys.exit(f"{name} failed (exit {code})")
+        print(f"{name}: {time.perf_counter() - start:.0f} s", flush=True)
+    return run
+
+
+def load(run: Path) -> dict:
+    return json.loads((run / "metrics.json").read_text())
+
+
+def ranking_table(runs: dict[str, dict], names: list[str]) -> str:
+    lines = ["| model | behavior tokens | HR@10 | NDCG@10 | MRR@10 | HR@20 | epochs (best) | train min |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    floors: dict[str, dict] = {}
+    for name in names:
+        if name not in runs:
+            continue
+        m = runs[name]
+        stream = m["data"].get("stream", {})
+        kind = ("yes" if stream.get("behaviors") else "no (blind)") + (
+            " + gaps/sessions" if stream.get("time_gaps") else "")
+        t = m["test"]
+        lines.append(f"| {name} | {kind} | {t['hr@10']:.4f} | {t['ndcg@10']:.4f} | {t['mrr@10']:.4f} | "
+                     f"{t['hr@20']:.4f} | {m['train']['epochs_run']:g} ({m['train']['best_epoch']}) | "
+                     f"{m['train']['seconds'] / 60:.1f} |")
+        for floor, fm in m["baselines"]["test"].items():
+            floors.setdefault(floor, fm)
+    for floor, t in floors.items():
+        lines.append(f"| {floor} (floor) | | {t['hr@10']:.4f} | {t['ndcg@10']:.4f} | {t['mrr@10']:.4f} | "
+                     f"{t['hr@20']:.4f} | | |")
+    return "\n".join(lines)
+
+
+def confusion_png(nb: dict, path: Path, title: str) -> Path:
+    names = nb["behaviors"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), dpi=110)
+    for ax, decision in zip(axes, ("argmax", "prior-corrected")):
+        cm = np.asarray(nb[decision]["confusion"], dtype=float)
+        share = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+        ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+        for i in range(len(names)):
+            for j in range(len(names)):
+                ax.text(j, i, f"{int(cm[i, j])}\n{share[i, j]:.0%}", ha="center", va="center", fontsize=8,
+                        color="white" if share[i, j] > 0.5 else "black")
+        ax.set_xticks(range(len(names)), names)
+        ax.set_yticks(range(len(names)), names)
+        ax.set_xlabel("predicted next behavior")
+        ax.set_ylabel("true next behavior")
+        ax.set_title(f"{decision} (row-normalised)")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def pr_curves_png(runs: dict[str, Path], path: Path) -> Path:
+    import dataclasses
+
+    import yaml
+
+    from behavior_lm.data.pipeline import prepare_data
+    from behavior_lm.evaluation.run_eval import load_task_model, task_logits
+    from behavior_lm.training.arguments import DataArguments
+
+    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=110)
+    base = None
+    for name, run in runs.items():
+        recipe = yaml.safe_load((run / "recipe.yaml").read_text())
+        fields = {f.name for f in dataclasses.fields(DataArguments)}
+        data = prepare_data(DataArguments(**{k: v for k, v in recipe.items() if k in fields}),
+                            template="classification")
+        logits, labels = task_logits(load_task_model(run, "purchase-intent"), data, "test", "purchase-intent")
+        z = logits - logits.max(-1, keepdims=True)
+        p = np.exp(z[:, 1]) / np.exp(z).sum(-1)
+        order = np.argsort(-p, kind="stable")
+        y = labels[order].astype(bool)
+        tp = np.cumsum(y)
+        precision, recall = tp / np.arange(1, y.size + 1), tp / max(y.sum(), 1)
+        ax.plot(recall, precision, label=name)
+        base = y.mean()
+    if base is not None:
+        ax.axhline(base, color="gray", ls=":", label=f"positive rate {base:.2f} (floor)")
+    ax.set_xlabel("recall (buy within the next events)")
+    ax.set_ylabel("precision")
+    ax.set_title("Purchase intent on Taobao, test windows")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def intent_table(runs: dict[str, dict]) -> str:
+    cols = ["accuracy", "precision_macro", "recall_macro", "f1_macro", "precision_1", "recall_1", "f1_1",
+            "roc_auc", "average_precision"]
+    head = ["accuracy", "P macro", "R macro", "F1 macro", "P buy", "R buy", "F1 buy", "ROC-AUC", "AP"]
+    lines = ["| model | " + " | ".join(head) + " |", "|---|" + "---:|" * len(cols)]
+    floors = {}
+    for name, m in runs.items():
+        lines.append(f"| {name} | " + " | ".join(f"{m['test'].get(c, float('nan')):.4f}" for c in cols) + " |")
+        floors.update(m["baselines"]["test"])
+    for name, m in floors.items():
+        lines.append(f"| {name} (floor) | " + " | ".join(f"{m.get(c, float('nan')):.4f}" for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--output_dir", default="runs/taobao")
+    parser.add_argument("--only", nargs="*", default=None, help="recipe names to run (default: all)")
+    args, extra = parser.parse_known_args()
+    out = Path(args.output_dir)
+    names = [n for n in RANKING + INTENT if args.only is None or n in args.only]
+    runs = {n: run_recipe(n, out, extra) for n in names}
+    metrics = {n: load(r) for n, r in runs.items()}
+    from behavior_lm.evaluation.next_behavior import next_behavior_table
+
+    parts = ["# Taobao case study", "",
+             f"Data: {metrics[names[0]]['data']['prepared']} (after preprocessing).", ""]
+    event = [n for n in RANKING if n in metrics and n != "gpt2-next-buy"]
+    if event:
+        parts += ["## What will this user do next (last event, any behavior; seen items kept)", "",
+                  ranking_table(metrics, event), ""]
+    if "gpt2-next-buy" in metrics:
+        parts += ["## What will this user buy next (last buy, ranked given `<buy>`)", "",
+                  ranking_table(metrics, ["gpt2-next-buy"]), ""]
+    for n in event:
+        if "next_behavior" in metrics[n]:
+            nb = metrics[n]["next_behavior"]
+            parts += [f"## Next behavior type ({n}, test events)", "",
+                      f"Support: {nb['support']}; training prior: "
+                      f"{ {k: round(v, 4) for k, v in nb['training_prior'].items()} }; buy average "
+                      f"precision over P(buy | history): {nb.get('average_precision_buy', float('nan')):.4f}", "",
+                      next_behavior_table(nb), ""]
+            if n == "gpt2-next-event":
+                png = confusion_png(nb, out / "next_behavior_confusion.png", f"Next behavior, {n}")
+                parts += [f"![confusion]({png.name})", ""]
+    intent = {n: metrics[n] for n in INTENT if n in metrics}
+    if intent:
+        png = pr_curves_png({n: runs[n] for n in intent}, out / "purchase_intent_pr.png")
+        parts += ["## Purchase intent (buy within the next 10 events)", "", intent_table(intent), "",
+                  f"![precision-recall]({png.name})", ""]
+    (out / "case_study.md").write_text("\n".join(parts))
+    print("\n".join(parts))
+
+
+if __name__ == "__main__":
+    main()
