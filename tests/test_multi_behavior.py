@@ -154,3 +154,34 @@ def test_next_behavior_metrics_hand_computed():
     order = np.argsort(-s)
     brute = np.mean([y[order][: k + 1].mean() for k in range(30) if y[order][k]])
     assert average_precision(y, s) == pytest.approx(brute)
+
+
+@pytest.mark.slow
+def test_taobao_purchase_intent_run(tmp_path):
+    shared_dataset("taobao")
+    out = tmp_path / "intent"
+    assert main(["train", str(REPO / "recipes" / "taobao" / "gru-purchase-intent.yaml"), *TAOBAO_TINY,
+                 "--examples_per_user", "4", "--output_dir", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["task"] == "purchase-intent" and metrics["data"]["class_names"] == ["no buy", "buy"]
+    split = metrics["data"]["split"]
+    assert split["kind"] == "purchase-intent" and split["test_examples"] == metrics["test"]["num_examples"]
+    for key in ("roc_auc", "average_precision", "f1_1", "precision_1", "recall_1"):
+        assert key in metrics["test"]
+    assert metrics["baselines"]["test"]["majority class"]["roc_auc"] == 0.5
+    results, _ = evaluate_run(out)
+    assert results["gru"]["roc_auc"] == pytest.approx(metrics["test"]["roc_auc"], abs=1e-6)
+    assert "'buy' within the next 10 events" in metrics["protocol"]["target"]
+
+
+@pytest.mark.slow
+def test_synthetic_social_run_reports_next_behavior(tmp_path, monkeypatch):
+    monkeypatch.setenv("BEHAVIOR_LM_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "social"
+    assert main(["train", str(REPO / "recipes" / "synthetic" / "gru-social.yaml"), "--max_users", "80",
+                 "--num_train_epochs", "1", "--hidden_size", "16", "--disable_tqdm", "true",
+                 "--output_dir", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["data"]["prepared"]["behaviors"]) == {"view", "like", "comment", "share", "follow"}
+    assert "SYNTHETIC" in metrics["data"]["terms"]
+    assert set(metrics["next_behavior"]["behaviors"]) == {"view", "like", "comment", "share", "follow"}

@@ -50,16 +50,21 @@ def _append(input_ids: torch.Tensor, token_id: int) -> tuple[torch.Tensor, torch
 
 @torch.no_grad()
 def next_event_distribution(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                            input_ids: torch.Tensor, behavior: str | None = None) -> NextEventDistribution:
+                            input_ids: torch.Tensor, behavior: str | None = None, *,
+                            behavior_ids: dict[str, int] | None = None,
+                            candidates: torch.Tensor | None = None) -> NextEventDistribution:
     """The distribution after one history ``input_ids`` of shape ``(1, length)`` (no padding).
 
     ``behavior`` conditions on the next event's behavior (e.g. ``"buy"``); it must be one of the
-    tokenizer's behavior tokens. ``None`` gives the mixture over behaviors.
+    tokenizer's behavior tokens. ``None`` gives the mixture over behaviors. ``behavior_ids`` and
+    ``candidates`` (the item mask) may be passed precomputed: deriving them walks the vocabulary.
     """
-    behavior_ids = behavior_token_ids(tokenizer)
+    behavior_ids = behavior_token_ids(tokenizer) if behavior_ids is None else behavior_ids
     names = list(behavior_ids)
     logits = next_token_scores(model, input_ids, torch.ones_like(input_ids))       # (1, V)
-    candidates = item_mask(tokenizer, logits.size(-1)).to(logits.device)
+    if candidates is None:
+        candidates = item_mask(tokenizer, logits.size(-1))
+    candidates = candidates.to(logits.device)
     if not behavior_ids:  # one-behavior stream: the next token is an item
         return NextEventDistribution(_item_probs(logits, candidates)[0], None, names, None)
 

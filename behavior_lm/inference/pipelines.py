@@ -24,7 +24,7 @@ from behavior_lm.evaluation.scoring import is_masked_lm
 from behavior_lm.inference.distribution import next_event_distribution
 from behavior_lm.tokenization.behavior_tokenizer import (behavior_token, behavior_token_ids, grammar,
                                                          is_behavior_token, is_item_token, item_id_of,
-                                                         item_token)
+                                                         item_mask, item_token)
 
 logger = logging.getLogger(__name__)
 TASK = "next-behavior"
@@ -135,6 +135,16 @@ class NextBehaviorPipeline(Pipeline):
             post["return_behaviors"] = bool(return_behaviors)
         return pre, {}, post
 
+    # ------------------------------------------------------------------ vocabulary views (cached)
+    def _views(self) -> tuple[dict[str, int], dict[str, int], torch.Tensor]:
+        """(vocab, behavior token ids, item mask): walking a 55k-item vocabulary on every call
+        would cost more than the forward pass."""
+        if getattr(self, "_cached_views", None) is None:
+            vocab = self.tokenizer.get_vocab()
+            size = self.model.get_output_embeddings().out_features
+            self._cached_views = (vocab, behavior_token_ids(self.tokenizer), item_mask(self.tokenizer, size))
+        return self._cached_views
+
     # ------------------------------------------------------------------ metadata of the run
     @property
     def run_info(self) -> dict:
@@ -142,7 +152,7 @@ class NextBehaviorPipeline(Pipeline):
         return dict(getattr(self.model.config, "behavior_lm", None) or {})
 
     def behavior_names(self) -> list[str]:
-        names = list(behavior_token_ids(self.tokenizer))
+        names = list(self._views()[1])
         return names or list(self.run_info.get("behaviors") or [])
 
     # ------------------------------------------------------------------ Pipeline steps
@@ -152,13 +162,12 @@ class NextBehaviorPipeline(Pipeline):
         return super().__call__(parse_history(inputs), **kwargs)
 
     def preprocess(self, history: History, behavior: str | None = None) -> dict[str, Any]:
-        stream_behaviors = behavior_token_ids(self.tokenizer)
+        vocab, stream_behaviors, _ = self._views()
         if behavior is not None and behavior not in stream_behaviors:
             known = self.behavior_names()
             if not (stream_behaviors == {} and known == [behavior]):
                 raise ValueError(f"behavior {behavior!r} is not one this model knows; known: {known}")
             behavior = None  # the single behavior of a one-behavior log: nothing to condition on
-        vocab = self.tokenizer.get_vocab()
         kept: list[tuple[str, str | None]] = []
         dropped_items, dropped_behaviors = [], []
         for item, b in history.events:
@@ -196,8 +205,10 @@ class NextBehaviorPipeline(Pipeline):
         return min(limits)
 
     def _forward(self, model_inputs: dict[str, Any]) -> dict[str, Any]:
+        _, behavior_ids, candidates = self._views()
         dist = next_event_distribution(self.model, self.tokenizer, model_inputs["input_ids"],
-                                       behavior=model_inputs["behavior"])
+                                       behavior=model_inputs["behavior"], behavior_ids=behavior_ids,
+                                       candidates=candidates)
         return {"dist": dist, "seen": model_inputs["seen"], "empty": model_inputs["empty"],
                 "behavior": model_inputs["behavior"]}
 
@@ -208,7 +219,8 @@ class NextBehaviorPipeline(Pipeline):
             exclude_seen = bool(self.run_info.get("filter_seen", False))
         probs = dist.items.clone()
         if exclude_seen and model_outputs["seen"]:
-            seen_ids = self.tokenizer.convert_tokens_to_ids([item_token(i) for i in model_outputs["seen"]])
+            vocab = self._views()[0]
+            seen_ids = [vocab[item_token(i)] for i in model_outputs["seen"]]
             probs[torch.as_tensor(seen_ids, dtype=torch.long)] = 0.0
         k = min(top_k, int((probs > 0).sum()))
         scores, ids = probs.topk(k)
