@@ -3,7 +3,7 @@
 Usage:
     python scripts/social_case_study.py [--output_dir runs/synthetic] [-- --key value ...]
 
-Trains (or reuses) recipes/synthetic/{gpt2,gru}-social.yaml and prints one table: next-item
+Trains (or reuses) recipes/synthetic/{llama,gru}-social.yaml and prints one table: next-item
 HR/NDCG/MRR@10 on each user's last event (mixture over behaviors, seen items kept) and next-behavior
 accuracy, for the models, the floors and the oracle (exact generating probabilities; ties in the
 true item distribution broken uniformly at random, in expectation).
@@ -27,7 +27,7 @@ def main() -> None:
 
     out = Path(args.output_dir)
     rows = {}
-    for model in ("gpt2", "gru"):
+    for model in ("llama", "gru"):
         run = out / f"{model}-social"
         if not (run / "metrics.json").is_file():
             code = cli(["train", str(REPO / "recipes" / "synthetic" / f"{model}-social.yaml"), *extra,

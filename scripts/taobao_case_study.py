@@ -26,8 +26,8 @@ import numpy as np  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes" / "taobao"
-RANKING = ["gpt2-next-event", "llama-next-event", "gru-next-event", "gpt2-next-event-blind",
-           "gpt2-next-event-gaps", "gpt2-next-buy"]
+RANKING = ["llama-next-event", "gru-next-event", "llama-next-event-blind", "llama-next-event-gaps",
+           "gpt2-next-event", "llama-next-buy"]
 INTENT = ["bert-purchase-intent", "gru-purchase-intent"]
 
 
@@ -159,13 +159,13 @@ def main() -> None:
 
     parts = ["# Taobao case study", "",
              f"Data: {metrics[names[0]]['data']['prepared']} (after preprocessing).", ""]
-    event = [n for n in RANKING if n in metrics and n != "gpt2-next-buy"]
+    event = [n for n in RANKING if n in metrics and n != "llama-next-buy"]
     if event:
         parts += ["## What will this user do next (last event, any behavior; seen items kept)", "",
                   ranking_table(metrics, event), ""]
-    if "gpt2-next-buy" in metrics:
+    if "llama-next-buy" in metrics:
         parts += ["## What will this user buy next (last buy, ranked given `<buy>`)", "",
-                  ranking_table(metrics, ["gpt2-next-buy"]), ""]
+                  ranking_table(metrics, ["llama-next-buy"]), ""]
     for n in event:
         if "next_behavior" in metrics[n]:
             nb = metrics[n]["next_behavior"]
@@ -174,7 +174,7 @@ def main() -> None:
                       f"{ {k: round(v, 4) for k, v in nb['training_prior'].items()} }; buy average "
                       f"precision over P(buy | history): {nb.get('average_precision_buy', float('nan')):.4f}", "",
                       next_behavior_table(nb), ""]
-            if n == "gpt2-next-event":
+            if n == "llama-next-event":
                 png = confusion_png(nb, out / "next_behavior_confusion.png", f"Next behavior, {n}")
                 parts += [f"![confusion]({png.name})", ""]
     intent = {n: metrics[n] for n in INTENT if n in metrics}
