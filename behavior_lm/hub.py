@@ -127,6 +127,10 @@ def model_card(run_dir: str | Path, repo_id: str | None = None) -> str:
          else "kept in the ranking (repeat consumption counts)"),
         ("ties", f"{protocol.ties}: rank = number of other items scoring >= the target"),
         ("cut-offs K", ", ".join(map(str, protocol.ks))), ("history length", f"{protocol.max_length} tokens"),
+        *([("next item on a multi-behavior stream",
+            "mixture over next behaviors, sum_b P(b|h) P(item|h,b)" if protocol.behavior_scoring == "mixture"
+            else "ranked given the target's behavior token (e.g. <buy>)")]
+          if protocol.behavior_scoring != "none" else []),
         ("test examples", metrics["test"].get("num_examples", "")),
     ]
     shown = {k: training_args[k] for k in TRAINING_ARGS_SHOWN if k in training_args}
