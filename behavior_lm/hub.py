@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
@@ -42,7 +41,7 @@ def _load_run(run: Path) -> tuple[dict, dict, dict]:
     return metrics, recipe, training_args
 
 
-def _card_metadata(metrics: dict, recipe: dict, repo_id: str | None) -> str:
+def _card_metadata(metrics: dict, repo_id: str | None) -> str:
     from huggingface_hub import EvalResult, ModelCardData
 
     task, dataset = metrics.get("task", "next-item"), metrics["data"]["dataset"]
@@ -134,10 +133,9 @@ def model_card(run_dir: str | Path, repo_id: str | None = None) -> str:
         ("test examples", metrics["test"].get("num_examples", "")),
     ]
     shown = {k: training_args[k] for k in TRAINING_ARGS_SHOWN if k in training_args}
-    shown.update({k: recipe[k] for k in ("early_stopping_patience",) if k in recipe})
     best = train.get("best_epoch")
     parts = [
-        "---", _card_metadata(metrics, recipe, repo_id).strip(), "---", "",
+        "---", _card_metadata(metrics, repo_id).strip(), "---", "",
         f"# {model_type} · {task} on {data['dataset']}", "",
         f"A `{model_type}` model trained with behavior-lm on the "
         f"`{data['dataset']}` user-behavior log for **{task}**. The item vocabulary is the "
@@ -183,13 +181,9 @@ def stage_run(run_dir: str | Path, out_dir: str | Path, repo_id: str | None = No
         if (run / name).is_file():
             shutil.copy2(run / name, tmp / name)
     (tmp / "README.md").write_text(card)
-    if out.exists():
-        old = out.with_name(out.name + f".old-{int(time.time())}")
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out)
+    from behavior_lm.training.run import promote
+
+    promote(tmp, out)
     return out
 
 

@@ -148,10 +148,10 @@ def test_cloze_collator_masks_items_and_always_the_last(tok):
 
 
 def test_masked_scoring_appends_mask_after_history(tok):
-    from behavior_lm.evaluation.scoring import append_mask_token
+    from behavior_lm.evaluation.scoring import append_token
     ids = torch.tensor([[2, 10, 11, 0], [2, 12, 0, 0]])
     att = (ids != 0).long()
-    new_ids, new_att, pos = append_mask_token(ids, att, 4, 0)
+    new_ids, new_att, pos = append_token(ids, att, 4, 0)
     assert new_ids.tolist() == [[2, 10, 11, 4, 0], [2, 12, 4, 0, 0]]
     assert pos.tolist() == [3, 2] and new_att.sum(1).tolist() == [4, 3]
 

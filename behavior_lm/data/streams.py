@@ -64,10 +64,6 @@ class StreamFormat:
         return " ".join(t for i in range(len(seq)) for t in self.event_tokens(seq, i))
 
 
-def _events_text(seq: UserSequence, fmt: StreamFormat) -> str:
-    return fmt.serialize(seq)
-
-
 def train_windows(seq: UserSequence, *, max_length: int, fmt: StreamFormat,
                   mode: str = "all") -> list[str]:
     """Cut one training sequence into texts of at most ``max_length`` tokens (with ``[BOS]``).
@@ -82,7 +78,7 @@ def train_windows(seq: UserSequence, *, max_length: int, fmt: StreamFormat,
     stop = len(seq)
     while stop > 0:
         start = max(0, stop - span)
-        texts.append(_events_text(seq.slice(start, stop), fmt))
+        texts.append(fmt.serialize(seq.slice(start, stop)))
         if mode == "last":
             break
         stop = start
@@ -90,7 +86,7 @@ def train_windows(seq: UserSequence, *, max_length: int, fmt: StreamFormat,
     return texts
 
 
-def _encode(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int) -> list[list[int]]:
+def encode_texts(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int) -> list[list[int]]:
     ids: list[list[int]] = []
     for start in range(0, len(texts), 4096):
         enc = tokenizer(list(texts[start:start + 4096]), truncation=True, max_length=max_length,
@@ -103,8 +99,8 @@ def _examples_dataset(examples: Sequence[Example], tokenizer: PreTrainedTokenize
                       max_length: int, fmt: StreamFormat) -> Dataset:
     vocab = tokenizer.get_vocab()
     unk = tokenizer.unk_token_id
-    texts = [_events_text(ex.history, fmt) for ex in examples]
-    input_ids = _encode(tokenizer, texts, max_length)
+    texts = [fmt.serialize(ex.history) for ex in examples]
+    input_ids = encode_texts(tokenizer, texts, max_length)
     seen = [sorted({vocab.get(item_token(i), unk) for i in ex.history.items} - {unk})
             for ex in examples]
     return Dataset.from_dict({
@@ -134,7 +130,7 @@ def build_dataset_dict(split: Split, tokenizer: PreTrainedTokenizerBase, *, max_
         for text in train_windows(seq, max_length=max_length, fmt=fmt, mode=train_windows_mode):
             users.append(seq.user_id)
             texts.append(text)
-    train = Dataset.from_dict({"user_id": users, "input_ids": _encode(tokenizer, texts, max_length)})
+    train = Dataset.from_dict({"user_id": users, "input_ids": encode_texts(tokenizer, texts, max_length)})
     parts = {"train": train}
     for name in ("validation", "test"):
         examples = getattr(split, name)

@@ -35,7 +35,7 @@ from transformers import PreTrainedTokenizerBase
 from behavior_lm.data.preprocess import UserSequence
 from behavior_lm.data.splits import Example, Split
 from behavior_lm.errors import DataError
-from behavior_lm.data.streams import StreamFormat
+from behavior_lm.data.streams import StreamFormat, encode_texts
 from behavior_lm.tokenization.behavior_tokenizer import item_token
 
 RANKING_TASKS = ("next-item",)
@@ -117,11 +117,10 @@ def build_sequence_task(split: Split, tokenizer: PreTrainedTokenizerBase, labele
     return DatasetDict(parts)
 
 
-def _token_row(seq: UserSequence, labels: list[int], tokenizer, max_length: int,
+def _token_row(seq: UserSequence, labels: list[int], tokenizer, vocab: dict[str, int], max_length: int,
                fmt: StreamFormat) -> tuple[list[int], list[int]]:
     """``[CLS] (<b>) i:x ... [SEP]`` ids and a label on each item token (-100 elsewhere),
     keeping the most recent events that fit."""
-    vocab = tokenizer.get_vocab()
     unk = tokenizer.unk_token_id
     keep = max(1, (max_length - 2) // fmt.max_tokens_per_event)
     ids, lab = [tokenizer.cls_token_id], [IGNORE]
@@ -140,10 +139,12 @@ def build_token_task(split: Split, tokenizer: PreTrainedTokenizerBase, labeler: 
     """``event-class``: training streams labelled on every item token; validation/test streams are
     the history plus the held-out event, labelled on the held-out event only (history labels of
     those users were never shown, and nothing later than the target is in the input)."""
+    vocab = tokenizer.get_vocab()
+
     def rows_for(seqs: list[tuple[str, UserSequence, list[int]]]) -> dict[str, list]:
         out = {"user_id": [], "input_ids": [], "labels": []}
         for user, seq, labels in seqs:
-            ids, lab = _token_row(seq, labels, tokenizer, max_length, fmt)
+            ids, lab = _token_row(seq, labels, tokenizer, vocab, max_length, fmt)
             out["user_id"].append(user)
             out["input_ids"].append(ids)
             out["labels"].append(lab)
@@ -216,10 +217,7 @@ def build_intent_task(sequences: list[UserSequence], tokenizer: PreTrainedTokeni
     for name, items in rows.items():
         if not items:
             continue
-        ids: list[list[int]] = []
-        texts = [fmt.serialize(h) for _, h, _ in items]
-        for start in range(0, len(texts), 4096):
-            ids.extend(tokenizer(texts[start:start + 4096], truncation=True, max_length=max_length)["input_ids"])
+        ids = encode_texts(tokenizer, [fmt.serialize(h) for _, h, _ in items], max_length)
         parts[name] = Dataset.from_dict({"user_id": [u for u, _, _ in items], "input_ids": ids,
                                          "labels": [y for _, _, y in items]})
     summary = {"kind": "purchase-intent", "horizon_events": horizon, "horizon_seconds": seconds,

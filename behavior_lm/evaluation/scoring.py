@@ -11,6 +11,8 @@ whatever the history length. Batches are right-padded.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from transformers import PreTrainedModel
@@ -40,12 +42,6 @@ def append_token(input_ids: torch.Tensor, attention_mask: torch.Tensor, token_id
     return ids, mask, lengths
 
 
-def append_mask_token(input_ids: torch.Tensor, attention_mask: torch.Tensor, mask_token_id: int,
-                      pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Put ``[MASK]`` right after each row's last real token; returns ids, mask, its positions."""
-    return append_token(input_ids, attention_mask, mask_token_id, pad_token_id)
-
-
 def prediction_head(model: PreTrainedModel) -> nn.Module:
     """The module that maps hidden states to vocabulary logits (transform + decoder for BERT)."""
     for name in ("cls", "lm_head"):
@@ -62,7 +58,7 @@ def next_token_scores(model: PreTrainedModel, input_ids: torch.Tensor,
     rows = torch.arange(input_ids.size(0), device=input_ids.device)
     if is_masked_lm(model):
         cfg = model.config
-        input_ids, attention_mask, positions = append_mask_token(
+        input_ids, attention_mask, positions = append_token(
             input_ids, attention_mask, cfg.mask_token_id, cfg.pad_token_id)
     else:
         positions = last_positions(attention_mask)
@@ -71,6 +67,38 @@ def next_token_scores(model: PreTrainedModel, input_ids: torch.Tensor,
         return model(input_ids=input_ids, attention_mask=attention_mask).logits[rows, positions]
     hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     return prediction_head(model)(hidden[rows, positions])                 # (B, H) -> (B, V)
+
+
+def item_log_softmax(logits: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """``log P(item)`` normalised over item tokens only (``-inf`` elsewhere)."""
+    cand = candidates.to(logits.device)
+    if cand.numel() < logits.size(1):                  # model vocab padded beyond the tokenizer
+        cand = torch.nn.functional.pad(cand, (0, logits.size(1) - cand.numel()), value=False)
+    return torch.log_softmax(logits.float().masked_fill(~cand[: logits.size(1)], float("-inf")), dim=-1)
+
+
+@torch.no_grad()
+def behavior_log_probs(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                       behavior_ids: torch.Tensor) -> torch.Tensor | None:
+    """``log P(b | h)`` over the behavior tokens, ``(batch, n_behaviors)``; ``None`` for masked-item
+    models, which are never trained to predict a behavior token."""
+    if is_masked_lm(model):
+        return None
+    first = next_token_scores(model, input_ids, attention_mask)
+    return torch.log_softmax(first[:, behavior_ids.to(first.device)].float(), dim=-1)
+
+
+@torch.no_grad()
+def item_log_probs_given(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                         candidates: torch.Tensor, behavior_ids: torch.Tensor) -> torch.Tensor:
+    """``log P(item | h, b)`` for every behavior, ``(batch, n_behaviors, vocab)``: each history is
+    repeated once per behavior with that ``<b>`` appended, all in one batched forward."""
+    pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+    batch, n_b = input_ids.size(0), behavior_ids.numel()
+    ids, mask, _ = append_token(input_ids.repeat_interleave(n_b, dim=0),
+                                attention_mask.repeat_interleave(n_b, dim=0),
+                                behavior_ids.to(input_ids.device).repeat(batch), pad)
+    return item_log_softmax(next_token_scores(model, ids, mask), candidates).view(batch, n_b, -1)
 
 
 @torch.no_grad()
@@ -96,21 +124,9 @@ def next_item_scores(model: PreTrainedModel, input_ids: torch.Tensor, attention_
     if condition is not None:
         ids, mask, _ = append_token(input_ids, attention_mask, condition, pad)
         return next_token_scores(model, ids, mask)
-    batch, n_b = input_ids.size(0), behavior_ids.numel()
-    b_ids = behavior_ids.to(input_ids.device)
-    if is_masked_lm(model):
-        log_pb = torch.full((batch, n_b), -torch.log(torch.tensor(float(n_b))).item(),
-                            device=input_ids.device)
-    else:
-        first = next_token_scores(model, input_ids, attention_mask)
-        log_pb = torch.log_softmax(first[:, b_ids].float(), dim=-1)                   # (B, nb)
-    rep_ids = input_ids.repeat_interleave(n_b, dim=0)                                  # (B*nb, L)
-    rep_mask = attention_mask.repeat_interleave(n_b, dim=0)
-    ids, mask, _ = append_token(rep_ids, rep_mask, b_ids.repeat(batch), pad)
-    logits = next_token_scores(model, ids, mask).float()                                # (B*nb, V)
-    cand = candidates.to(logits.device)
-    if cand.numel() < logits.size(1):
-        cand = torch.nn.functional.pad(cand, (0, logits.size(1) - cand.numel()), value=False)
-    log_pi = torch.log_softmax(logits.masked_fill(~cand[: logits.size(1)], float("-inf")), dim=-1)
-    log_pi = log_pi.view(batch, n_b, -1)
+    log_pb = behavior_log_probs(model, input_ids, attention_mask, behavior_ids)
+    if log_pb is None:                                                   # masked: uniform mixture
+        n_b = behavior_ids.numel()
+        log_pb = torch.full((input_ids.size(0), n_b), -math.log(n_b), device=input_ids.device)
+    log_pi = item_log_probs_given(model, input_ids, attention_mask, candidates, behavior_ids)
     return torch.logsumexp(log_pb.unsqueeze(-1) + log_pi, dim=1)                        # (B, V)

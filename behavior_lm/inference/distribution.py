@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from behavior_lm.evaluation.scoring import is_masked_lm, next_token_scores
+from behavior_lm.evaluation.scoring import (item_log_softmax, behavior_log_probs, item_log_probs_given,
+                                            next_token_scores)
 from behavior_lm.tokenization.behavior_tokenizer import behavior_token_ids, item_mask
 
 
@@ -36,18 +37,6 @@ class NextEventDistribution:
     item_behavior: torch.Tensor | None
 
 
-def _item_probs(logits: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-    """Softmax over item tokens only; ``(rows, vocab)`` with zeros elsewhere."""
-    masked = logits.float().masked_fill(~candidates, float("-inf"))
-    return torch.softmax(masked, dim=-1)
-
-
-def _append(input_ids: torch.Tensor, token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    ids = torch.cat([input_ids, torch.tensor([[token_id]], dtype=input_ids.dtype,
-                                             device=input_ids.device)], dim=1)
-    return ids, torch.ones_like(ids)
-
-
 @torch.no_grad()
 def next_event_distribution(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                             input_ids: torch.Tensor, behavior: str | None = None, *,
@@ -58,29 +47,27 @@ def next_event_distribution(model: PreTrainedModel, tokenizer: PreTrainedTokeniz
     ``behavior`` conditions on the next event's behavior (e.g. ``"buy"``); it must be one of the
     tokenizer's behavior tokens. ``None`` gives the mixture over behaviors. ``behavior_ids`` and
     ``candidates`` (the item mask) may be passed precomputed: deriving them walks the vocabulary.
+    The probabilities come from the same functions the harness ranks with (``scoring.py``).
     """
     behavior_ids = behavior_token_ids(tokenizer) if behavior_ids is None else behavior_ids
     names = list(behavior_ids)
-    logits = next_token_scores(model, input_ids, torch.ones_like(input_ids))       # (1, V)
+    mask = torch.ones_like(input_ids)
     if candidates is None:
-        candidates = item_mask(tokenizer, logits.size(-1))
-    candidates = candidates.to(logits.device)
+        candidates = item_mask(tokenizer, model.get_output_embeddings().out_features)
     if not behavior_ids:  # one-behavior stream: the next token is an item
-        return NextEventDistribution(_item_probs(logits, candidates)[0], None, names, None)
+        items = item_log_softmax(next_token_scores(model, input_ids, mask), candidates).exp()[0]
+        return NextEventDistribution(items, None, names, None)
 
-    b_ids = torch.tensor(list(behavior_ids.values()), device=logits.device)
-    if is_masked_lm(model):
-        p_behavior = None
-        weights = torch.full((len(names),), 1.0 / len(names), device=logits.device)
-    else:
-        weights = torch.softmax(logits[0, b_ids].float(), dim=-1)
-        p_behavior = {n: float(p) for n, p in zip(names, weights)}
-    wanted = names if behavior is None else [behavior]
-    rows = torch.cat([_append(input_ids, behavior_ids[n])[0] for n in wanted], dim=0)
-    conditional = _item_probs(next_token_scores(model, rows, torch.ones_like(rows)), candidates)
+    b_ids = torch.tensor(list(behavior_ids.values()), device=input_ids.device)
+    log_pb = behavior_log_probs(model, input_ids, mask, b_ids)
+    p_behavior = None if log_pb is None else {n: float(p) for n, p in zip(names, log_pb[0].exp())}
+    wanted = b_ids if behavior is None else b_ids[names.index(behavior)].view(1)
+    conditional = item_log_probs_given(model, input_ids, mask, candidates, wanted)[0].exp()  # (nb, V)
     if behavior is not None:
         return NextEventDistribution(conditional[0], p_behavior, names,
                                      torch.full_like(conditional[0], names.index(behavior),
                                                      dtype=torch.long))
-    joint = weights.unsqueeze(1) * conditional                                  # (B, V)
+    weights = (torch.full((len(names),), 1.0 / len(names), device=conditional.device) if log_pb is None
+               else log_pb[0].exp())
+    joint = weights.unsqueeze(1) * conditional                                  # (nb, V)
     return NextEventDistribution(joint.sum(0), p_behavior, names, joint.argmax(0))

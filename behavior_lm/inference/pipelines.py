@@ -22,9 +22,9 @@ from transformers.pipelines import PIPELINE_REGISTRY
 
 from behavior_lm.evaluation.scoring import is_masked_lm
 from behavior_lm.inference.distribution import next_event_distribution
-from behavior_lm.tokenization.behavior_tokenizer import (behavior_token, behavior_token_ids, grammar,
-                                                         is_behavior_token, is_item_token, item_id_of,
-                                                         item_mask, item_token)
+from behavior_lm.tokenization.behavior_tokenizer import (behavior_token_ids, grammar, is_behavior_token,
+                                                         is_item_token, item_id_of, item_mask, item_token,
+                                                         serialize_events)
 
 logger = logging.getLogger(__name__)
 TASK = "next-behavior"
@@ -189,8 +189,7 @@ class NextBehaviorPipeline(Pipeline):
         per_event = 2 if stream_behaviors else 1
         room = self.max_length - 1 - (1 if stream_behaviors else 0) - (1 if is_masked_lm(self.model) else 0)
         kept = kept[-max(room // per_event, 0):] if room > 0 else []
-        text = " ".join((f"{behavior_token(b)} " if stream_behaviors else "") + item_token(i)
-                        for i, b in kept)
+        text = serialize_events([i for i, _ in kept], [b for _, b in kept] if stream_behaviors else None)
         encoded = self.tokenizer(text, return_tensors="pt", truncation=False)
         return {"input_ids": encoded["input_ids"], "behavior": behavior,
                 "seen": [i for i, _ in kept], "empty": not kept}

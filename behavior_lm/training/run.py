@@ -144,7 +144,7 @@ def train(data_args: DataArguments, model_args: ModelArguments,
                          baselines, count_parameters(model), next_behavior)
         if not training_args.keep_checkpoints:
             shutil.rmtree(partial / "checkpoints", ignore_errors=True)
-        _promote(partial, final)
+        promote(partial, final)
     trainer.accelerator.wait_for_everyone()
     if push_to and trainer.is_world_process_zero():
         from behavior_lm.hub import push_run
@@ -296,7 +296,7 @@ def _write_run_files(run: Path, data_args, model_args, training_args, recipe, da
                     metric=metric, title=f"{model_args.model_type} on {ds}")
 
 
-def _promote(partial: Path, final: Path) -> None:
+def promote(partial: Path, final: Path) -> None:
     """Swap the finished ``.partial`` directory into place (replacing an old run last)."""
     old = None
     if final.exists():
