@@ -18,6 +18,7 @@ import yaml
 
 from behavior_lm.errors import BehaviorLMError, RecipeError
 from behavior_lm.evaluation.protocol import EvalProtocol
+from behavior_lm.reporting import results_table
 
 # weights, config and tokenizer first; then the run's own records
 MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
@@ -61,18 +62,6 @@ def _card_metadata(metrics: dict, repo_id: str | None) -> str:
         model_name=repo_id or f"{metrics.get('model_type')}-{dataset}",
         eval_results=results or None)
     return data.to_yaml()
-
-
-def _results_table(metrics: dict) -> str:
-    from behavior_lm.evaluation.task_metrics import task_table
-    from behavior_lm.reporting import metrics_table
-
-    rows = {metrics.get("model_type", "model"): metrics["test"],
-            **{f"{b} (floor)": m for b, m in metrics.get("baselines", {}).get("test", {}).items()}}
-    task = metrics.get("task", "next-item")
-    if task == "next-item":
-        return metrics_table(rows, metrics["protocol"]["ks"])
-    return task_table(rows, task, metrics["data"].get("class_names", []))
 
 
 def _usage(task: str, repo_id: str) -> str:
@@ -151,7 +140,7 @@ def model_card(run_dir: str | Path, repo_id: str | None = None) -> str:
         "## Evaluation protocol", "", "| | |", "|---|---|",
         *[f"| {k} | {v} |" for k, v in protocol_rows], "",
         f"Split sizes: {json.dumps(split)}", "",
-        "## Results (test split)", "", _results_table(metrics), "",
+        "## Results (test split)", "", results_table(metrics), "",
         "Floors are scored by the same harness on the same split; a model is useful only above them.", "",
         "## Training", "",
         f"- {train.get('epochs_run', '?')} epochs in {train.get('seconds', '?')} s on "

@@ -19,6 +19,19 @@ def metrics_table(rows: Mapping[str, Mapping[str, float]], ks: Sequence[int]) ->
     return "\n".join(lines)
 
 
+def results_table(metrics: Mapping, model_name: str | None = None) -> str:
+    """The test table of a run's ``metrics.json``: the model row, then its floors (ranking
+    metrics for next-item runs, task metrics otherwise). ``results.md`` and the model card use it."""
+    from behavior_lm.evaluation.task_metrics import task_table
+
+    rows = {model_name or metrics.get("model_type", "model"): metrics["test"],
+            **{f"{b} (floor)": m for b, m in metrics.get("baselines", {}).get("test", {}).items()}}
+    task = metrics.get("task", "next-item")
+    if task == "next-item":
+        return metrics_table(rows, metrics["protocol"]["ks"])
+    return task_table(rows, task, metrics["data"].get("class_names", []))
+
+
 def training_curves(log_history: Sequence[Mapping], path: Path,
                     metric: str = "eval_ndcg@10", title: str = "") -> Path:
     """Plot training loss and the validation metric per epoch into ``path`` (PNG)."""

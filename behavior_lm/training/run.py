@@ -27,9 +27,9 @@ from behavior_lm.errors import RecipeError
 from behavior_lm.evaluation.harness import evaluate_baselines
 from behavior_lm.evaluation.next_behavior import evaluate_next_behavior, next_behavior_table
 from behavior_lm.evaluation.protocol import EvalProtocol
-from behavior_lm.evaluation.task_metrics import floor_metrics, make_task_metrics, task_table
+from behavior_lm.evaluation.task_metrics import floor_metrics, make_task_metrics
 from behavior_lm.models.auto import MASKED_MODEL_TYPES, build_model, count_parameters, template_for
-from behavior_lm.reporting import metrics_table, training_curves
+from behavior_lm.reporting import results_table, training_curves
 from behavior_lm.tokenization.behavior_tokenizer import behavior_token_ids, item_mask
 from behavior_lm.training.arguments import BehaviorTrainingArguments, DataArguments, ModelArguments
 from behavior_lm.training.collators import BehaviorCollator
@@ -271,13 +271,11 @@ def _write_run_files(run: Path, data_args, model_args, training_args, recipe, da
     (run / "training_args.json").write_text(training_args.to_json_string())
     # the Trainer also pickles its arguments; runs carry no pickles (JSON above says the same)
     (run / "training_args.bin").unlink(missing_ok=True)
-    rows = {model_name: metrics["test"], **{f"{b} (floor)": m for b, m in baselines.items()}}
+    table = results_table(metrics, model_name)
     task = data_args.task
     if task == "next-item":
-        table = metrics_table(rows, protocol.ks)
         what = f"Protocol: {protocol.describe()}"
     else:
-        table = task_table(rows, task, data_info["class_names"])
         what = (f"Task: {task} ({', '.join(data_info['class_names']) if task != 'next-rating' else 'rating'}), "
                 f"held-out events of the {protocol.split.replace('_', '-')} split")
     ds = data_info["dataset"]
