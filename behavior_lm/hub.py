@@ -17,12 +17,13 @@ from pathlib import Path
 import yaml
 
 from behavior_lm.errors import BehaviorLMError, RecipeError
+from behavior_lm.data.tasks import TOKEN_TASKS
 from behavior_lm.evaluation.protocol import EvalProtocol
 from behavior_lm.reporting import results_table
 
 # weights, config and tokenizer first; then the run's own records
 MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
-               "tokenizer_config.json", "special_tokens_map.json")
+               "tokenizer_config.json", "special_tokens_map.json", "item_side.json")
 RUN_FILES = ("metrics.json", "recipe.yaml", "training_args.json", "log_history.json", "results.md",
              "training_curves.png")
 TRAINING_ARGS_SHOWN = ("learning_rate", "num_train_epochs", "per_device_train_batch_size",
@@ -79,9 +80,9 @@ def _usage(task: str, repo_id: str) -> str:
         "```python\n"
         "import behavior_lm  # registers the GRU/LSTM classes\n"
         "from transformers import pipeline\n\n"
-        f'classify = pipeline("{"token-classification" if task == "event-class" else "text-classification"}", '
+        f'classify = pipeline("{"token-classification" if task in TOKEN_TASKS else "text-classification"}", '
         f'model="{repo_id}")\n'
-        + ('classify("i:50 i:172 i:133")\n' if task in ("event-class", "purchase-intent") else
+        + ('classify("i:50 i:172 i:133")\n' if task in (*TOKEN_TASKS, "purchase-intent") else
            'classify({"text": "i:50 i:172 i:133", "text_pair": "i:181"})  # history, candidate item\n')
         + "```\n")
 

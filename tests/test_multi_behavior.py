@@ -15,6 +15,7 @@ from behavior_lm.cli.main import main
 from behavior_lm.evaluation.harness import repeat_scorer
 from behavior_lm.evaluation.run_eval import evaluate_run
 from behavior_lm.evaluation.scoring import next_item_scores
+from behavior_lm.inference.pipelines import parse_history
 from behavior_lm.models.auto import build_model
 from behavior_lm.tokenization.behavior_tokenizer import build_tokenizer, item_mask
 from behavior_lm.training.arguments import ModelArguments
@@ -185,3 +186,128 @@ def test_synthetic_social_run_reports_next_behavior(tmp_path, monkeypatch):
     assert set(metrics["data"]["prepared"]["behaviors"]) == {"view", "like", "comment", "share", "follow"}
     assert "SYNTHETIC" in metrics["data"]["terms"]
     assert set(metrics["next_behavior"]["behaviors"]) == {"view", "like", "comment", "share", "follow"}
+
+
+def _seq(events: str, user: str = "u") -> "UserSequence":
+    """``"pv:a cart:a pv:b"`` -> a UserSequence with timestamps 0, 60, 120, ..."""
+    from behavior_lm.data.preprocess import UserSequence
+
+    pairs = [e.split(":") for e in events.split()]
+    n = len(pairs)
+    return UserSequence(user, [i for _, i in pairs], [b for b, _ in pairs], [60 * k for k in range(n)],
+                        [None] * n, list(range(1, n + 1)))
+
+
+def test_conversion_labels_hand_computed():
+    from behavior_lm.data.tasks import IGNORE, conversion_labels
+
+    seq = _seq("pv:a pv:b cart:a pv:c pv:a pv:b | buy:b pv:d cart:c fav:a buy:z".replace(" |", ""))
+    #           0    1    2      3    4    5      6     7    8      9     10      cut = 6
+    labels = conversion_labels(seq, 6, browse="pv", convert=("cart", "buy"), horizon=3, seconds=None)
+    # a at 0 is carted at 2 (inside the history): no label; a at 4 is open, not converted in 6..8
+    # b at 1 and 5 are open and bought at 6; c at 3 is open and carted at 8 (inside the horizon)
+    assert labels == [IGNORE, 1, IGNORE, 1, 0, 1]
+    assert conversion_labels(seq, 6, browse="pv", convert=("cart", "buy"), horizon=2,
+                             seconds=None) == [IGNORE, 1, IGNORE, 0, 0, 1]    # c's cart is event 8
+    # only buys convert, and only within 30 s of the last history event (b's buy is 60 s later)
+    assert conversion_labels(seq, 6, browse="pv", convert=("buy",), horizon=5,
+                             seconds=30) == [0, 0, IGNORE, 0, 0, 0]
+
+
+def test_conversion_task_rows_and_heuristic_floor():
+    from behavior_lm.data.streams import StreamFormat
+    from behavior_lm.data.tasks import IGNORE, build_conversion_task
+    from behavior_lm.evaluation.task_metrics import best_f1_threshold, floor_metrics, heuristic_scores
+
+    seqs = [_seq("pv:a pv:a pv:b pv:c pv:a cart:a pv:d pv:b buy:b pv:e pv:c cart:c", user=f"u{k}")
+            for k in range(3)]
+    tok = build_tokenizer("abcde", ["pv", "cart", "buy"], template="classification", max_length=40)
+    dsd, summary = build_conversion_task(seqs, tok, fmt=StreamFormat(behaviors=True), max_length=40,
+                                         horizon=2, examples_per_user=3)
+    assert summary["test_examples"] == 3 and summary["kind"] == "conversion-tag"
+    row_ids, row_labels = dsd["test"][0]["input_ids"], dsd["test"][0]["labels"]
+    tokens = tok.convert_ids_to_tokens(row_ids)
+    assert tokens[0] == "[CLS]" and tokens[-1] == "[SEP]" and len(row_ids) == 2 + 2 * 10
+    tagged = {i: y for i, y in enumerate(row_labels) if y != IGNORE}
+    assert all(tokens[i].startswith("i:") and tokens[i - 1] == "<pv>" for i in tagged)
+    # test cut 10: a and b are converted inside the history (untagged); c, d, e are open and only
+    # c converts in events 10..11 (cart at 11)
+    assert sorted(tokens[i] for i in tagged) == ["i:c", "i:d", "i:e"]
+    assert [tokens[i] for i, y in tagged.items() if y == 1] == ["i:c"]
+    assert summary["test_tagged_tokens"] == 3 * len(tagged)
+    # the heuristic counts the item's occurrences in the row (+ recency below one)
+    scores = heuristic_scores("conversion-tag", dsd["test"], tok)
+    first = [row_ids.count(row_ids[i]) + i / (len(row_ids) + 1) for i in sorted(tagged)]
+    assert scores[:len(first)].tolist() == pytest.approx(first)
+    assert best_f1_threshold(np.array([0.9, 0.8, 0.1]), np.array([1, 1, 0])) == pytest.approx(0.45)
+    floors = floor_metrics("conversion-tag", dsd["train"], dsd["test"], 2, tok)
+    assert floors["majority class"]["roc_auc"] == 0.5 and "repeat views (heuristic)" in floors
+
+
+@pytest.mark.slow
+def test_taobao_conversion_tag_run(tmp_path):
+    shared_dataset("taobao")
+    out = tmp_path / "conversion"
+    assert main(["train", str(REPO / "recipes" / "taobao" / "bert-conversion-tag.yaml"), *TAOBAO_TINY,
+                 "--examples_per_user", "4", "--output_dir", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    split = metrics["data"]["split"]
+    assert split["kind"] == "conversion-tag" and split["test_tagged_tokens"] == metrics["test"]["num_examples"]
+    for key in ("roc_auc", "average_precision", "f1_1", "f1_1_tuned", "tuned_threshold"):
+        assert key in metrics["test"]
+    floors = metrics["baselines"]["test"]
+    assert floors["majority class"]["roc_auc"] == 0.5
+    assert floors["repeat views (heuristic)"]["num_examples"] == metrics["test"]["num_examples"]
+    results, _ = evaluate_run(out)
+    assert results["bert"]["average_precision"] == pytest.approx(metrics["test"]["average_precision"], abs=1e-6)
+    assert "still-unconverted 'pv'" in metrics["protocol"]["target"]
+    tagger = pipeline("token-classification", model=str(out))
+    assert {r["entity"] for r in tagger("<pv> i:4021 <pv> i:4021")} <= {"no conversion", "converts"}
+
+
+def test_item_side_reader_and_stream(tmp_path):
+    from behavior_lm.data.readers import read_item_side
+    from behavior_lm.data.streams import StreamFormat
+    from behavior_lm.data.tasks import IGNORE, _token_row
+    from behavior_lm.errors import DataError
+
+    f = tmp_path / "log.csv"
+    f.write_text("u,item,cat,kind,ts\n1,a,10,pv,1\n1,b,20 x,pv,2\n2,a,11,buy,3\n")
+    values, conflicts = read_item_side(f, "cat", columns={"user_id": "u", "item_id": "item"})
+    assert values == {"a": "10", "b": "20_x"} and conflicts == 1        # a keeps its first value
+    with pytest.raises(DataError, match=r"log\.csv:1: field 'genre': no column 'genre'"):
+        read_item_side(f, "genre", columns={"item_id": "item"})
+    f.write_text("u,item,cat\n1,a,10\n1,b,\n")
+    with pytest.raises(DataError, match=r"log\.csv:3: field 'cat': empty 'cat' value"):
+        read_item_side(f, "cat", columns={"item_id": "item"})
+
+    seq = _seq("pv:a cart:b pv:z")
+    fmt = StreamFormat(behaviors=True, item_side="cat", side_values={"a": "10", "b": "20_x"})
+    assert fmt.serialize(seq) == "<pv> i:a cat:10 <cart> i:b cat:20_x <pv> i:z"   # z has no value
+    assert fmt.extra_tokens() == ["cat:10", "cat:20_x"] and fmt.max_tokens_per_event == 3
+    assert "side_values" not in fmt.describe()
+    tok = build_tokenizer("abz", ["pv", "cart"], template="classification", max_length=20,
+                          extra_tokens=fmt.extra_tokens())
+    ids, labels = _token_row(seq, [1, 0, 1], tok, tok.get_vocab(), 20, fmt)
+    tokens = tok.convert_ids_to_tokens(ids)
+    assert [tokens[i] for i, y in enumerate(labels) if y != IGNORE] == ["i:a", "i:b", "i:z"]  # on items
+
+
+@pytest.mark.slow
+def test_taobao_item_side_tokens_run(tmp_path):
+    shared_dataset("taobao")
+    out = tmp_path / "side"
+    assert main(["train", str(REPO / "recipes" / "taobao" / "llama-next-event-category.yaml"), *TAOBAO_TINY,
+                 "--output_dir", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["data"]["stream"]["item_side"] == "category"
+    side = json.loads((out / "item_side.json").read_text())
+    assert side["column"] == "category" and len(side["values"]) == metrics["data"]["prepared"]["items"]
+    results, _ = evaluate_run(out)
+    assert results["llama"]["ndcg@10"] == pytest.approx(metrics["test"]["ndcg@10"], abs=1e-6)
+    pipe = pipeline("next-behavior", model=str(out))
+    item = next(iter(side["values"]))
+    pre = pipe.preprocess(parse_history([(item, "pv")]))              # inference writes the side token too
+    tokens = pipe.tokenizer.convert_ids_to_tokens(pre["input_ids"][0].tolist())
+    assert tokens == ["[BOS]", "<pv>", f"i:{item}", f"category:{side['values'][item]}"]
+    assert len(pipe([(item, "pv")], top_k=3)) == 3

@@ -27,13 +27,13 @@ from behavior_lm.data import preprocess, sources, splits, tasks
 from behavior_lm.data.events import EventLog
 from behavior_lm.data.streams import StreamFormat, build_dataset_dict
 from behavior_lm.errors import RecipeError
-from behavior_lm.tokenization.behavior_tokenizer import build_tokenizer, grammar
+from behavior_lm.tokenization.behavior_tokenizer import SIDE_FILE, build_tokenizer, grammar
 from behavior_lm.training.arguments import DataArguments
 
 logger = logging.getLogger(__name__)
 
 # Bump when the prepared output changes for the same inputs (invalidates caches).
-PIPELINE_VERSION = 2  # 2: target_behavior_id column, a slot for <b> in multi-behavior rows
+PIPELINE_VERSION = 3  # 2: target_behavior_id column, a slot for <b> in multi-behavior rows; 3: item side tokens
 
 
 @dataclass
@@ -42,6 +42,7 @@ class PreparedData:
     tokenizer: PreTrainedTokenizerBase
     info: dict                      # source, terms, counts, split summary, cache key/hit
     with_behaviors: bool
+    side_values: dict[str, str] | None = None   # item -> side attribute (``item_side``), else None
 
 
 def _first_users(log: EventLog, n: int) -> EventLog:
@@ -71,9 +72,11 @@ def prepare_data(args: DataArguments, template: str = "causal") -> PreparedData:
         logger.info("using prepared streams from %s", cached)
         info = json.loads((cached / "info.json").read_text())
         info["cache_hit"] = True
+        side = cached / SIDE_FILE
         return PreparedData(load_from_disk(str(cached / "datasets")),
                             AutoTokenizer.from_pretrained(cached / "tokenizer"), info,
-                            info["with_behaviors"])
+                            info["with_behaviors"],
+                            json.loads(side.read_text())["values"] if side.is_file() else None)
 
     progress = tqdm(total=5, desc=f"preparing {args.dataset}", unit="stage", disable=None)
     progress.set_postfix_str("reading events")
@@ -104,12 +107,23 @@ def prepare_data(args: DataArguments, template: str = "causal") -> PreparedData:
     progress.set_postfix_str("tokenizing into streams")
     behaviors = list(dict.fromkeys(b for s in sequences for b in s.behaviors))
     with_behaviors = args.use_behaviors if args.use_behaviors is not None else len(behaviors) > 1
-    fmt = StreamFormat(behaviors=with_behaviors, time_gaps=args.time_gaps, session_gap=args.session_gap)
+    side_values = None
+    if args.item_side:
+        side_values, conflicts = sources.load_item_side(args.dataset, args.item_side, args.data_path,
+                                                        args.reader_kwargs())
+        if conflicts:
+            logger.warning("item_side %r: %d item(s) have more than one value; each keeps its first",
+                           args.item_side, conflicts)
+        kept = {i for s in sequences for i in s.items}
+        side_values = {i: v for i, v in side_values.items() if i in kept}
+    fmt = StreamFormat(behaviors=with_behaviors, time_gaps=args.time_gaps, session_gap=args.session_gap,
+                       item_side=args.item_side, side_values=side_values)
     catalogue = (item for s in sequences for item in s.items)
     tokenizer = build_tokenizer(catalogue, behaviors if with_behaviors else (),
                                 template=template, max_length=args.max_length,
                                 extra_tokens=fmt.extra_tokens())
     labeler = tasks.EventLabeler(behaviors, args.like_threshold, log.source)
+    task_summary = None           # tasks with their own per-user cuts describe them instead of `split`
     if args.task in tasks.RANKING_TASKS:
         dsd = build_dataset_dict(split, tokenizer, max_length=args.max_length,
                                  fmt=fmt, train_windows_mode=args.train_windows,
@@ -118,11 +132,16 @@ def prepare_data(args: DataArguments, template: str = "causal") -> PreparedData:
         dsd = tasks.build_sequence_task(split, tokenizer, labeler, task=args.task,
                                         max_length=args.max_length, fmt=fmt,
                                         examples_per_user=args.examples_per_user)
+    elif args.task == "conversion-tag":
+        dsd, task_summary = tasks.build_conversion_task(
+            sequences, tokenizer, fmt=fmt, max_length=args.max_length, browse=args.browse_behavior,
+            convert=tuple(args.conversion_behaviors), horizon=args.intent_horizon,
+            seconds=args.intent_seconds, examples_per_user=args.examples_per_user, source=log.source)
     elif args.task in tasks.TOKEN_TASKS:
         dsd = tasks.build_token_task(split, tokenizer, labeler, max_length=args.max_length,
                                      fmt=fmt)
     elif args.task in tasks.INTENT_TASKS:
-        dsd, intent_summary = tasks.build_intent_task(
+        dsd, task_summary = tasks.build_intent_task(
             sequences, tokenizer, fmt=fmt, max_length=args.max_length, behavior=args.intent_behavior,
             horizon=args.intent_horizon, seconds=args.intent_seconds,
             examples_per_user=args.examples_per_user, source=log.source)
@@ -137,28 +156,37 @@ def prepare_data(args: DataArguments, template: str = "causal") -> PreparedData:
         "prepared": {"events": n_events, "users": len(sequences),
                      "items": len(set(i for s in sequences for i in s.items)),
                      "behaviors": behaviors},
-        "split": intent_summary if args.task in tasks.INTENT_TASKS else split.summary(),
+        "split": task_summary if task_summary is not None else split.summary(),
         "with_behaviors": with_behaviors, "cache_key": key,
-        "stream": dataclasses.asdict(fmt),
+        "stream": fmt.describe(),
         "task": args.task, "class_names": tasks.class_names(behaviors, args.like_threshold, args.task,
                                                                    args.intent_behavior),
         "rows": {name: ds.num_rows for name, ds in dsd.items()}, "cache_hit": False,
     }
     if args.cache:
-        _save_atomically(cached, dsd, tokenizer, info)
+        _save_atomically(cached, dsd, tokenizer, info, fmt)
     progress.update()
     progress.close()
-    return PreparedData(dsd, tokenizer, info, with_behaviors)
+    return PreparedData(dsd, tokenizer, info, with_behaviors, side_values)
+
+
+def write_item_side(folder: Path, column: str, values: dict[str, str]) -> None:
+    """``item_side.json``: the item -> attribute table that side tokens are written from. It is
+    saved with the prepared data and with every run that uses it, so inference writes the same
+    ``category:...`` tokens after each history item as training did."""
+    (folder / SIDE_FILE).write_text(json.dumps({"column": column, "values": values}))
 
 
 def _save_atomically(target: Path, dsd: DatasetDict, tokenizer: PreTrainedTokenizerBase,
-                     info: dict) -> None:
+                     info: dict, fmt: StreamFormat) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:
         dsd.save_to_disk(str(tmp / "datasets"))
         tokenizer.save_pretrained(tmp / "tokenizer")
         (tmp / "info.json").write_text(json.dumps(info, indent=2, default=str))
+        if fmt.item_side and fmt.side_values:
+            write_item_side(tmp, fmt.item_side, dict(fmt.side_values))
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)

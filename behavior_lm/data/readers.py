@@ -106,6 +106,46 @@ def read_table(
                        header=header, names=names)
 
 
+def read_item_side(path: PathLike, column: str, *, columns: Mapping[str, str] | None = None,
+                   sep: str | None = None, header: bool = True, names: Sequence[str] | None = None,
+                   fmt: str | None = None, **_: Any) -> tuple[dict[str, str], int]:
+    """One side attribute per item (e.g. the Taobao category) from the same event table.
+
+    ``column`` is the source column; the item column is ``columns["item_id"]`` (default
+    ``item_id``); the other options are :func:`read_table`'s, so a recipe's reader settings apply
+    unchanged. An item keeps the value of its first row; returns ``(item -> value, number of items
+    whose rows disagree)``. An empty value is a :class:`DataError` naming the file, line and field.
+    """
+    p = _existing(path)
+    fmt = _table_format(p, fmt)
+    item_col = (columns or {}).get("item_id", "item_id")
+    if fmt in ("csv", "tsv"):
+        frame, lines, cols = _read_delimited(p, sep=sep if sep is not None else ("," if fmt == "csv" else "\t"),
+                                             header=header, names=names)
+    elif fmt == "parquet":
+        cols = pq.ParquetFile(p).schema_arrow.names
+        frame = pq.read_table(p, columns=[c for c in (item_col, column) if c in cols]).to_pandas()
+        lines = np.arange(1, len(frame) + 1, dtype=np.int64)
+    else:
+        frame = pd.read_json(p, lines=True, dtype=False)
+        cols, lines = list(frame.columns), np.arange(1, len(frame) + 1, dtype=np.int64)
+    for want, field in ((item_col, "item_id"), (column, column)):
+        if want not in cols:
+            raise DataError(f"no column '{want}' for the item side tokens; the table has "
+                            f"{_list(cols)}", path=str(p), line=1 if header else None, field=field)
+    items = frame[item_col].astype(str).str.strip()
+    values = frame[column].astype("string").str.strip()
+    empty = values.isna() | values.eq("")
+    if empty.any():
+        row = int(np.flatnonzero(empty.to_numpy())[0])
+        raise DataError(f"empty '{column}' value (item side tokens need one on every row)",
+                        path=str(p), line=int(lines[row]), field=column)
+    pairs = pd.DataFrame({"item": items, "value": values.str.replace(r"\s+", "_", regex=True)})
+    first = pairs.drop_duplicates("item", keep="first")
+    conflicts = int(pairs.drop_duplicates().groupby("item").size().gt(1).sum())
+    return dict(zip(first["item"], first["value"])), conflicts
+
+
 def read_movielens(path: PathLike) -> EventLog:
     """Read MovieLens ratings: ML-100K ``u.data``, ML-1M/10M ``ratings.dat``, ml-latest/ml-25m
     ``ratings.csv``. The variant is told by file name, else by the first line. value = rating."""

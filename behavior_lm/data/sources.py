@@ -32,7 +32,7 @@ from pathlib import Path
 
 from behavior_lm.data import readers
 from behavior_lm.data.events import EventLog
-from behavior_lm.errors import DataError
+from behavior_lm.errors import DataError, RecipeError
 
 logger = logging.getLogger(__name__)
 
@@ -185,3 +185,17 @@ def load_events(name: str, data_path: str | os.PathLike | None = None,
     if src is not None and "fmt" not in kwargs:
         return src.reader(path, **{**src.reader_kwargs, **kwargs})
     return readers.read_events(path, **kwargs)
+
+
+def load_item_side(name: str, column: str, data_path: str | os.PathLike | None = None,
+                   reader_kwargs: dict | None = None) -> tuple[dict[str, str], int]:
+    """``item -> value`` of a side column (e.g. ``category``) of a dataset's event table, read
+    with the same reader settings as its events (:func:`readers.read_item_side`)."""
+    path, src = resolve(name, data_path)
+    kwargs = dict(reader_kwargs or {})
+    if src is not None and "fmt" not in kwargs:
+        if src.reader is not readers.read_table:
+            raise RecipeError(f"item_side: dataset {name!r} has no side columns (only generic tables do)")
+        kwargs = {**src.reader_kwargs, **kwargs}
+    kwargs.pop("behavior_map", None)
+    return readers.read_item_side(path, column, **kwargs)

@@ -7,8 +7,8 @@ the ``seen`` item token ids of the whole history (for seen-item filtering).
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 from datasets import Dataset, DatasetDict
 from transformers import PreTrainedTokenizerBase
@@ -16,36 +16,51 @@ from transformers import PreTrainedTokenizerBase
 from behavior_lm.data.preprocess import UserSequence
 from behavior_lm.data.splits import Example, Split
 from behavior_lm.tokenization.behavior_tokenizer import (behavior_token, gap_token, gap_tokens, grammar,
-                                                         item_token)
+                                                         item_token, side_token)
 
 TRAIN_WINDOWS = ("all", "last")
 
 
 @dataclass(frozen=True)
 class StreamFormat:
-    """How one event becomes tokens: ``[SESSION] [gap:1h] <pv> i:42`` at most, ``i:42`` at least.
+    """How one event becomes tokens: ``[SESSION] [gap:1h] <pv> i:42 category:7`` at most,
+    ``i:42`` at least.
 
     - ``behaviors``: the behavior token before each item (multi-behavior logs);
     - ``time_gaps``: a log-spaced bucket token (``[gap:10m]``, ``[gap:1d]``, ...) before an event
       when the time since the user's previous event reaches the smallest bucket;
-    - ``session_gap``: seconds of inactivity that start a new session (``[SESSION]`` token).
+    - ``session_gap``: seconds of inactivity that start a new session (``[SESSION]`` token);
+    - ``item_side``: the name of an item attribute (the Taobao ``category``) whose token follows
+      each item, from ``side_values`` (item -> value); items without a value get none.
 
     The first event of a history has no gap (nothing before it is known), and no gap is ever
-    written before a *target*: its time is not known when predicting it.
+    written before a *target*: its time is not known when predicting it. The side token comes
+    *after* the item, so predicting the next item never needs the target's attribute, while the
+    history tells the model which categories the user moves through.
     """
 
     behaviors: bool = False
     time_gaps: bool = False
     session_gap: int | None = None
+    item_side: str | None = None
+    side_values: Mapping[str, str] | None = field(default=None, compare=False, repr=False)
 
     @property
     def max_tokens_per_event(self) -> int:
-        return 1 + int(self.behaviors) + int(self.time_gaps) + int(self.session_gap is not None)
+        return (1 + int(self.behaviors) + int(self.time_gaps) + int(self.session_gap is not None)
+                + int(self.item_side is not None))
 
     def extra_tokens(self) -> list[str]:
-        """Vocabulary besides items and behaviors (gap buckets, the session token)."""
+        """Vocabulary besides items and behaviors (gap buckets, the session token, side tokens)."""
+        side = ([side_token(self.item_side, v) for v in sorted(set(self.side_values.values()))]
+                if self.item_side and self.side_values else [])
         return (gap_tokens() if self.time_gaps else []) + \
-            ([grammar()["session_token"]] if self.session_gap is not None else [])
+            ([grammar()["session_token"]] if self.session_gap is not None else []) + side
+
+    def describe(self) -> dict:
+        """The settings (for ``info.json`` / ``metrics.json``), without the item -> value table."""
+        return {"behaviors": self.behaviors, "time_gaps": self.time_gaps,
+                "session_gap": self.session_gap, "item_side": self.item_side}
 
     def event_tokens(self, seq: UserSequence, i: int) -> list[str]:
         out: list[str] = []
@@ -58,6 +73,8 @@ class StreamFormat:
         if self.behaviors:
             out.append(behavior_token(seq.behaviors[i]))
         out.append(item_token(seq.items[i]))
+        if self.item_side and self.side_values and (value := self.side_values.get(seq.items[i])):
+            out.append(side_token(self.item_side, value))
         return out
 
     def serialize(self, seq: UserSequence) -> str:

@@ -12,6 +12,9 @@ task               one example                                  label
 ``purchase-        history -> will a buy follow within the      1 if a ``buy`` is among the
 intent``           next ``intent_horizon`` events (and          next N events, else 0
                    ``intent_seconds`` of the last event)
+``conversion-      history -> for each browse of an item not    1 if that item is carted or
+tag``              yet carted/bought in the history: will it    bought among the next N
+                   convert (token labels)                       events, else 0
 =================  ===========================================  ==========================
 
 The item asked about is given as the second segment (``[CLS] history [SEP] item [SEP]``): "will
@@ -23,6 +26,7 @@ drawn from the training events only (``examples_per_user`` positions per user, s
 ``purchase-intent`` has its own per-user cut (see :func:`build_intent_task`): the label of a
 history is about the events *after* it, so the test window is the user's last N events, the
 validation window the N before, and training cuts stop N events before validation.
+``conversion-tag`` uses the same cuts (:func:`build_conversion_task`).
 """
 from __future__ import annotations
 
@@ -36,11 +40,11 @@ from behavior_lm.data.preprocess import UserSequence
 from behavior_lm.data.splits import Example, Split
 from behavior_lm.errors import DataError
 from behavior_lm.data.streams import StreamFormat, encode_texts
-from behavior_lm.tokenization.behavior_tokenizer import item_token
+from behavior_lm.tokenization.behavior_tokenizer import is_item_token, item_token
 
 RANKING_TASKS = ("next-item",)
 SEQUENCE_TASKS = ("next-class", "next-rating")
-TOKEN_TASKS = ("event-class",)
+TOKEN_TASKS = ("event-class", "conversion-tag")
 INTENT_TASKS = ("purchase-intent",)
 TASKS = RANKING_TASKS + SEQUENCE_TASKS + TOKEN_TASKS + INTENT_TASKS
 IGNORE = -100
@@ -51,6 +55,8 @@ def class_names(behaviors: Sequence[str], like_threshold: float, task: str = "ne
     """Names of the classes of ``next-class`` / ``event-class`` / ``purchase-intent``."""
     if task in INTENT_TASKS:
         return [f"no {intent_behavior}", intent_behavior]
+    if task == "conversion-tag":
+        return ["no conversion", "converts"]
     if len(behaviors) > 1:
         return list(behaviors)
     return [f"value<{like_threshold:g}", f"value>={like_threshold:g}"]
@@ -128,7 +134,9 @@ def _token_row(seq: UserSequence, labels: list[int], tokenizer, vocab: dict[str,
     for i in range(start, len(seq)):
         tokens = fmt.event_tokens(seq, i) if i > start else fmt.event_tokens(seq.slice(i, i + 1), 0)
         ids.extend(vocab.get(t, unk) for t in tokens)
-        lab.extend([IGNORE] * (len(tokens) - 1) + [labels[i]])             # the label sits on the item
+        row = [IGNORE] * len(tokens)
+        row[next(k for k, t in enumerate(tokens) if is_item_token(t))] = labels[i]  # the label sits on the item
+        lab.extend(row)
     ids.append(tokenizer.sep_token_id)
     lab.append(IGNORE)
     return ids, lab
@@ -223,4 +231,85 @@ def build_intent_task(sequences: list[UserSequence], tokenizer: PreTrainedTokeni
     summary = {"kind": "purchase-intent", "horizon_events": horizon, "horizon_seconds": seconds,
                "behavior": behavior, **{f"{k}_examples": len(v) for k, v in rows.items()},
                **{f"{k}_positive": int(sum(y for *_, y in v)) for k, v in rows.items()}}
+    return DatasetDict(parts), summary
+
+
+def conversion_labels(seq: UserSequence, cut: int, *, browse: str, convert: Sequence[str], horizon: int,
+                      seconds: int | None) -> list[int]:
+    """Token labels of the history ``seq[:cut]`` for ``conversion-tag``.
+
+    A ``browse`` event gets a label only while its item is still unconverted in the history (no
+    ``convert`` event of it later in ``seq[:cut]``): otherwise the answer would be in the input.
+    The label is 1 when the item is converted among events ``cut .. cut + horizon - 1`` (within
+    ``seconds`` of the last history event, when given). Every other event is ``IGNORE``.
+    """
+    t0 = seq.timestamps[cut - 1]
+    future: set[str] = set()
+    for j in range(cut, min(cut + horizon, len(seq))):
+        if seconds is not None and seq.timestamps[j] - t0 > seconds:
+            break
+        if seq.behaviors[j] in convert:
+            future.add(seq.items[j])
+    labels = [IGNORE] * cut
+    converted_later: set[str] = set()                  # converted after position i, inside the history
+    for i in range(cut - 1, -1, -1):
+        item = seq.items[i]
+        if seq.behaviors[i] == browse and item not in converted_later:
+            labels[i] = int(item in future)
+        if seq.behaviors[i] in convert:
+            converted_later.add(item)
+    return labels
+
+
+def build_conversion_task(sequences: list[UserSequence], tokenizer: PreTrainedTokenizerBase, *,
+                          fmt: StreamFormat, max_length: int, browse: str = "pv",
+                          convert: Sequence[str] = ("cart", "buy"), horizon: int = 10,
+                          seconds: int | None = None, examples_per_user: int = 8, seed: int = 0,
+                          source: str = "<memory>") -> tuple[DatasetDict, dict]:
+    """``conversion-tag`` rows ``[CLS] history [SEP]`` with a 0/1 label on every still-open browse.
+
+    Cuts as :func:`intent_cuts`: test labels look at the user's last ``horizon`` events,
+    validation at the ``horizon`` before, and no training label looks at either. Only the browses
+    that fit in ``max_length`` (the most recent ones) are in the input, so only they are labelled.
+    """
+    present = {b for s in sequences for b in s.behaviors}
+    missing = [b for b in (browse, *convert) if b not in present]
+    if missing:
+        raise DataError(f"conversion-tag: behavior(s) {missing} do not occur in the log "
+                        f"(it has {sorted(present)}); set browse_behavior / conversion_behaviors",
+                        path=source, field="behavior")
+    vocab = tokenizer.get_vocab()
+    rows: dict[str, dict[str, list]] = {k: {"user_id": [], "input_ids": [], "labels": []}
+                                        for k in ("train", "validation", "test")}
+    counts = {k: [0, 0] for k in rows}                     # tagged tokens, positives
+
+    def add(part: str, seq: UserSequence, cut: int) -> None:
+        labels = conversion_labels(seq, cut, browse=browse, convert=convert, horizon=horizon,
+                                   seconds=seconds)
+        ids, lab = _token_row(seq.slice(0, cut), labels, tokenizer, vocab, max_length, fmt)
+        tagged = [y for y in lab if y != IGNORE]
+        if not tagged:
+            return
+        rows[part]["user_id"].append(seq.user_id)
+        rows[part]["input_ids"].append(ids)
+        rows[part]["labels"].append(lab)
+        counts[part][0] += len(tagged)
+        counts[part][1] += sum(tagged)
+
+    for seq in sequences:
+        test, valid, train_end = intent_cuts(len(seq), horizon)
+        if test is not None:
+            add("test", seq, test)
+        if valid is not None:
+            add("validation", seq, valid)
+        positions = list(range(1, train_end))
+        rng = random.Random(f"{seed}:{seq.user_id}")
+        for c in sorted(rng.sample(positions, min(examples_per_user, len(positions)))):
+            add("train", seq, c)
+    parts = {k: Dataset.from_dict(v) for k, v in rows.items() if v["input_ids"]}
+    summary = {"kind": "conversion-tag", "browse": browse, "convert": list(convert),
+               "horizon_events": horizon, "horizon_seconds": seconds,
+               **{f"{k}_examples": len(v["input_ids"]) for k, v in rows.items()},
+               **{f"{k}_tagged_tokens": c[0] for k, c in counts.items()},
+               **{f"{k}_positive": c[1] for k, c in counts.items()}}
     return DatasetDict(parts), summary

@@ -51,7 +51,8 @@ def evaluate_run(run_dir: str | Path, *, split: str = "test", batch_size: int = 
         raise RecipeError(f"{run}: the data prepared from recipe.yaml has a different vocabulary "
                           "than the saved tokenizer (did the dataset file change?)")
     if task != "next-item":
-        return _evaluate_task_run(run, task, model_type, data, split, batch_size), protocol
+        return _evaluate_task_run(run, task, model_type, data, split, batch_size,
+                                  data_args.intent_behavior), protocol
     auto = AutoModelForMaskedLM if model_type in MASKED_MODEL_TYPES else AutoModelForCausalLM
     model = auto.from_pretrained(run)
     dataset = data.datasets[split]
@@ -89,12 +90,13 @@ def load_task_model(run: Path, task: str):
 
 
 def _evaluate_task_run(run: Path, task: str, model_type: str, data, split: str,
-                       batch_size: int) -> dict[str, dict]:
+                       batch_size: int, intent_behavior: str = "buy") -> dict[str, dict]:
     """Classification / regression / token-labelling runs: the model's logits, the task metrics."""
     logits, labels = task_logits(load_task_model(run, task), data, split, task, batch_size)
     num_classes = len(data.info["class_names"])
     results = {model_type: score_predictions(task, logits, labels, num_classes)}
     dataset = data.datasets[split]
-    for name, m in floor_metrics(task, data.datasets["train"], dataset, num_classes).items():
+    for name, m in floor_metrics(task, data.datasets["train"], dataset, num_classes, data.tokenizer,
+                                 intent_behavior).items():
         results[f"{name} (floor)"] = m
     return results

@@ -12,8 +12,10 @@ model's unconditional distribution (what it predicts after ``[BOS]``) and says s
 """
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,9 +24,9 @@ from transformers.pipelines import PIPELINE_REGISTRY
 
 from behavior_lm.evaluation.scoring import is_masked_lm
 from behavior_lm.inference.distribution import next_event_distribution
-from behavior_lm.tokenization.behavior_tokenizer import (behavior_token_ids, grammar, is_behavior_token,
-                                                         is_item_token, item_id_of, item_mask, item_token,
-                                                         serialize_events)
+from behavior_lm.tokenization.behavior_tokenizer import (SIDE_FILE, behavior_token_ids, grammar,
+                                                         is_behavior_token, is_item_token, item_id_of,
+                                                         item_mask, item_token, serialize_events)
 
 logger = logging.getLogger(__name__)
 TASK = "next-behavior"
@@ -151,6 +153,21 @@ class NextBehaviorPipeline(Pipeline):
         """What ``behavior-lm train`` stored in the config (behaviors, seen filtering, task)."""
         return dict(getattr(self.model.config, "behavior_lm", None) or {})
 
+    def item_side(self) -> tuple[str, dict[str, str]] | None:
+        """``(column, item -> value)`` when the model was trained with item side tokens
+        (``item_side.json`` next to the weights, locally or on the Hub), else None."""
+        if getattr(self, "_cached_side", False) is False:
+            self._cached_side = None
+            if self.run_info.get("item_side"):
+                path = Path(self.model.name_or_path) / SIDE_FILE
+                if not path.is_file():
+                    from huggingface_hub import hf_hub_download
+
+                    path = Path(hf_hub_download(self.model.name_or_path, SIDE_FILE))
+                table = json.loads(path.read_text())
+                self._cached_side = (table["column"], table["values"])
+        return self._cached_side
+
     def behavior_names(self) -> list[str]:
         names = list(self._views()[1])
         return names or list(self.run_info.get("behaviors") or [])
@@ -186,10 +203,12 @@ class NextBehaviorPipeline(Pipeline):
                            len(dropped_behaviors), list(stream_behaviors), dropped_behaviors[:10])
         # keep whole events of the most recent history that fits (room for [BOS], an appended
         # behavior token and, for masked models, the [MASK] slot)
-        per_event = 2 if stream_behaviors else 1
+        side = self.item_side()
+        per_event = (2 if stream_behaviors else 1) + (1 if side else 0)
         room = self.max_length - 1 - (1 if stream_behaviors else 0) - (1 if is_masked_lm(self.model) else 0)
         kept = kept[-max(room // per_event, 0):] if room > 0 else []
-        text = serialize_events([i for i, _ in kept], [b for _, b in kept] if stream_behaviors else None)
+        text = serialize_events([i for i, _ in kept], [b for _, b in kept] if stream_behaviors else None,
+                                side)
         encoded = self.tokenizer(text, return_tensors="pt", truncation=False)
         return {"input_ids": encoded["input_ids"], "behavior": behavior,
                 "seen": [i for i, _ in kept], "empty": not kept}

@@ -10,8 +10,8 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
                           AutoModelForSequenceClassification, AutoModelForTokenClassification,
                           PreTrainedConfig, PreTrainedModel, PreTrainedTokenizerBase)
 
+from behavior_lm.data.tasks import TOKEN_TASKS
 from behavior_lm.training.arguments import ModelArguments
-
 from behavior_lm.models.rnn import BehaviorRNNConfig
 
 CAUSAL_MODEL_TYPES = ("gpt2", "llama", "gru", "lstm")
@@ -65,7 +65,7 @@ def build_model(args: ModelArguments, tokenizer: PreTrainedTokenizerBase, max_le
     """A freshly initialised model for the tokenizer's vocabulary and the task:
     ``AutoModelForCausalLM`` (GPT-2, Llama, GRU/LSTM) or ``AutoModelForMaskedLM`` (BERT4Rec) for
     next-item ranking; ``AutoModelForSequenceClassification`` (BERT, GRU/LSTM) for ``next-class``
-    and ``next-rating``; ``AutoModelForTokenClassification`` (BERT) for ``event-class``."""
+    and ``next-rating``; ``AutoModelForTokenClassification`` (BERT) for ``event-class`` and ``conversion-tag``."""
     config = build_config(args, tokenizer, max_length)
     if task != "next-item":
         if args.model_type not in CLASSIFIER_MODEL_TYPES:
@@ -73,9 +73,9 @@ def build_model(args: ModelArguments, tokenizer: PreTrainedTokenizerBase, max_le
                              f"got {args.model_type!r}")
         config.num_labels = 1 if task == "next-rating" else num_labels
         config.problem_type = "regression" if task == "next-rating" else "single_label_classification"
-        if task == "event-class":
+        if task in TOKEN_TASKS:
             if args.model_type != "bert":
-                raise ValueError("task 'event-class' (token classification) needs model_type bert")
+                raise ValueError(f"task {task!r} (token classification) needs model_type bert")
             return AutoModelForTokenClassification.from_config(config)
         return AutoModelForSequenceClassification.from_config(config)
     if args.model_type == "bert":

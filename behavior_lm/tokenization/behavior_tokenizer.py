@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 from behavior_lm.errors import DataError
 
 GRAMMAR_PATH = Path(__file__).with_name("grammar.json")
+SIDE_FILE = "item_side.json"  # item -> side attribute, saved next to a tokenizer that has side tokens
 
 
 @lru_cache(maxsize=1)
@@ -36,6 +37,11 @@ def item_token(item_id: str) -> str:
 def behavior_token(behavior: str) -> str:
     """``"buy"`` -> ``"<buy>"``."""
     return grammar()["behavior_format"].format(behavior)
+
+
+def side_token(column: str, value: str) -> str:
+    """``("category", "2520377")`` -> ``"category:2520377"``: an item's side attribute."""
+    return grammar()["side_format"].format(column, value)
 
 
 def is_item_token(token: str) -> bool:
@@ -68,14 +74,21 @@ def gap_token(seconds: float) -> str | None:
     return best
 
 
-def serialize_events(items: Sequence[str], behaviors: Sequence[str] | None = None) -> str:
-    """Events -> the whitespace-separated stream, behavior first when behaviors are given.
+def serialize_events(items: Sequence[str], behaviors: Sequence[str] | None = None,
+                     side: tuple[str, Mapping[str, str]] | None = None) -> str:
+    """Events -> the whitespace-separated stream, behavior first when behaviors are given, and
+    the item's side token after it when ``side = (column, item -> value)`` is given.
 
     ``serialize_events(["42", "7"], ["pv", "buy"]) == "<pv> i:42 <buy> i:7"``.
     """
-    if behaviors is None:
-        return " ".join(item_token(i) for i in items)
-    return " ".join(f"{behavior_token(b)} {item_token(i)}" for i, b in zip(items, behaviors))
+    out: list[str] = []
+    for k, item in enumerate(items):
+        if behaviors is not None:
+            out.append(behavior_token(behaviors[k]))
+        out.append(item_token(item))
+        if side is not None and (value := side[1].get(item)):
+            out.append(side_token(side[0], value))
+    return " ".join(out)
 
 
 def build_tokenizer(

@@ -35,7 +35,7 @@ class DataArguments:
 
     task: str = field(default="next-item", metadata={
         "help": "next-item (ranking), next-class, next-rating, purchase-intent (sequence classification/regression), "
-                "event-class (token classification). See behavior_lm/data/tasks.py."})
+                "event-class, conversion-tag (token classification). See behavior_lm/data/tasks.py."})
     like_threshold: float = field(default=4.0, metadata={
         "help": "next-class/event-class on one-behavior logs: class 1 when value >= this."})
     examples_per_user: int = field(default=8, metadata={
@@ -43,9 +43,14 @@ class DataArguments:
     intent_behavior: str = field(default="buy", metadata={
         "help": "purchase-intent: the behavior whose occurrence is predicted."})
     intent_horizon: int = field(default=10, metadata={
-        "help": "purchase-intent: label 1 when intent_behavior is among the next N events."})
+        "help": "purchase-intent: label 1 when intent_behavior is among the next N events; "
+                "conversion-tag: when the browsed item converts among the next N events."})
     intent_seconds: int | None = field(default=None, metadata={
-        "help": "purchase-intent: only count events at most this long after the history (86400: next 24 h)."})
+        "help": "purchase-intent, conversion-tag: only count events at most this long after the history (86400: next 24 h)."})
+    browse_behavior: str = field(default="pv", metadata={
+        "help": "conversion-tag: the behavior whose events are tagged."})
+    conversion_behaviors: list[str] = field(default_factory=lambda: ["cart", "buy"], metadata={
+        "help": "conversion-tag: behaviors that count as converting the browsed item."})
     dataset: str = field(default="ml-100k", metadata={
         "help": "Named dataset (ml-100k, ml-1m, ml-1m-3706, beauty, lastfm, taobao) or a label for data_path."})
     data_path: str | None = field(default=None, metadata={
@@ -84,6 +89,9 @@ class DataArguments:
                 "each event that follows the previous one by at least a minute."})
     session_gap: int | None = field(default=None, metadata={
         "help": "Seconds of inactivity that start a new session: a [SESSION] token before that event."})
+    item_side: str | None = field(default=None, metadata={
+        "help": "Generic tables: a column of item attributes (Taobao: category) whose token "
+                "(category:2520377) follows each item in the stream."})
     cache: bool = field(default=True, metadata={
         "help": "Reuse prepared token streams from the cache when the data and settings are unchanged."})
 

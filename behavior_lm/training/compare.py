@@ -27,6 +27,7 @@ TASK_METRICS = {"next-item": ("hr@10", "ndcg@10", "mrr@10"),
                 "next-class": ("accuracy", "f1_macro", "roc_auc"),
                 "event-class": ("accuracy", "f1_macro", "roc_auc"),
                 "purchase-intent": ("f1_macro", "roc_auc", "average_precision"),
+                "conversion-tag": ("f1_macro", "roc_auc", "average_precision"),
                 "next-rating": ("mae", "rmse")}
 
 

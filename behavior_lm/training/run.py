@@ -22,12 +22,13 @@ import torch
 import yaml
 from transformers import EarlyStoppingCallback, set_seed
 
-from behavior_lm.data.pipeline import prepare_data
+from behavior_lm.data.tasks import TOKEN_TASKS
+from behavior_lm.data.pipeline import prepare_data, write_item_side
 from behavior_lm.errors import RecipeError
 from behavior_lm.evaluation.harness import evaluate_baselines
 from behavior_lm.evaluation.next_behavior import evaluate_next_behavior, next_behavior_table
 from behavior_lm.evaluation.protocol import EvalProtocol
-from behavior_lm.evaluation.task_metrics import floor_metrics, make_task_metrics
+from behavior_lm.evaluation.task_metrics import floor_metrics, make_task_metrics, tuned_threshold_metrics
 from behavior_lm.models.auto import MASKED_MODEL_TYPES, build_model, count_parameters, template_for
 from behavior_lm.reporting import results_table, training_curves
 from behavior_lm.tokenization.behavior_tokenizer import behavior_token_ids, item_mask
@@ -50,6 +51,12 @@ def protocol_for(data_args: DataArguments, training_args: BehaviorTrainingArgume
         within = f" and {data_args.intent_seconds} s" if data_args.intent_seconds else ""
         target = (f"'{data_args.intent_behavior}' within the next {data_args.intent_horizon} events{within} "
                   "(test: each user's last window; validation: the window before)")
+    elif data_args.task == "conversion-tag":
+        within = f" and {data_args.intent_seconds} s" if data_args.intent_seconds else ""
+        target = (f"each still-unconverted '{data_args.browse_behavior}' in the history: its item gets "
+                  f"{' or '.join(repr(b) for b in data_args.conversion_behaviors)} within the next "
+                  f"{data_args.intent_horizon} events{within} (test: each user's last window; "
+                  "validation: the window before)")
     elif data_args.target_behavior:
         target = (f"last '{data_args.target_behavior}' event per user (test); the one before it "
                   "(validation)")
@@ -121,10 +128,18 @@ def train(data_args: DataArguments, model_args: ModelArguments,
     train_seconds = time.perf_counter() - start
     _sync_weights_from_main(trainer)
     trainer.remove_callback(EarlyStoppingCallback)  # final scoring is not a selection step
-    val_metrics = trainer.evaluate(validation, metric_key_prefix="validation")
-    val_metrics["validation_num_examples"] = validation.num_rows
-    test_metrics = trainer.evaluate(dsd["test"], metric_key_prefix="test")
-    test_metrics["test_num_examples"] = dsd["test"].num_rows
+    if ranking or num_classes != 2:
+        val_metrics = trainer.evaluate(validation, metric_key_prefix="validation")
+        test_metrics = trainer.evaluate(dsd["test"], metric_key_prefix="test")
+    else:                                     # binary: keep the outputs to tune a threshold on validation
+        val_out = trainer.predict(validation, metric_key_prefix="validation")
+        test_out = trainer.predict(dsd["test"], metric_key_prefix="test")
+        val_metrics, test_metrics = dict(val_out.metrics), dict(test_out.metrics)
+        tuned = tuned_threshold_metrics(data_args.task, val_out.predictions, val_out.label_ids,
+                                        test_out.predictions, test_out.label_ids)
+        test_metrics.update({f"test_{k}": v for k, v in tuned.items()})
+    val_metrics.setdefault("validation_num_examples", validation.num_rows)   # token tasks: tokens
+    test_metrics.setdefault("test_num_examples", dsd["test"].num_rows)
 
     trainer.save_model(str(partial))  # model (safetensors) + tokenizer; writes on the main process
     if trainer.is_world_process_zero():
@@ -133,7 +148,8 @@ def train(data_args: DataArguments, model_args: ModelArguments,
             baselines = evaluate_baselines(training_args.baselines, dsd["train"], dsd["test"], tokenizer,
                                            protocol, batch_size=training_args.per_device_eval_batch_size)
         else:
-            baselines = floor_metrics(data_args.task, dsd["train"], dsd["test"], num_classes)
+            baselines = floor_metrics(data_args.task, dsd["train"], dsd["test"], num_classes, tokenizer,
+                                      data_args.intent_behavior)
         next_behavior = None
         if (ranking and data.info["with_behaviors"] and not data_args.target_behavior
                 and model_args.model_type not in MASKED_MODEL_TYPES):
@@ -142,6 +158,8 @@ def train(data_args: DataArguments, model_args: ModelArguments,
         _write_run_files(partial, data_args, model_args, training_args, recipe, data.info, protocol,
                          trainer, train_output.metrics, train_seconds, val_metrics, test_metrics,
                          baselines, count_parameters(model), next_behavior)
+        if data_args.item_side and data.side_values:
+            write_item_side(partial, data_args.item_side, data.side_values)
         if not training_args.keep_checkpoints:
             shutil.rmtree(partial / "checkpoints", ignore_errors=True)
         promote(partial, final)
@@ -179,8 +197,9 @@ def describe_run_in_config(config, data_args: DataArguments, model_args: ModelAr
         "version": __version__, "task": data_args.task, "dataset": data_args.dataset,
         "model_type": model_args.model_type, "behaviors": list(data_info["prepared"]["behaviors"]),
         "filter_seen": bool(training_args.filter_seen), "split": data_args.split,
+        "item_side": data_args.item_side,
     }
-    if data_args.task in ("next-class", "event-class"):
+    if data_args.task in ("next-class", "purchase-intent", *TOKEN_TASKS):
         names = list(data_info["class_names"])
         config.id2label = dict(enumerate(names))
         config.label2id = {n: i for i, n in enumerate(names)}
