@@ -7,7 +7,8 @@ Trains (or reuses) each recipe's run under ``--output_dir`` and writes ``case_st
 next event (mixture over behaviors, seen items kept) and next buy (given ``<buy>``) ranking tables
 with the popularity / Markov / repeat floors; behavior-aware vs behavior-blind vs with time gaps;
 the next-behavior-type table (argmax and prior-corrected decisions, floors) and its confusion
-matrix; purchase intent (BERT, GRU) with a precision-recall curve. Extra ``--key value`` flags go
+matrix; purchase intent (BERT, GRU) and conversion tagging (BERT) with precision-recall curves
+and heuristic floors; item category tokens. Extra ``--key value`` flags go
 to every recipe (e.g. ``--max_users 80 --num_train_epochs 2`` for a quick slice).
 """
 from __future__ import annotations
@@ -26,9 +27,10 @@ import numpy as np  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes" / "taobao"
-RANKING = ["llama-next-event", "gru-next-event", "llama-next-event-blind", "llama-next-event-gaps",
-           "gpt2-next-event", "llama-next-buy"]
+RANKING = ["llama-next-event", "gpt2-next-event", "gru-next-event", "lstm-next-event", "bert4rec-next-event",
+           "llama-next-event-blind", "llama-next-event-gaps", "llama-next-event-category", "llama-next-buy"]
 INTENT = ["bert-purchase-intent", "gru-purchase-intent"]
+CONVERSION = ["bert-conversion-tag"]
 
 
 def run_recipe(name: str, out: Path, extra: list[str]) -> Path:
@@ -59,7 +61,8 @@ def ranking_table(runs: dict[str, dict], names: list[str]) -> str:
         m = runs[name]
         stream = m["data"].get("stream", {})
         kind = ("yes" if stream.get("behaviors") else "no (blind)") + (
-            " + gaps/sessions" if stream.get("time_gaps") else "")
+            " + gaps/sessions" if stream.get("time_gaps") else "") + (
+            f" + {stream['item_side']} tokens" if stream.get("item_side") else "")
         t = m["test"]
         lines.append(f"| {name} | {kind} | {t['hr@10']:.4f} | {t['ndcg@10']:.4f} | {t['mrr@10']:.4f} | "
                      f"{t['hr@20']:.4f} | {m['train']['epochs_run']:g} ({m['train']['best_epoch']}) | "
@@ -95,36 +98,41 @@ def confusion_png(nb: dict, path: Path, title: str) -> Path:
     return path
 
 
-def pr_curves_png(runs: dict[str, Path], path: Path) -> Path:
+def pr_curves_png(runs: dict[str, Path], path: Path, task: str, title: str, xlabel: str) -> Path:
+    """Precision-recall curves of each run on its test split, the heuristic floor's curve and the
+    positive rate (the curve of a random ranking)."""
     import dataclasses
 
     import yaml
 
     from behavior_lm.data.pipeline import prepare_data
     from behavior_lm.evaluation.run_eval import load_task_model, task_logits
+    from behavior_lm.evaluation.task_metrics import _flatten, heuristic_scores, positive_probability
     from behavior_lm.training.arguments import DataArguments
 
+    def curve(ax, y: np.ndarray, score: np.ndarray, label: str, **style) -> None:
+        order = np.argsort(-score, kind="stable")
+        y = y[order].astype(bool)
+        tp = np.cumsum(y)
+        ax.plot(tp / max(y.sum(), 1), tp / np.arange(1, y.size + 1), label=label, **style)
+
     fig, ax = plt.subplots(figsize=(6, 4.5), dpi=110)
-    base = None
+    y = None
     for name, run in runs.items():
         recipe = yaml.safe_load((run / "recipe.yaml").read_text())
         fields = {f.name for f in dataclasses.fields(DataArguments)}
-        data = prepare_data(DataArguments(**{k: v for k, v in recipe.items() if k in fields}),
-                            template="classification")
-        logits, labels = task_logits(load_task_model(run, "purchase-intent"), data, "test", "purchase-intent")
-        z = logits - logits.max(-1, keepdims=True)
-        p = np.exp(z[:, 1]) / np.exp(z).sum(-1)
-        order = np.argsort(-p, kind="stable")
-        y = labels[order].astype(bool)
-        tp = np.cumsum(y)
-        precision, recall = tp / np.arange(1, y.size + 1), tp / max(y.sum(), 1)
-        ax.plot(recall, precision, label=name)
-        base = y.mean()
-    if base is not None:
-        ax.axhline(base, color="gray", ls=":", label=f"positive rate {base:.2f} (floor)")
-    ax.set_xlabel("recall (buy within the next events)")
+        data_args = DataArguments(**{k: v for k, v in recipe.items() if k in fields})
+        data = prepare_data(data_args, template="classification")
+        logits, labels = task_logits(load_task_model(run, task), data, "test", task)
+        logits, y = _flatten(task, logits, labels)
+        curve(ax, y, positive_probability(logits), name)
+    heuristic = heuristic_scores(task, data.datasets["test"], data.tokenizer, data_args.intent_behavior)
+    if heuristic is not None:
+        curve(ax, y, heuristic, "heuristic (floor)", ls="--", color="gray")
+    ax.axhline(y.mean(), color="gray", ls=":", label=f"positive rate {y.mean():.3f} (random)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("precision")
-    ax.set_title("Purchase intent on Taobao, test windows")
+    ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
@@ -132,17 +140,21 @@ def pr_curves_png(runs: dict[str, Path], path: Path) -> Path:
     return path
 
 
-def intent_table(runs: dict[str, dict]) -> str:
-    cols = ["accuracy", "precision_macro", "recall_macro", "f1_macro", "precision_1", "recall_1", "f1_1",
-            "roc_auc", "average_precision"]
-    head = ["accuracy", "P macro", "R macro", "F1 macro", "P buy", "R buy", "F1 buy", "ROC-AUC", "AP"]
+def binary_table(runs: dict[str, dict], positive: str) -> str:
+    """Model rows and floor rows (majority class, heuristic) of a binary task: argmax metrics,
+    the positive class's F1 at a threshold tuned off the test set, ROC-AUC and AP."""
+    cols = ["accuracy", "f1_macro", "precision_1", "recall_1", "f1_1", "precision_1_tuned", "recall_1_tuned",
+            "f1_1_tuned", "roc_auc", "average_precision"]
+    head = ["accuracy", "F1 macro", f"P {positive}", f"R {positive}", f"F1 {positive}",
+            f"P {positive} (tuned)", f"R {positive} (tuned)", f"F1 {positive} (tuned)", "ROC-AUC", "AP"]
     lines = ["| model | " + " | ".join(head) + " |", "|---|" + "---:|" * len(cols)]
     floors = {}
     for name, m in runs.items():
-        lines.append(f"| {name} | " + " | ".join(f"{m['test'].get(c, float('nan')):.4f}" for c in cols) + " |")
+        lines.append(f"| {name} | " + " | ".join(f"{m['test'][c]:.4f}" if c in m["test"] else ""
+                                                 for c in cols) + " |")
         floors.update(m["baselines"]["test"])
     for name, m in floors.items():
-        lines.append(f"| {name} (floor) | " + " | ".join(f"{m.get(c, float('nan')):.4f}" for c in cols) + " |")
+        lines.append(f"| {name} (floor) | " + " | ".join(f"{m[c]:.4f}" if c in m else "" for c in cols) + " |")
     return "\n".join(lines)
 
 
@@ -152,7 +164,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=None, help="recipe names to run (default: all)")
     args, extra = parser.parse_known_args()
     out = Path(args.output_dir)
-    names = [n for n in RANKING + INTENT if args.only is None or n in args.only]
+    names = [n for n in RANKING + INTENT + CONVERSION if args.only is None or n in args.only]
     runs = {n: run_recipe(n, out, extra) for n in names}
     metrics = {n: load(r) for n, r in runs.items()}
     from behavior_lm.evaluation.next_behavior import next_behavior_table
@@ -179,8 +191,21 @@ def main() -> None:
                 parts += [f"![confusion]({png.name})", ""]
     intent = {n: metrics[n] for n in INTENT if n in metrics}
     if intent:
-        png = pr_curves_png({n: runs[n] for n in intent}, out / "purchase_intent_pr.png")
-        parts += ["## Purchase intent (buy within the next 10 events)", "", intent_table(intent), "",
+        horizon = next(iter(intent.values()))["data"]["split"]["horizon_events"]
+        png = pr_curves_png({n: runs[n] for n in intent}, out / "purchase_intent_pr.png", "purchase-intent",
+                            "Purchase intent on Taobao, test windows", f"recall (buy within the next {horizon} events)")
+        parts += [f"## Purchase intent (buy within the next {horizon} events)", "", binary_table(intent, "buy"),
+                  "", f"![precision-recall]({png.name})", ""]
+    conversion = {n: metrics[n] for n in CONVERSION if n in metrics}
+    if conversion:
+        split = next(iter(conversion.values()))["data"]["split"]
+        png = pr_curves_png({n: runs[n] for n in conversion}, out / "conversion_tag_pr.png", "conversion-tag",
+                            "Conversion tagging on Taobao, test browses",
+                            f"recall (browsed item carted/bought within {split['horizon_events']} events)")
+        parts += [f"## Conversion tagging (each open browse: carted or bought within the next "
+                  f"{split['horizon_events']} events)", "",
+                  f"Test: {split['test_tagged_tokens']} tagged browses in {split['test_examples']} histories, "
+                  f"{split['test_positive']} convert.", "", binary_table(conversion, "converts"), "",
                   f"![precision-recall]({png.name})", ""]
     (out / "case_study.md").write_text("\n".join(parts))
     print("\n".join(parts))

@@ -267,6 +267,8 @@ def test_taobao_conversion_tag_run(tmp_path):
 
 def test_item_side_reader_and_stream(tmp_path):
     from behavior_lm.data.readers import read_item_side
+    from behavior_lm.data.sources import load_item_side
+    from behavior_lm.training.arguments import DataArguments
     from behavior_lm.data.streams import StreamFormat
     from behavior_lm.data.tasks import IGNORE, _token_row
     from behavior_lm.errors import DataError
@@ -277,6 +279,9 @@ def test_item_side_reader_and_stream(tmp_path):
     assert values == {"a": "10", "b": "20_x"} and conflicts == 1        # a keeps its first value
     with pytest.raises(DataError, match=r"log\.csv:1: field 'genre': no column 'genre'"):
         read_item_side(f, "genre", columns={"item_id": "item"})
+    recipe = DataArguments(dataset="my-log", data_path=str(f), data_format="table", item_side="cat",
+                           columns="user_id=u,item_id=item,behavior=kind,timestamp=ts")
+    assert load_item_side(recipe.dataset, "cat", recipe.data_path, recipe.reader_kwargs())[0] == values
     f.write_text("u,item,cat\n1,a,10\n1,b,\n")
     with pytest.raises(DataError, match=r"log\.csv:3: field 'cat': empty 'cat' value"):
         read_item_side(f, "cat", columns={"item_id": "item"})
@@ -311,3 +316,30 @@ def test_taobao_item_side_tokens_run(tmp_path):
     tokens = pipe.tokenizer.convert_ids_to_tokens(pre["input_ids"][0].tolist())
     assert tokens == ["[BOS]", "<pv>", f"i:{item}", f"category:{side['values'][item]}"]
     assert len(pipe([(item, "pv")], top_k=3)) == 3
+
+
+@pytest.mark.slow
+def test_taobao_case_study_runs_every_recipe_on_a_slice(tmp_path):
+    """The benchmark script, CI-sized: every Taobao recipe on 60 users, one epoch, tiny models."""
+    import os
+    import subprocess
+    import sys
+
+    shared_dataset("taobao")
+    out = tmp_path / "taobao"
+    tiny = [a if a != "2" else "1" for a in TAOBAO_TINY]                          # one epoch
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "taobao_case_study.py"), "--output_dir", str(out),
+                           *tiny, "--examples_per_user", "4"], capture_output=True, text=True,
+                          env={**os.environ, "BEHAVIOR_LM_CACHE": str(tmp_path / "cache")})
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = (out / "case_study.md").read_text()
+    recipes = sorted(p.stem for p in (REPO / "recipes" / "taobao").glob("*.yaml"))
+    assert all((out / name / "metrics.json").is_file() for name in recipes)
+    for heading in ("What will this user do next", "What will this user buy next", "Next behavior type",
+                    "Purchase intent", "Conversion tagging"):
+        assert f"## {heading}" in report
+    for row in ("| repeat (floor) |", "| buy rate (heuristic) (floor) |", "| repeat views (heuristic) (floor) |",
+                "+ category tokens", "no (blind)", "+ gaps/sessions"):
+        assert row in report
+    for png in ("next_behavior_confusion.png", "purchase_intent_pr.png", "conversion_tag_pr.png"):
+        assert (out / png).stat().st_size > 10_000

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from behavior_lm.cli.recipes import load_recipe, parse_recipe
+from behavior_lm.data.tasks import TOKEN_TASKS
 from behavior_lm.errors import RecipeError
 from behavior_lm.models.auto import build_model, template_for
 from behavior_lm.tokenization.behavior_tokenizer import build_tokenizer
@@ -40,7 +41,7 @@ def test_recipe_parses_and_builds_tiny(recipe):
     if task == "next-item":
         assert training_args.metric_for_best_model == "ndcg@10"
         assert logits.shape == (1, ids.size(1), len(tok))
-    elif task == "event-class":
+    elif task in TOKEN_TASKS:
         assert logits.shape == (1, ids.size(1), 2)
     else:
         assert logits.shape == (1, 1 if task == "next-rating" else 2)

@@ -193,9 +193,12 @@ def load_item_side(name: str, column: str, data_path: str | os.PathLike | None =
     with the same reader settings as its events (:func:`readers.read_item_side`)."""
     path, src = resolve(name, data_path)
     kwargs = dict(reader_kwargs or {})
-    if src is not None and "fmt" not in kwargs:
+    reader = kwargs.pop("fmt", None)                # data_format: a reader name, not a file format
+    if reader is None and src is not None:
         if src.reader is not readers.read_table:
             raise RecipeError(f"item_side: dataset {name!r} has no side columns (only generic tables do)")
         kwargs = {**src.reader_kwargs, **kwargs}
+    elif reader not in (None, "table"):
+        raise RecipeError(f"item_side needs a generic table (data_format: table), not data_format: {reader}")
     kwargs.pop("behavior_map", None)
     return readers.read_item_side(path, column, **kwargs)

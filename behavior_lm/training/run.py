@@ -128,7 +128,7 @@ def train(data_args: DataArguments, model_args: ModelArguments,
     train_seconds = time.perf_counter() - start
     _sync_weights_from_main(trainer)
     trainer.remove_callback(EarlyStoppingCallback)  # final scoring is not a selection step
-    if ranking or num_classes != 2:
+    if ranking or data_args.task == "next-rating" or num_classes != 2:
         val_metrics = trainer.evaluate(validation, metric_key_prefix="validation")
         test_metrics = trainer.evaluate(dsd["test"], metric_key_prefix="test")
     else:                                     # binary: keep the outputs to tune a threshold on validation
