@@ -32,6 +32,13 @@ def results_table(metrics: Mapping, model_name: str | None = None) -> str:
     return task_table(rows, task, metrics["data"].get("class_names", []))
 
 
+def task_description(task: str, class_names: Sequence[str], target: str) -> str:
+    """One line saying what a classification / regression run predicts and on which examples."""
+    what = ", ".join(class_names) if task != "next-rating" else "rating"
+    unit = "tagged events" if task in ("event-class", "conversion-tag") else "examples"
+    return f"Task: {task} ({what}); test {unit}: {target}"
+
+
 def training_curves(log_history: Sequence[Mapping], path: Path,
                     metric: str = "eval_ndcg@10", title: str = "") -> Path:
     """Plot training loss and the validation metric per epoch into ``path`` (PNG)."""

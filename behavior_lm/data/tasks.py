@@ -201,6 +201,19 @@ def intent_cuts(n: int, horizon: int) -> tuple[int | None, int | None, int]:
     return test, valid, max(train_end, 1)
 
 
+def window_cuts(seq: UserSequence, horizon: int, examples_per_user: int, seed: int) -> list[tuple[str, int]]:
+    """``(part, cut)`` pairs of one user for the windowed tasks: the test cut, the validation cut
+    (:func:`intent_cuts`) and up to ``examples_per_user`` seeded training cuts before them."""
+    test, valid, train_end = intent_cuts(len(seq), horizon)
+    out = [("test", test)] if test is not None else []
+    if valid is not None:
+        out.append(("validation", valid))
+    positions = list(range(1, train_end))
+    rng = random.Random(f"{seed}:{seq.user_id}")
+    out += [("train", c) for c in sorted(rng.sample(positions, min(examples_per_user, len(positions))))]
+    return out
+
+
 def build_intent_task(sequences: list[UserSequence], tokenizer: PreTrainedTokenizerBase, *,
                       fmt: StreamFormat, max_length: int, behavior: str = "buy", horizon: int = 10,
                       seconds: int | None = None, examples_per_user: int = 8, seed: int = 0,
@@ -211,16 +224,8 @@ def build_intent_task(sequences: list[UserSequence], tokenizer: PreTrainedTokeni
                         path=source, field="behavior")
     rows: dict[str, list[tuple[str, UserSequence, int]]] = {"train": [], "validation": [], "test": []}
     for seq in sequences:
-        test, valid, train_end = intent_cuts(len(seq), horizon)
-        if test is not None:
-            rows["test"].append((seq.user_id, seq.slice(0, test), intent_label(seq, test, behavior, horizon, seconds)))
-        if valid is not None:
-            rows["validation"].append((seq.user_id, seq.slice(0, valid),
-                                       intent_label(seq, valid, behavior, horizon, seconds)))
-        positions = list(range(1, train_end))
-        rng = random.Random(f"{seed}:{seq.user_id}")
-        for c in sorted(rng.sample(positions, min(examples_per_user, len(positions)))):
-            rows["train"].append((seq.user_id, seq.slice(0, c), intent_label(seq, c, behavior, horizon, seconds)))
+        for part, c in window_cuts(seq, horizon, examples_per_user, seed):
+            rows[part].append((seq.user_id, seq.slice(0, c), intent_label(seq, c, behavior, horizon, seconds)))
     parts = {}
     for name, items in rows.items():
         if not items:
@@ -297,15 +302,8 @@ def build_conversion_task(sequences: list[UserSequence], tokenizer: PreTrainedTo
         counts[part][1] += sum(tagged)
 
     for seq in sequences:
-        test, valid, train_end = intent_cuts(len(seq), horizon)
-        if test is not None:
-            add("test", seq, test)
-        if valid is not None:
-            add("validation", seq, valid)
-        positions = list(range(1, train_end))
-        rng = random.Random(f"{seed}:{seq.user_id}")
-        for c in sorted(rng.sample(positions, min(examples_per_user, len(positions)))):
-            add("train", seq, c)
+        for part, c in window_cuts(seq, horizon, examples_per_user, seed):
+            add(part, seq, c)
     parts = {k: Dataset.from_dict(v) for k, v in rows.items() if v["input_ids"]}
     summary = {"kind": "conversion-tag", "browse": browse, "convert": list(convert),
                "horizon_events": horizon, "horizon_seconds": seconds,

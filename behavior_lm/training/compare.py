@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from behavior_lm.cli.recipes import parse_recipe  # noqa: E402
 from behavior_lm.errors import RecipeError  # noqa: E402
+from behavior_lm.reporting import task_description  # noqa: E402
 from behavior_lm.training.run import train  # noqa: E402
 
 TASK_METRICS = {"next-item": ("hr@10", "ndcg@10", "mrr@10"),
@@ -121,7 +122,7 @@ def _write(out: Path, rows, floors, protocol, data, metric_names) -> None:
         seen = "seen items filtered" if protocol["filter_seen"] else "seen items kept"
         what = f"Protocol: {protocol['split']}, {protocol['candidates']} ranking, {seen}"
     else:
-        what = f"Task: {task}, classes {data.get('class_names')}, held-out events of the {protocol['split']} split"
+        what = task_description(task, data.get("class_names") or [], protocol.get("target", protocol["split"]))
     text = (f"# Comparison on {data['dataset']} ({task})\n\n{what}; {data['prepared']['users']} users, "
             f"{data['prepared']['items']} items.\n\n{table}\n\n![comparison](comparison.png)\n")
     for name, content in (("comparison.md", text),

@@ -30,7 +30,7 @@ from behavior_lm.evaluation.next_behavior import evaluate_next_behavior, next_be
 from behavior_lm.evaluation.protocol import EvalProtocol
 from behavior_lm.evaluation.task_metrics import floor_metrics, make_task_metrics, tuned_threshold_metrics
 from behavior_lm.models.auto import MASKED_MODEL_TYPES, build_model, count_parameters, template_for
-from behavior_lm.reporting import results_table, training_curves
+from behavior_lm.reporting import results_table, task_description, training_curves
 from behavior_lm.tokenization.behavior_tokenizer import behavior_token_ids, item_mask
 from behavior_lm.training.arguments import BehaviorTrainingArguments, DataArguments, ModelArguments
 from behavior_lm.training.collators import BehaviorCollator
@@ -295,13 +295,13 @@ def _write_run_files(run: Path, data_args, model_args, training_args, recipe, da
     if task == "next-item":
         what = f"Protocol: {protocol.describe()}"
     else:
-        what = (f"Task: {task} ({', '.join(data_info['class_names']) if task != 'next-rating' else 'rating'}), "
-                f"held-out events of the {protocol.split.replace('_', '-')} split")
+        what = task_description(task, data_info["class_names"], protocol.target)
     ds = data_info["dataset"]
     prep = data_info["prepared"]
     (run / "results.md").write_text(
         f"# {model_args.model_type} on {ds}, {task}: test results\n\n"
-        f"{what}. Test users: {metrics['test'].get('num_examples', '')}; "
+        f"{what}. Test {'users' if task == 'next-item' else 'examples'}: "
+        f"{metrics['test'].get('num_examples', '')}; "
         f"{prep['users']} users, {prep['items']} items, {prep['events']} events after preprocessing.\n\n"
         f"{table}\n\n"
         + (f"Next behavior type on the same test events (P(b | history) from the model):\n\n"
