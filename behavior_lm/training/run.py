@@ -47,16 +47,15 @@ SPLIT_TARGETS = {
 def protocol_for(data_args: DataArguments, training_args: BehaviorTrainingArguments,
                  with_behaviors: bool = False) -> EvalProtocol:
     target = SPLIT_TARGETS[data_args.split]
+    within = f" and {data_args.intent_seconds} s" if data_args.intent_seconds else ""
+    windows = "(test: each user's last window; validation: the window before)"
     if data_args.task == "purchase-intent":
-        within = f" and {data_args.intent_seconds} s" if data_args.intent_seconds else ""
         target = (f"'{data_args.intent_behavior}' within the next {data_args.intent_horizon} events{within} "
-                  "(test: each user's last window; validation: the window before)")
+                  + windows)
     elif data_args.task == "conversion-tag":
-        within = f" and {data_args.intent_seconds} s" if data_args.intent_seconds else ""
         target = (f"each still-unconverted '{data_args.browse_behavior}' in the history: its item gets "
                   f"{' or '.join(repr(b) for b in data_args.conversion_behaviors)} within the next "
-                  f"{data_args.intent_horizon} events{within} (test: each user's last window; "
-                  "validation: the window before)")
+                  f"{data_args.intent_horizon} events{within} {windows}")
     elif data_args.target_behavior:
         target = (f"last '{data_args.target_behavior}' event per user (test); the one before it "
                   "(validation)")
