@@ -21,24 +21,32 @@ ANCHORS = {
                ("SASRec CE, RecBole user runs", 0.083, 0.0415),
                ("SASRec, genrec reproduction", 0.0688, 0.0375),
                ("SASRec, tiger-cf reproduction", 0.05165, 0.02718),
+               ("BERT4Rec, S3-Rec paper", 0.0347, 0.0170),
+               ("GRU4Rec, S3-Rec paper", 0.0283, 0.0137),
                ("PopRec, S3-Rec paper", 0.0152, 0.0068)],
 }
 
 
 def main(run_dirs: list[str]) -> None:
-    print("| dataset | model | HR@10 | NDCG@10 | epochs (best) | train minutes | source |")
-    print("|---|---|---:|---:|---:|---:|---|")
-    for run in map(Path, run_dirs):
-        m = json.loads((run / "metrics.json").read_text())
-        ds = m["data"]["dataset"]
-        t = m["train"]
-        print(f"| {ds} | behavior-lm {m['model_type']} ({t['parameters'] / 1e6:.2f}M) | "
-              f"{m['test']['hr@10']:.4f} | {m['test']['ndcg@10']:.4f} | "
-              f"{t['epochs_run']:g} ({t['best_epoch']}) | {t['seconds'] / 60:.1f} | {run} |")
-        for name, pm in m["baselines"]["test"].items():
-            print(f"| {ds} | {name} floor (ours) | {pm['hr@10']:.4f} | {pm['ndcg@10']:.4f} | | | {run} |")
+    runs = [(Path(r), json.loads((Path(r) / "metrics.json").read_text())) for r in run_dirs]
+    print("| dataset | model | HR@10 | NDCG@10 | epochs (best) | train minutes | stopped by | source |")
+    print("|---|---|---:|---:|---:|---:|---|---|")
+    for ds in dict.fromkeys(m["data"]["dataset"] for _, m in runs):
+        floors: dict[str, tuple[dict, Path]] = {}    # same split, same floors: print each once
+        for run, m in runs:
+            if m["data"]["dataset"] != ds:
+                continue
+            t = m["train"]
+            print(f"| {ds} | behavior-lm {m['model_type']} ({t['parameters'] / 1e6:.2f}M) | "
+                  f"{m['test']['hr@10']:.4f} | {m['test']['ndcg@10']:.4f} | "
+                  f"{t['epochs_run']:g} ({t['best_epoch']:g}) | {t['seconds'] / 60:.1f} | "
+                  f"{t.get('stopped_by', '')} | {run} |")
+            for name, pm in m["baselines"]["test"].items():
+                floors.setdefault(name, (pm, run))
+        for name, (pm, run) in floors.items():
+            print(f"| {ds} | {name} floor (ours) | {pm['hr@10']:.4f} | {pm['ndcg@10']:.4f} | | | | {run} |")
         for name, hr, nd in ANCHORS.get(ds, []):
-            print(f"| {ds} | {name} | {hr:.4f} | {nd:.4f} | | | ANCHORS.md |")
+            print(f"| {ds} | {name} | {hr:.4f} | {nd:.4f} | | | | ANCHORS.md |")
 
 
 if __name__ == "__main__":

@@ -89,7 +89,8 @@ def test_crash_then_resume(tmp_path):
     deadline = time.time() + 300
     try:
         while time.time() < deadline:
-            done = list(partial.glob("checkpoints/checkpoint-*/trainer_state.json"))
+            # the training time is the last file a checkpoint gets (after the Trainer's own)
+            done = list(partial.glob("checkpoints/checkpoint-*/time_budget.json"))
             if done or proc.poll() is not None:
                 break
             time.sleep(0.05)
@@ -98,12 +99,30 @@ def test_crash_then_resume(tmp_path):
     finally:
         proc.wait()
     assert not (out / "metrics.json").exists() and partial.is_dir()
+    first_segment = max(json.loads(p.read_text())["train_seconds"]
+                        for p in partial.glob("checkpoints/checkpoint-*/time_budget.json"))
     rerun = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "resuming from" in rerun.stderr
     assert (out / "metrics.json").is_file() and not partial.exists()
     history = json.loads((out / "log_history.json").read_text())
     assert max(h.get("epoch", 0) for h in history) == pytest.approx(6)
+    train = json.loads((out / "metrics.json").read_text())["train"]
+    assert train["seconds"] > first_segment > 0      # reported time covers both segments
+    assert train["stopped_by"] == "epoch cap"
+
+
+def test_time_budget_stops_after_a_validation(tmp_path):
+    """A budget shorter than one epoch: the first epoch is still validated and kept, then the
+    run stops and says why; without the budget the same recipe runs its 4 epochs."""
+    out = tmp_path / "budget"
+    assert main(["train", str(QUICKSTART), *TINY, "--num_train_epochs", "4", "--early_stopping_patience", "0",
+                 "--max_train_minutes", "0.0001", "--output_dir", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["train"]["epochs_run"] == 1 and metrics["train"]["best_epoch"] == 1
+    assert metrics["train"]["stopped_by"] == "time budget (0.0001 min)"
+    assert 0 <= metrics["test"]["ndcg@10"] <= 1
+    assert "stopped by time budget" in (out / "results.md").read_text()
 
 
 def test_accelerate_two_processes_match_one_process(tmp_path):

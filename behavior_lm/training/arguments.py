@@ -136,6 +136,9 @@ class BehaviorTrainingArguments(TrainingArguments):
         "help": "Remove items already in the user's history from the ranking (the target is kept)."})
     early_stopping_patience: int = field(default=5, metadata={
         "help": "Stop after this many evaluations without a better validation metric (0: never)."})
+    max_train_minutes: float | None = field(default=None, metadata={
+        "help": "Wall-clock training budget: stop at the first validation after this many minutes "
+                "(counted over resumes); the best checkpoint so far is kept. For equal-compute comparisons."})
     max_eval_users: int | None = field(default=None, metadata={
         "help": "Validate on at most this many users (a fixed random subset) to save time; test uses all."})
     baselines: list[str] = field(default_factory=lambda: ["popularity", "markov"], metadata={

@@ -33,6 +33,7 @@ from behavior_lm.models.auto import MASKED_MODEL_TYPES, build_model, count_param
 from behavior_lm.reporting import results_table, task_description, training_curves
 from behavior_lm.tokenization.behavior_tokenizer import behavior_token_ids, item_mask
 from behavior_lm.training.arguments import BehaviorTrainingArguments, DataArguments, ModelArguments
+from behavior_lm.training.budget import TimeBudgetCallback, spent_seconds
 from behavior_lm.training.collators import BehaviorCollator
 from behavior_lm.training.trainer import BehaviorTrainer, make_compute_metrics
 
@@ -84,6 +85,8 @@ def train(data_args: DataArguments, model_args: ModelArguments,
     if ranking and at and best_k not in {str(k) for k in training_args.eval_ks}:
         raise RecipeError(f"metric_for_best_model {training_args.metric_for_best_model!r} needs its K "
                           f"in eval_ks {training_args.eval_ks}")
+    if training_args.max_train_minutes is not None and training_args.max_train_minutes <= 0:
+        raise RecipeError(f"max_train_minutes must be positive, got {training_args.max_train_minutes}")
     training_args.output_dir = str(partial / "checkpoints")
     # the Trainer would push checkpoints during training; we push the finished run once, with its card
     push_to = training_args.hub_model_id if training_args.push_to_hub else None
@@ -103,7 +106,13 @@ def train(data_args: DataArguments, model_args: ModelArguments,
     model = build_model(model_args, tokenizer, data_args.max_length, task=data_args.task,
                         num_labels=num_classes)
     describe_run_in_config(model.config, data_args, model_args, training_args, data.info)
-    callbacks = []
+    checkpoint = None
+    if training_args.resume and Path(training_args.output_dir).is_dir():
+        checkpoint = last_complete_checkpoint(Path(training_args.output_dir))
+        if checkpoint:
+            logger.warning("resuming from %s", checkpoint)
+    budget = TimeBudgetCallback(training_args.max_train_minutes, spent_before=spent_seconds(checkpoint))
+    callbacks: list = [budget]
     if training_args.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=training_args.early_stopping_patience))
     with _tensorboard_logs(partial / "logs"):  # read when the Trainer builds its callbacks
@@ -117,14 +126,9 @@ def train(data_args: DataArguments, model_args: ModelArguments,
             condition_on_behavior=training_args.condition_on_behavior,
             item_mask=item_mask(tokenizer, model.get_output_embeddings().out_features) if ranking else None)
 
-    checkpoint = None
-    if training_args.resume and Path(training_args.output_dir).is_dir():
-        checkpoint = last_complete_checkpoint(Path(training_args.output_dir))
-        if checkpoint:
-            logger.warning("resuming from %s", checkpoint)
-    start = time.perf_counter()
     train_output = trainer.train(resume_from_checkpoint=checkpoint)
-    train_seconds = time.perf_counter() - start
+    train_seconds = budget.spent()                     # all segments of a resumed run
+    stopped_by = _stop_reason(trainer, budget, training_args)
     _sync_weights_from_main(trainer)
     trainer.remove_callback(EarlyStoppingCallback)  # final scoring is not a selection step
     if ranking or data_args.task == "next-rating" or num_classes != 2:
@@ -156,7 +160,7 @@ def train(data_args: DataArguments, model_args: ModelArguments,
                                                    training_args.per_device_eval_batch_size)
         _write_run_files(partial, data_args, model_args, training_args, recipe, data.info, protocol,
                          trainer, train_output.metrics, train_seconds, val_metrics, test_metrics,
-                         baselines, count_parameters(model), next_behavior)
+                         baselines, count_parameters(model), next_behavior, stopped_by)
         if data_args.item_side and data.side_values:
             write_item_side(partial, data_args.item_side, data.side_values)
         if not training_args.keep_checkpoints:
@@ -253,9 +257,20 @@ def _strip(metrics: dict, prefix: str) -> dict:
     return {k.removeprefix(prefix): v for k, v in metrics.items()}
 
 
+def _stop_reason(trainer, budget: TimeBudgetCallback, training_args) -> str:
+    """Why training ended: a reader of a table of runs must know which ones were cut short."""
+    if budget.stopped:
+        return f"time budget ({training_args.max_train_minutes:g} min)"
+    for callback in trainer.callback_handler.callbacks:
+        if (isinstance(callback, EarlyStoppingCallback)
+                and callback.early_stopping_patience_counter >= callback.early_stopping_patience):
+            return f"early stopping (patience {callback.early_stopping_patience})"
+    return "epoch cap"
+
+
 def _write_run_files(run: Path, data_args, model_args, training_args, recipe, data_info, protocol,
                      trainer, train_metrics, train_seconds, val_metrics, test_metrics, baselines,
-                     n_params, next_behavior: dict | None = None) -> None:
+                     n_params, next_behavior: dict | None = None, stopped_by: str = "epoch cap") -> None:
     history = trainer.state.log_history
     best_epoch = None
     metric = "eval_" + training_args.metric_for_best_model.removeprefix("eval_")
@@ -271,6 +286,7 @@ def _write_run_files(run: Path, data_args, model_args, training_args, recipe, da
         "baselines": {"test": baselines},
         "train": {"seconds": round(train_seconds, 1), "epochs_run": trainer.state.epoch,
                   "best_epoch": best_epoch, "global_steps": trainer.state.global_step,
+                  "stopped_by": stopped_by,
                   "world_size": training_args.world_size,
                   "parameters": n_params, **{k: v for k, v in train_metrics.items()
                                              if k in ("train_loss", "train_runtime")}},
@@ -305,8 +321,8 @@ def _write_run_files(run: Path, data_args, model_args, training_args, recipe, da
         f"{table}\n\n"
         + (f"Next behavior type on the same test events (P(b | history) from the model):\n\n"
            f"{next_behavior_table(next_behavior)}\n\n" if next_behavior else "")
-        + f"Training: {metrics['train']['epochs_run']:g} epochs in {train_seconds:.0f} s "
-        f"(best validation {training_args.metric_for_best_model} at epoch {best_epoch}).\n\n"
+        + f"Training: {metrics['train']['epochs_run']:g} epochs in {train_seconds:.0f} s, stopped by "
+        f"{stopped_by} (best validation {training_args.metric_for_best_model} at epoch {best_epoch}).\n\n"
         "![training curves](training_curves.png)\n")
     training_curves(history, run / "training_curves.png",
                     metric=metric, title=f"{model_args.model_type} on {ds}")

@@ -1,0 +1,68 @@
+"""A wall-clock training budget that survives resumes.
+
+Comparing models "at equal compute" on a small machine needs a stop rule in minutes, not
+epochs: a GRU epoch costs a fraction of a Transformer epoch. ``TimeBudgetCallback`` ends
+training at the first validation after the budget is spent. It stops only after a validation,
+so the epoch that used the budget is still scored and checkpointed and ``load_best_model_at_end``
+picks among complete evaluations.
+
+The time already spent is written into every checkpoint (``time_budget.json``), so a run that
+is interrupted and resumed counts its earlier segments: the budget, and the training minutes the
+run reports, are totals over all segments, not the last one.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+SPENT_FILE = "time_budget.json"
+
+
+def spent_seconds(checkpoint: str | Path | None) -> float:
+    """Training seconds recorded in ``checkpoint`` (0 for a fresh run or an older checkpoint)."""
+    if not checkpoint:
+        return 0.0
+    path = Path(checkpoint) / SPENT_FILE
+    if not path.is_file():
+        return 0.0
+    return float(json.loads(path.read_text())["train_seconds"])
+
+
+class TimeBudgetCallback(TrainerCallback):
+    """Stop at the first evaluation once ``max_minutes`` of training (all segments) are spent.
+
+    ``max_minutes=None`` keeps the bookkeeping (checkpoints still record the time spent) without
+    ever stopping, so every run can report its total training time across resumes.
+    """
+
+    def __init__(self, max_minutes: float | None = None, spent_before: float = 0.0,
+                 clock=time.perf_counter) -> None:
+        if max_minutes is not None and max_minutes <= 0:
+            raise ValueError(f"max_train_minutes must be positive, got {max_minutes}")
+        self.max_minutes = max_minutes
+        self.spent_before = spent_before
+        self.clock = clock
+        self.started: float | None = None
+        self.stopped = False
+
+    def spent(self) -> float:
+        """Seconds of training so far, earlier segments included."""
+        return self.spent_before + (self.clock() - self.started if self.started is not None else 0.0)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started = self.clock()
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        if self.max_minutes is not None and self.spent() >= self.max_minutes * 60:
+            self.stopped = True
+            control.should_training_stop = True
+
+    def on_save(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if folder.is_dir():
+            (folder / SPENT_FILE).write_text(json.dumps({"train_seconds": round(self.spent(), 3)}))
