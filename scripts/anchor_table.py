@@ -1,15 +1,18 @@
 """Print finished runs next to the published anchors of ../shared/datasets/ANCHORS.md.
 
 Usage:
-    python scripts/anchor_table.py runs/gpt2-ml-1m runs/gpt2-beauty [...]
+    python scripts/anchor_table.py runs/gpt2-ml-1m runs/gpt2-beauty [...] [--plot anchors.png]
+
+With ``--plot`` it also draws test NDCG@10 per dataset as bars: our runs (with their training
+minutes), our floors on the same split, and the published anchors.
 
 The anchor values below are copied from ANCHORS.md (section A, full ranking, leave-one-out,
 seen items filtered) so the comparison states its source; they are references, not our results.
 """
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 ANCHORS = {
@@ -27,8 +30,11 @@ ANCHORS = {
 }
 
 
-def main(run_dirs: list[str]) -> None:
-    runs = [(Path(r), json.loads((Path(r) / "metrics.json").read_text())) for r in run_dirs]
+def load(run_dirs: list[str]) -> list[tuple[Path, dict]]:
+    return [(Path(r), json.loads((Path(r) / "metrics.json").read_text())) for r in run_dirs]
+
+
+def main(runs: list[tuple[Path, dict]]) -> None:
     print("| dataset | model | HR@10 | NDCG@10 | epochs (best) | train minutes | stopped by | source |")
     print("|---|---|---:|---:|---:|---:|---|---|")
     for ds in dict.fromkeys(m["data"]["dataset"] for _, m in runs):
@@ -49,5 +55,48 @@ def main(run_dirs: list[str]) -> None:
             print(f"| {ds} | {name} | {hr:.4f} | {nd:.4f} | | | | ANCHORS.md |")
 
 
+def plot(runs: list[tuple[Path, dict]], path: Path) -> None:
+    """One panel per dataset: horizontal NDCG@10 bars, ours coloured, floors grey, anchors hatched."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = list(dict.fromkeys(m["data"]["dataset"] for _, m in runs))
+    fig, axes = plt.subplots(1, len(datasets), figsize=(6.5 * len(datasets), 4.8), squeeze=False)
+    for ax, ds in zip(axes[0], datasets):
+        rows: list[tuple[str, float, str]] = []
+        floors: dict[str, float] = {}
+        for _, m in runs:
+            if m["data"]["dataset"] != ds:
+                continue
+            t = m["train"]
+            rows.append((f"{m['model_type']} ({t['seconds'] / 60:.0f} min, {t['epochs_run']:g} ep)",
+                         m["test"]["ndcg@10"], "ours"))
+            for name, pm in m["baselines"]["test"].items():
+                floors.setdefault(name, pm["ndcg@10"])
+        rows += [(f"{name} floor", v, "floor") for name, v in floors.items()]
+        rows += [(name, nd, "anchor") for name, _, nd in ANCHORS.get(ds, [])]
+        style = {"ours": dict(color="tab:blue"), "floor": dict(color="0.6"),
+                 "anchor": dict(color="white", edgecolor="tab:orange", hatch="///")}
+        for i, (label, value, kind) in enumerate(rows):
+            ax.barh(i, value, **style[kind])
+            ax.text(value, i, f" {value:.4f}", va="center", fontsize=8)
+        ax.set_yticks(range(len(rows)), [r[0] for r in rows], fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlabel("test NDCG@10 (full ranking, seen filtered)")
+        ax.set_title(f"{ds}: ours (blue), our floors (grey), published (hatched)", fontsize=9)
+        ax.set_xlim(0, max(r[1] for r in rows) * 1.25)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", help="finished run directories")
+    parser.add_argument("--plot", type=Path, help="also write a PNG bar chart here")
+    args = parser.parse_args()
+    loaded = load(args.runs)
+    main(loaded)
+    if args.plot:
+        plot(loaded, args.plot)
