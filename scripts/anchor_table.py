@@ -4,7 +4,8 @@ Usage:
     python scripts/anchor_table.py runs/gpt2-ml-1m runs/gpt2-beauty [...] [--plot anchors.png]
 
 With ``--plot`` it also draws test NDCG@10 per dataset as bars: our runs (with their training
-minutes), our floors on the same split, and the published anchors.
+minutes), our floors on the same split, and the published anchors. ``--curves`` draws each run's
+validation NDCG@10 by epoch, which shows which runs were still improving when they stopped.
 
 The anchor values below are copied from ANCHORS.md (section A, full ranking, leave-one-out,
 seen items filtered) so the comparison states its source; they are references, not our results.
@@ -55,7 +56,7 @@ def main(runs: list[tuple[Path, dict]]) -> None:
             print(f"| {ds} | {name} | {hr:.4f} | {nd:.4f} | | | | ANCHORS.md |")
 
 
-def plot(runs: list[tuple[Path, dict]], path: Path) -> None:
+def plot(runs: list[tuple[Path, dict]], path: Path, labels: dict[str, str]) -> None:
     """One panel per dataset: horizontal NDCG@10 bars, ours coloured, floors grey, anchors hatched."""
     import matplotlib
     matplotlib.use("Agg")
@@ -66,11 +67,11 @@ def plot(runs: list[tuple[Path, dict]], path: Path) -> None:
     for ax, ds in zip(axes[0], datasets):
         rows: list[tuple[str, float, str]] = []
         floors: dict[str, float] = {}
-        for _, m in runs:
+        for run, m in runs:
             if m["data"]["dataset"] != ds:
                 continue
             t = m["train"]
-            rows.append((f"{m['model_type']} ({t['seconds'] / 60:.0f} min, {t['epochs_run']:g} ep)",
+            rows.append((labels.get(str(run), f"{run.name} ({t['seconds'] / 60:.0f} min, {t['epochs_run']:g} ep)"),
                          m["test"]["ndcg@10"], "ours"))
             for name, pm in m["baselines"]["test"].items():
                 floors.setdefault(name, pm["ndcg@10"])
@@ -91,12 +92,47 @@ def plot(runs: list[tuple[Path, dict]], path: Path) -> None:
     plt.close(fig)
 
 
+def curves(runs: list[tuple[Path, dict]], path: Path, labels: dict[str, str]) -> None:
+    """One panel per dataset: validation NDCG@10 by epoch for every run (from log_history.json)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = list(dict.fromkeys(m["data"]["dataset"] for _, m in runs))
+    fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4), squeeze=False)
+    for ax, ds in zip(axes[0], datasets):
+        for run, m in runs:
+            if m["data"]["dataset"] != ds:
+                continue
+            history = json.loads((run / "log_history.json").read_text())
+            points = [(h["epoch"], h["eval_ndcg@10"]) for h in history if "eval_ndcg@10" in h]
+            ax.plot(*zip(*points), marker=".",
+                    label=labels.get(str(run), f"{run.name} ({m['train']['seconds'] / 60:.0f} min)"))
+        for name, pm in next(m for _, m in runs if m["data"]["dataset"] == ds)["baselines"]["test"].items():
+            ax.axhline(pm["ndcg@10"], color="0.5", linestyle="--", linewidth=0.8)
+            ax.annotate(f"{name} floor (test)", (0, pm["ndcg@10"]), fontsize=7, color="0.4",
+                        xytext=(2, 2), textcoords="offset points")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("validation NDCG@10")
+        ax.set_title(ds)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="finished run directories")
     parser.add_argument("--plot", type=Path, help="also write a PNG bar chart here")
+    parser.add_argument("--curves", type=Path, help="also write validation curves (PNG) here")
+    parser.add_argument("--label", action="append", default=[], metavar="RUN=TEXT",
+                        help="chart label for one run, e.g. where its recorded minutes need a note")
     args = parser.parse_args()
     loaded = load(args.runs)
     main(loaded)
+    labels = dict(item.split("=", 1) for item in args.label)
     if args.plot:
-        plot(loaded, args.plot)
+        plot(loaded, args.plot, labels)
+    if args.curves:
+        curves(loaded, args.curves, labels)

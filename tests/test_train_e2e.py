@@ -228,12 +228,13 @@ def test_task_runs_and_evaluate(task, model_type, key, tmp_path):
 
 def test_anchor_table_script_prints_runs_floors_and_plot(run_dir, tmp_path):
     """scripts/anchor_table.py is how docs/benchmarks.md gets its anchor tables and chart."""
-    png = tmp_path / "anchors.png"
+    png, curves = tmp_path / "anchors.png", tmp_path / "curves.png"
     out = subprocess.run([sys.executable, str(REPO / "scripts" / "anchor_table.py"), str(run_dir),
-                          "--plot", str(png)], capture_output=True, text=True, check=True).stdout
+                          "--plot", str(png), "--curves", str(curves)],
+                         capture_output=True, text=True, check=True).stdout
     metrics = json.loads((run_dir / "metrics.json").read_text())
     rows = [line for line in out.splitlines() if line.startswith("| ml-100k |")]
     assert rows[0].startswith(f"| ml-100k | behavior-lm gpt2 (") and f"{metrics['test']['ndcg@10']:.4f}" in rows[0]
     assert metrics["train"]["stopped_by"] in rows[0]
     assert [r.split(" | ")[1] for r in rows[1:]] == [f"{n} floor (ours)" for n in metrics["baselines"]["test"]]
-    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert png.read_bytes()[:4] == curves.read_bytes()[:4] == b"\x89PNG"
