@@ -134,7 +134,8 @@ def test_accelerate_two_processes_match_one_process(tmp_path):
     accelerate = Path(sys.executable).with_name("accelerate")
     if not accelerate.exists():
         pytest.skip("accelerate CLI not installed in this environment")
-    same = ["--dropout", "0", "--train_sampling_strategy", "random", "--early_stopping_patience", "0"]
+    same = ["--dropout", "0", "--train_sampling_strategy", "random", "--early_stopping_patience", "0",
+            "--max_train_minutes", "600"]  # exercises the budget's rank-0 broadcast (never stops here)
     one = tmp_path / "one"
     assert main(["train", str(QUICKSTART), *TINY, *same, "--output_dir", str(one)]) == 0
     out = tmp_path / "ddp"

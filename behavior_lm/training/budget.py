@@ -6,6 +6,10 @@ training at the first validation after the budget is spent. It stops only after 
 so the epoch that used the budget is still scored and checkpointed and ``load_best_model_at_end``
 picks among complete evaluations.
 
+Under DDP every process has its own clock; the main process decides and broadcasts the decision,
+so all processes leave the training loop after the same evaluation (a split decision would hang
+the next collective).
+
 The time already spent is written into every checkpoint (``time_budget.json``), so a run that
 is interrupted and resumed counts its earlier segments: the budget, and the training minutes the
 run reports, are totals over all segments, not the last one.
@@ -16,6 +20,8 @@ import json
 import time
 from pathlib import Path
 
+import torch
+import torch.distributed as dist
 from transformers import TrainerCallback
 
 SPENT_FILE = "time_budget.json"
@@ -29,6 +35,16 @@ def spent_seconds(checkpoint: str | Path | None) -> float:
     if not path.is_file():
         return 0.0
     return float(json.loads(path.read_text())["train_seconds"])
+
+
+def main_process_decides(flag: bool) -> bool:
+    """``flag`` as seen by rank 0, on every process (unchanged without a process group)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flag
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    decision = torch.tensor([int(flag)], device=device)
+    dist.broadcast(decision, src=0)
+    return bool(decision.item())
 
 
 class TimeBudgetCallback(TrainerCallback):
@@ -56,7 +72,9 @@ class TimeBudgetCallback(TrainerCallback):
         self.started = self.clock()
 
     def on_evaluate(self, args, state, control, **kwargs):
-        if self.max_minutes is not None and self.spent() >= self.max_minutes * 60:
+        if self.max_minutes is None:
+            return
+        if main_process_decides(self.spent() >= self.max_minutes * 60):
             self.stopped = True
             control.should_training_stop = True
 
