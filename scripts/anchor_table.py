@@ -31,55 +31,68 @@ ANCHORS = {
 }
 
 
-def load(run_dirs: list[str]) -> list[tuple[Path, dict]]:
+Run = tuple[Path, dict]                     # run folder, its metrics.json
+
+
+def load(run_dirs: list[str]) -> list[Run]:
     return [(Path(r), json.loads((Path(r) / "metrics.json").read_text())) for r in run_dirs]
 
 
-def main(runs: list[tuple[Path, dict]]) -> None:
+def by_dataset(runs: list[Run]) -> dict[str, tuple[list[Run], dict[str, tuple[dict, Path]]]]:
+    """Runs grouped by dataset (first-seen order) with each floor once: runs on one dataset share
+    the split, so their floors are the same; the first run that reports a floor is its source."""
+    groups: dict[str, tuple[list, dict]] = {}
+    for run, m in runs:
+        members, floors = groups.setdefault(m["data"]["dataset"], ([], {}))
+        members.append((run, m))
+        for name, pm in m["baselines"]["test"].items():
+            floors.setdefault(name, (pm, run))
+    return groups
+
+
+def label(run: Path, m: dict, labels: dict[str, str], epochs: bool = True) -> str:
+    """Chart label: ``--label`` text if given, else the run folder with its minutes (and epochs)."""
+    t = m["train"]
+    return labels.get(str(run), f"{run.name} ({t['seconds'] / 60:.0f} min"
+                      + (f", {t['epochs_run']:g} ep)" if epochs else ")"))
+
+
+def main(runs: list[Run]) -> None:
     print("| dataset | model | HR@10 | NDCG@10 | epochs (best) | train minutes | stopped by | source |")
     print("|---|---|---:|---:|---:|---:|---|---|")
-    for ds in dict.fromkeys(m["data"]["dataset"] for _, m in runs):
-        floors: dict[str, tuple[dict, Path]] = {}    # same split, same floors: print each once
-        for run, m in runs:
-            if m["data"]["dataset"] != ds:
-                continue
+    for ds, (members, floors) in by_dataset(runs).items():
+        for run, m in members:
             t = m["train"]
             print(f"| {ds} | behavior-lm {m['model_type']} ({t['parameters'] / 1e6:.2f}M) | "
                   f"{m['test']['hr@10']:.4f} | {m['test']['ndcg@10']:.4f} | "
                   f"{t['epochs_run']:g} ({t['best_epoch']:g}) | {t['seconds'] / 60:.1f} | "
                   f"{t.get('stopped_by', '')} | {run} |")
-            for name, pm in m["baselines"]["test"].items():
-                floors.setdefault(name, (pm, run))
         for name, (pm, run) in floors.items():
             print(f"| {ds} | {name} floor (ours) | {pm['hr@10']:.4f} | {pm['ndcg@10']:.4f} | | | | {run} |")
         for name, hr, nd in ANCHORS.get(ds, []):
             print(f"| {ds} | {name} | {hr:.4f} | {nd:.4f} | | | | ANCHORS.md |")
 
 
-def plot(runs: list[tuple[Path, dict]], path: Path, labels: dict[str, str]) -> None:
-    """One panel per dataset: horizontal NDCG@10 bars, ours coloured, floors grey, anchors hatched."""
+def _panels(n: int, width: float, height: float):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    datasets = list(dict.fromkeys(m["data"]["dataset"] for _, m in runs))
-    fig, axes = plt.subplots(1, len(datasets), figsize=(6.5 * len(datasets), 4.8), squeeze=False)
-    for ax, ds in zip(axes[0], datasets):
-        rows: list[tuple[str, float, str]] = []
-        floors: dict[str, float] = {}
-        for run, m in runs:
-            if m["data"]["dataset"] != ds:
-                continue
-            t = m["train"]
-            rows.append((labels.get(str(run), f"{run.name} ({t['seconds'] / 60:.0f} min, {t['epochs_run']:g} ep)"),
-                         m["test"]["ndcg@10"], "ours"))
-            for name, pm in m["baselines"]["test"].items():
-                floors.setdefault(name, pm["ndcg@10"])
-        rows += [(f"{name} floor", v, "floor") for name, v in floors.items()]
+    fig, axes = plt.subplots(1, n, figsize=(width * n, height), squeeze=False)
+    return plt, fig, axes[0]
+
+
+def plot(runs: list[Run], path: Path, labels: dict[str, str]) -> None:
+    """One panel per dataset: horizontal NDCG@10 bars, ours coloured, floors grey, anchors hatched."""
+    groups = by_dataset(runs)
+    plt, fig, axes = _panels(len(groups), 6.5, 4.8)
+    style = {"ours": dict(color="tab:blue"), "floor": dict(color="0.6"),
+             "anchor": dict(color="white", edgecolor="tab:orange", hatch="///")}
+    for ax, (ds, (members, floors)) in zip(axes, groups.items()):
+        rows = [(label(run, m, labels), m["test"]["ndcg@10"], "ours") for run, m in members]
+        rows += [(f"{name} floor", pm["ndcg@10"], "floor") for name, (pm, _) in floors.items()]
         rows += [(name, nd, "anchor") for name, _, nd in ANCHORS.get(ds, [])]
-        style = {"ours": dict(color="tab:blue"), "floor": dict(color="0.6"),
-                 "anchor": dict(color="white", edgecolor="tab:orange", hatch="///")}
-        for i, (label, value, kind) in enumerate(rows):
+        for i, (_, value, kind) in enumerate(rows):
             ax.barh(i, value, **style[kind])
             ax.text(value, i, f" {value:.4f}", va="center", fontsize=8)
         ax.set_yticks(range(len(rows)), [r[0] for r in rows], fontsize=8)
@@ -92,23 +105,16 @@ def plot(runs: list[tuple[Path, dict]], path: Path, labels: dict[str, str]) -> N
     plt.close(fig)
 
 
-def curves(runs: list[tuple[Path, dict]], path: Path, labels: dict[str, str]) -> None:
+def curves(runs: list[Run], path: Path, labels: dict[str, str]) -> None:
     """One panel per dataset: validation NDCG@10 by epoch for every run (from log_history.json)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    datasets = list(dict.fromkeys(m["data"]["dataset"] for _, m in runs))
-    fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4), squeeze=False)
-    for ax, ds in zip(axes[0], datasets):
-        for run, m in runs:
-            if m["data"]["dataset"] != ds:
-                continue
+    groups = by_dataset(runs)
+    plt, fig, axes = _panels(len(groups), 6, 4)
+    for ax, (ds, (members, floors)) in zip(axes, groups.items()):
+        for run, m in members:
             history = json.loads((run / "log_history.json").read_text())
             points = [(h["epoch"], h["eval_ndcg@10"]) for h in history if "eval_ndcg@10" in h]
-            ax.plot(*zip(*points), marker=".",
-                    label=labels.get(str(run), f"{run.name} ({m['train']['seconds'] / 60:.0f} min)"))
-        for name, pm in next(m for _, m in runs if m["data"]["dataset"] == ds)["baselines"]["test"].items():
+            ax.plot(*zip(*points), marker=".", label=label(run, m, labels, epochs=False))
+        for name, (pm, _) in floors.items():
             ax.axhline(pm["ndcg@10"], color="0.5", linestyle="--", linewidth=0.8)
             ax.annotate(f"{name} floor (test)", (0, pm["ndcg@10"]), fontsize=7, color="0.4",
                         xytext=(2, 2), textcoords="offset points")
