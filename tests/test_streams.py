@@ -36,8 +36,9 @@ def test_dataset_dict_rows():
                                          [bos, ids("i:3")]]
     test_a = dsd["test"][0]
     assert test_a["user_id"] == "a"
-    # history 1 2 3 4 5 truncated from the left to 3 events, target 2 (a repeat)
-    assert test_a["input_ids"] == [bos] + ids(["i:3", "i:4", "i:5"])
+    # history 1 2 3 4 5 cut to its last 2 events (one fewer than a training window, so the
+    # position read after it was a training target position), target 2 (a repeat)
+    assert test_a["input_ids"] == [bos] + ids(["i:4", "i:5"])
     assert test_a["target"] == ids("i:2")
     assert test_a["seen"] == sorted(ids(["i:1", "i:2", "i:3", "i:4", "i:5"]))
     val_b = dsd["validation"][1]

@@ -33,7 +33,8 @@ from behavior_lm.training.arguments import DataArguments
 logger = logging.getLogger(__name__)
 
 # Bump when the prepared output changes for the same inputs (invalidates caches).
-PIPELINE_VERSION = 3  # 2: target_behavior_id column, a slot for <b> in multi-behavior rows; 3: item side tokens
+PIPELINE_VERSION = 4  # 2: target_behavior_id column, a slot for <b> in multi-behavior rows; 3: item side tokens;
+#                       4: ranking rows hold whole events, one fewer than a training window
 
 
 @dataclass
@@ -126,8 +127,7 @@ def prepare_data(args: DataArguments, template: str = "causal") -> PreparedData:
     task_summary = None           # tasks with their own per-user cuts describe them instead of `split`
     if args.task in tasks.RANKING_TASKS:
         dsd = build_dataset_dict(split, tokenizer, max_length=args.max_length,
-                                 fmt=fmt, train_windows_mode=args.train_windows,
-                                 reserve=1 if template == "masked" else 0)
+                                 fmt=fmt, train_windows_mode=args.train_windows)
     elif args.task in tasks.SEQUENCE_TASKS:
         dsd = tasks.build_sequence_task(split, tokenizer, labeler, task=args.task,
                                         max_length=args.max_length, fmt=fmt,

@@ -2,8 +2,16 @@
 
 ``train`` rows are windows of a user's training events (``input_ids`` only; the collator makes
 the labels). ``validation``/``test`` rows are one prediction each: the history as ``input_ids``
-(left-truncated to ``max_length``, so the most recent events stay), the ``target`` item token id and
-the ``seen`` item token ids of the whole history (for seen-item filtering).
+(its most recent :func:`context_events` events), the ``target`` item token id and the ``seen`` item
+token ids of the whole history (for seen-item filtering).
+
+The layout contract between training and scoring (and ``predict``, ``pipeline()``): a training
+window is ``[BOS]`` + :func:`window_events` whole events; a history that is scored or served is
+``[BOS]`` + at most ``window_events - 1`` whole events, never cut inside an event. Scoring reads the
+position after the history, after an appended ``<b>`` and/or ``[MASK]`` at most one event further,
+so every position it reads (and, with two tokens per event, its parity) is one that training used
+as a target position: a causal window's last token has no next-token label, and a masked window's
+item slots end at its last event.
 """
 from __future__ import annotations
 
@@ -81,6 +89,29 @@ class StreamFormat:
         return " ".join(t for i in range(len(seq)) for t in self.event_tokens(seq, i))
 
 
+def window_events(max_length: int, fmt: StreamFormat) -> int:
+    """Events in one training window: ``[BOS]`` plus this many events fit in ``max_length``."""
+    span = (max_length - 1) // fmt.max_tokens_per_event
+    if span < 2:
+        raise ValueError(f"max_length {max_length} holds {max(span, 0)} event(s) of up to "
+                         f"{fmt.max_tokens_per_event} token(s) after [BOS]; a training window needs at "
+                         f"least 2 (max_length >= {1 + 2 * fmt.max_tokens_per_event})")
+    return span
+
+
+def context_events(max_length: int, fmt: StreamFormat) -> int:
+    """Most recent events of a history that scoring, ``predict`` and ``pipeline()`` read: one fewer
+    than a training window, so the position after them (plus an appended ``<b>`` / ``[MASK]``) is
+    one that training put a target at (see the module docstring)."""
+    return window_events(max_length, fmt) - 1
+
+
+def context_slice(seq: UserSequence, max_length: int, fmt: StreamFormat) -> UserSequence:
+    """The most recent :func:`context_events` whole events of ``seq``."""
+    keep = context_events(max_length, fmt)
+    return seq.slice(max(0, len(seq) - keep), len(seq))
+
+
 def train_windows(seq: UserSequence, *, max_length: int, fmt: StreamFormat,
                   mode: str = "all") -> list[str]:
     """Cut one training sequence into texts of at most ``max_length`` tokens (with ``[BOS]``).
@@ -90,7 +121,7 @@ def train_windows(seq: UserSequence, *, max_length: int, fmt: StreamFormat,
     """
     if mode not in TRAIN_WINDOWS:
         raise ValueError(f"train_windows must be one of {TRAIN_WINDOWS}, got {mode!r}")
-    span = max(1, (max_length - 1) // fmt.max_tokens_per_event)  # events per window; 1 slot for [BOS]
+    span = window_events(max_length, fmt)
     texts: list[str] = []
     stop = len(seq)
     while stop > 0:
@@ -116,7 +147,7 @@ def _examples_dataset(examples: Sequence[Example], tokenizer: PreTrainedTokenize
                       max_length: int, fmt: StreamFormat) -> Dataset:
     vocab = tokenizer.get_vocab()
     unk = tokenizer.unk_token_id
-    texts = [fmt.serialize(ex.history) for ex in examples]
+    texts = [fmt.serialize(context_slice(ex.history, max_length, fmt)) for ex in examples]
     input_ids = encode_texts(tokenizer, texts, max_length)
     seen = [sorted({vocab.get(item_token(i), unk) for i in ex.history.items} - {unk})
             for ex in examples]
@@ -133,14 +164,10 @@ def _examples_dataset(examples: Sequence[Example], tokenizer: PreTrainedTokenize
 
 
 def build_dataset_dict(split: Split, tokenizer: PreTrainedTokenizerBase, *, max_length: int,
-                       fmt: StreamFormat, train_windows_mode: str = "all",
-                       reserve: int = 0) -> DatasetDict:
-    """Tokenize a :class:`Split` into ``train`` / ``validation`` / ``test``.
-
-    ``reserve`` leaves that many free positions in ranking rows (masked models append ``[MASK]``);
-    streams with behavior tokens keep one more, for the ``<b>`` that scoring appends.
-    """
-    reserve += 1 if fmt.behaviors else 0
+                       fmt: StreamFormat, train_windows_mode: str = "all") -> DatasetDict:
+    """Tokenize a :class:`Split` into ``train`` / ``validation`` / ``test``: training windows of
+    :func:`window_events` events, ranking rows of at most :func:`context_events` events (the same
+    for causal and masked models, one- and multi-behavior streams)."""
     users: list[str] = []
     texts: list[str] = []
     for seq in split.train:
@@ -152,6 +179,5 @@ def build_dataset_dict(split: Split, tokenizer: PreTrainedTokenizerBase, *, max_
     for name in ("validation", "test"):
         examples = getattr(split, name)
         if examples:
-            parts[name] = _examples_dataset(examples, tokenizer, max_length=max_length - reserve,
-                                            fmt=fmt)
+            parts[name] = _examples_dataset(examples, tokenizer, max_length=max_length, fmt=fmt)
     return DatasetDict(parts)

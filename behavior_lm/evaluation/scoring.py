@@ -8,6 +8,10 @@ whatever the history length. Batches are right-padded.
 - causal models (GPT-2, Llama, GRU/LSTM): the position is each row's last real token;
 - masked models (BERT4Rec): ``[MASK]`` is appended after the history and read there (the data
   pipeline leaves one slot free for it).
+
+Rows may be padded on either side: the last real token is found from the mask, appended tokens go
+right after it, and position ids count real tokens only (``cumsum(mask) - 1``), so a left-padded row
+scores exactly as the same row without padding.
 """
 from __future__ import annotations
 
@@ -24,22 +28,29 @@ def is_masked_lm(model: PreTrainedModel) -> bool:
 
 
 def last_positions(attention_mask: torch.Tensor) -> torch.Tensor:
-    """``(batch,)`` index of the last real token of each right-padded row."""
-    return attention_mask.long().sum(dim=1).clamp(min=1) - 1
+    """``(batch,)`` index of the last real token of each row (either padding side; 0 if none)."""
+    positions = torch.arange(attention_mask.size(1), device=attention_mask.device)
+    return torch.where(attention_mask.bool(), positions, -1).max(dim=1).values.clamp(min=0)
+
+
+def position_ids_for(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position of each token among its row's real tokens (pads before the first get 0)."""
+    return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
 
 
 def append_token(input_ids: torch.Tensor, attention_mask: torch.Tensor, token_ids: torch.Tensor | int,
                  pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Put ``token_ids`` (one per row, or one for all) right after each row's last real token;
-    returns ids, mask and the positions written. Rows stay right-padded."""
-    lengths = attention_mask.long().sum(dim=1)                              # (B,)
+    returns ids, mask and the positions written. Right-padded rows stay right-padded; left-padded
+    rows grow by one column."""
+    after = last_positions(attention_mask) + attention_mask.bool().any(dim=1).long()   # (B,)
     pad = torch.full((input_ids.size(0), 1), pad_token_id, dtype=input_ids.dtype, device=input_ids.device)
     ids = torch.cat([input_ids, pad], dim=1)
     mask = torch.cat([attention_mask, torch.zeros_like(pad)], dim=1)
     rows = torch.arange(ids.size(0), device=ids.device)
-    ids[rows, lengths] = torch.as_tensor(token_ids, dtype=ids.dtype, device=ids.device)
-    mask[rows, lengths] = 1
-    return ids, mask, lengths
+    ids[rows, after] = torch.as_tensor(token_ids, dtype=ids.dtype, device=ids.device)
+    mask[rows, after] = 1
+    return ids, mask, after
 
 
 def prediction_head(model: PreTrainedModel) -> nn.Module:
@@ -63,9 +74,11 @@ def next_token_scores(model: PreTrainedModel, input_ids: torch.Tensor,
     else:
         positions = last_positions(attention_mask)
     backbone = model.base_model
+    inputs = dict(input_ids=input_ids, attention_mask=attention_mask,
+                  position_ids=position_ids_for(attention_mask))
     if backbone is model:  # a model without a separate head: fall back to its own logits
-        return model(input_ids=input_ids, attention_mask=attention_mask).logits[rows, positions]
-    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return model(**inputs).logits[rows, positions]
+    hidden = backbone(**inputs).last_hidden_state
     return prediction_head(model)(hidden[rows, positions])                 # (B, H) -> (B, V)
 
 

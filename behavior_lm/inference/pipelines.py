@@ -3,12 +3,19 @@
 Registered with ``PIPELINE_REGISTRY`` when ``behavior_lm`` is imported. A history is given as
 
 - a list of item ids: ``["50", "172", 133]``;
-- a list of ``(item, behavior)`` tuples: ``[("4021", "pv"), ("4021", "cart")]``;
+- a list of ``(item, behavior)`` tuples: ``[("4021", "pv"), ("4021", "cart")]``, or
+  ``(item, behavior, unix_seconds)`` / ``{"item", "behavior", "timestamp"}`` for a model trained with
+  time-gap or session tokens (which needs the times to write them);
 - a serialized stream: ``"<pv> i:4021 <cart> i:4021"`` (the tokenizer's own format);
 
 and a batch is a list of histories (lists of lists, or lists of serialized strings).
 Items the tokenizer does not know are dropped with a warning; an empty history falls back to the
 model's unconditional distribution (what it predicts after ``[BOS]``) and says so in each output.
+
+A history is serialized by the run's own :class:`~behavior_lm.data.streams.StreamFormat` (its
+settings are in ``config.behavior_lm["stream"]``) and cut to the same number of whole events as the
+rows the harness scored (:func:`~behavior_lm.data.streams.context_slice`), so the pipeline feeds the
+model exactly the layout that training and evaluation used.
 """
 from __future__ import annotations
 
@@ -22,11 +29,12 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
-from behavior_lm.evaluation.scoring import is_masked_lm
+from behavior_lm.data.preprocess import UserSequence
+from behavior_lm.data.streams import StreamFormat, context_slice
 from behavior_lm.inference.distribution import next_event_distribution
 from behavior_lm.tokenization.behavior_tokenizer import (SIDE_FILE, behavior_token_ids, grammar,
                                                          is_behavior_token, is_item_token, item_id_of,
-                                                         item_mask, item_token, serialize_events)
+                                                         item_mask, item_token)
 
 logger = logging.getLogger(__name__)
 TASK = "next-behavior"
@@ -39,6 +47,7 @@ class History:
     ``Pipeline.__call__`` does not mistake a list of item ids for a batch."""
 
     events: list[tuple[str, str | None]] = field(default_factory=list)
+    timestamps: list[int | None] | None = None   # parallel to ``events`` when times were given
 
 
 def _parse_serialized(text: str) -> History:
@@ -68,16 +77,21 @@ def parse_history(history: Any) -> History:
             return _parse_serialized(history)
         return History([(tok, None) for tok in history.replace(",", " ").split()])
     events: list[tuple[str, str | None]] = []
+    times: list[int | None] = []
     for event in history:
         if isinstance(event, tuple):
-            if len(event) != 2:
-                raise ValueError(f"an event tuple must be (item, behavior), got {event!r}")
+            if len(event) not in (2, 3):
+                raise ValueError(f"an event tuple must be (item, behavior) or (item, behavior, "
+                                 f"unix_seconds), got {event!r}")
             events.append((str(event[0]), None if event[1] is None else str(event[1])))
+            times.append(int(event[2]) if len(event) == 3 and event[2] is not None else None)
         elif isinstance(event, dict):
             events.append((str(event["item"]), event.get("behavior")))
+            times.append(int(event["timestamp"]) if event.get("timestamp") is not None else None)
         else:
             events.append((str(event), None))
-    return History(events)
+            times.append(None)
+    return History(events, times if any(t is not None for t in times) else None)
 
 
 def is_batch(inputs: Any) -> bool:
@@ -168,6 +182,18 @@ class NextBehaviorPipeline(Pipeline):
                 self._cached_side = (table["column"], table["values"])
         return self._cached_side
 
+    def stream_format(self) -> StreamFormat:
+        """The run's stream settings (``config.behavior_lm["stream"]``) with its item side table.
+        Runs saved before the settings were recorded fall back to what the vocabulary shows."""
+        if getattr(self, "_cached_format", None) is None:
+            saved = dict(self.run_info.get("stream") or {})
+            side = self.item_side()
+            self._cached_format = StreamFormat(
+                behaviors=bool(saved.get("behaviors", bool(self._views()[1]))),
+                time_gaps=bool(saved.get("time_gaps", False)), session_gap=saved.get("session_gap"),
+                item_side=side[0] if side else None, side_values=side[1] if side else None)
+        return self._cached_format
+
     def behavior_names(self) -> list[str]:
         names = list(self._views()[1])
         return names or list(self.run_info.get("behaviors") or [])
@@ -185,15 +211,20 @@ class NextBehaviorPipeline(Pipeline):
             if not (stream_behaviors == {} and known == [behavior]):
                 raise ValueError(f"behavior {behavior!r} is not one this model knows; known: {known}")
             behavior = None  # the single behavior of a one-behavior log: nothing to condition on
-        kept: list[tuple[str, str | None]] = []
+        fmt = self.stream_format()
+        times = history.timestamps or [None] * len(history.events)
+        if (fmt.time_gaps or fmt.session_gap is not None) and history.events and None in times:
+            raise ValueError("this model was trained with time-gap/session tokens: give every event "
+                             "with its time, as (item, behavior, unix_seconds) or a dict with 'timestamp'")
+        kept: list[tuple[str, str | None, int | None]] = []
         dropped_items, dropped_behaviors = [], []
-        for item, b in history.events:
+        for (item, b), t in zip(history.events, times):
             if item_token(item) not in vocab:
                 dropped_items.append(item)
             elif stream_behaviors and b not in stream_behaviors:
                 dropped_behaviors.append((item, b))
             else:
-                kept.append((item, b))
+                kept.append((item, b, t))
         if dropped_items:
             logger.warning("next-behavior: dropped %d unknown item(s) from the history: %s",
                            len(dropped_items), ", ".join(map(str, dropped_items[:10])))
@@ -201,20 +232,21 @@ class NextBehaviorPipeline(Pipeline):
             logger.warning("next-behavior: dropped %d event(s) without a known behavior (this model "
                            "reads (item, behavior) pairs; known behaviors: %s): %s",
                            len(dropped_behaviors), list(stream_behaviors), dropped_behaviors[:10])
-        # keep whole events of the most recent history that fits (room for [BOS], an appended
-        # behavior token and, for masked models, the [MASK] slot)
-        side = self.item_side()
-        per_event = (2 if stream_behaviors else 1) + (1 if side else 0)
-        room = self.max_length - 1 - (1 if stream_behaviors else 0) - (1 if is_masked_lm(self.model) else 0)
-        kept = kept[-max(room // per_event, 0):] if room > 0 else []
-        text = serialize_events([i for i, _ in kept], [b for _, b in kept] if stream_behaviors else None,
-                                side)
-        encoded = self.tokenizer(text, return_tensors="pt", truncation=False)
+        # the same whole events, in the same layout, as the rows the harness scored
+        n = len(kept)
+        seq = UserSequence("request", [i for i, _, _ in kept], [b or "" for _, b, _ in kept],
+                           [t or 0 for _, _, t in kept], [None] * n, [0] * n)
+        seq = context_slice(seq, self.max_length, fmt)
+        encoded = self.tokenizer(fmt.serialize(seq), return_tensors="pt", truncation=False)
         return {"input_ids": encoded["input_ids"], "behavior": behavior,
-                "seen": [i for i, _ in kept], "empty": not kept}
+                "seen": [i for i, _, _ in kept], "empty": not kept}
 
     @property
     def max_length(self) -> int:
+        """The run's ``max_length`` (recorded in the config; older runs: the position limit)."""
+        saved = self.run_info.get("max_length")
+        if isinstance(saved, int):
+            return saved
         cfg = self.model.config
         limits = [self.tokenizer.model_max_length]
         for name in ("n_positions", "max_position_embeddings"):

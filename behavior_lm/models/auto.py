@@ -11,6 +11,7 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
                           PreTrainedConfig, PreTrainedModel, PreTrainedTokenizerBase)
 
 from behavior_lm.data.tasks import TOKEN_TASKS
+from behavior_lm.errors import RecipeError
 from behavior_lm.training.arguments import ModelArguments
 from behavior_lm.models.rnn import BehaviorRNNConfig
 
@@ -29,8 +30,30 @@ def template_for(model_type: str, task: str = "next-item") -> str:
     return "masked" if model_type in MASKED_MODEL_TYPES else "causal"
 
 
+def effective_dropout(args: ModelArguments) -> dict[str, float]:
+    """What ``dropout`` / ``attention_dropout`` become in the model's config, by place.
+
+    ``dropout`` is hidden dropout for every model type: embeddings and each layer's output
+    (GPT-2 ``embd_pdrop`` + ``resid_pdrop``, BERT ``hidden_dropout_prob``, the RNNs' embedding,
+    between-layer and output dropout). ``attention_dropout`` (default: ``dropout``) is on attention
+    probabilities. Stock ``LlamaForCausalLM`` has attention dropout only, so a llama recipe with
+    hidden dropout is refused instead of silently training without it.
+    """
+    attention = args.dropout if args.attention_dropout is None else args.attention_dropout
+    for name, value in (("dropout", args.dropout), ("attention_dropout", attention)):
+        if not 0.0 <= value < 1.0:
+            raise RecipeError(f"{name} must be in [0, 1), got {value}")
+    if args.model_type == "llama" and args.dropout > 0:
+        raise RecipeError(f"model_type llama (stock LlamaForCausalLM) has no hidden dropout: set "
+                          f"dropout: 0 and use attention_dropout (got dropout {args.dropout})")
+    if args.model_type in ("gru", "lstm"):
+        return {"embedding": args.dropout, "layer_output": args.dropout, "attention": 0.0}
+    return {"embedding": args.dropout, "layer_output": args.dropout, "attention": attention}
+
+
 def build_config(args: ModelArguments, tokenizer: PreTrainedTokenizerBase, max_length: int) -> PreTrainedConfig:
     """A config for ``args.model_type`` with ``vocab_size = len(tokenizer)``."""
+    drop = effective_dropout(args)
     ids = dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                tie_word_embeddings=args.tie_word_embeddings)
@@ -38,20 +61,20 @@ def build_config(args: ModelArguments, tokenizer: PreTrainedTokenizerBase, max_l
     if args.model_type == "gpt2":
         return AutoConfig.for_model(
             "gpt2", n_positions=max_length, n_embd=args.hidden_size, n_layer=args.num_layers,
-            n_head=args.num_heads, n_inner=inner, resid_pdrop=args.dropout,
-            embd_pdrop=args.dropout, attn_pdrop=args.dropout, **ids)
+            n_head=args.num_heads, n_inner=inner, resid_pdrop=drop["layer_output"],
+            embd_pdrop=drop["embedding"], attn_pdrop=drop["attention"], **ids)
     if args.model_type == "llama":
         return AutoConfig.for_model(
             "llama", hidden_size=args.hidden_size, intermediate_size=inner,
             num_hidden_layers=args.num_layers, num_attention_heads=args.num_heads,
             num_key_value_heads=args.num_heads, max_position_embeddings=max_length,
-            attention_dropout=args.dropout, **ids)
+            attention_dropout=drop["attention"], **ids)
     if args.model_type in ("bert4rec", "bert"):
         return AutoConfig.for_model(
             "bert", hidden_size=args.hidden_size, num_hidden_layers=args.num_layers,
             num_attention_heads=args.num_heads, intermediate_size=inner,
-            max_position_embeddings=max_length, hidden_dropout_prob=args.dropout,
-            attention_probs_dropout_prob=args.dropout, type_vocab_size=1,
+            max_position_embeddings=max_length, hidden_dropout_prob=drop["layer_output"],
+            attention_probs_dropout_prob=drop["attention"], type_vocab_size=1,
             mask_token_id=tokenizer.mask_token_id, **ids)
     if args.model_type in ("gru", "lstm"):
         return BehaviorRNNConfig(hidden_size=args.hidden_size, num_hidden_layers=args.num_layers,

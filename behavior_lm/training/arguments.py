@@ -119,7 +119,12 @@ class ModelArguments:
     num_layers: int = field(default=2, metadata={"help": "Transformer blocks (or stacked recurrent layers)."})
     num_heads: int = field(default=2, metadata={"help": "Attention heads (ignored by gru/lstm)."})
     intermediate_size: int | None = field(default=None, metadata={"help": "MLP width (default 4 x hidden)."})
-    dropout: float = field(default=0.2, metadata={"help": "Dropout on embeddings, attention and residuals."})
+    dropout: float = field(default=0.2, metadata={
+        "help": "Hidden dropout, the same regularisation for every model type: on the input embeddings "
+                "and on each layer's output (transformer residual branches; recurrent layers' outputs). "
+                "Stock Llama has no hidden dropout: llama needs 0 here (use attention_dropout)."})
+    attention_dropout: float | None = field(default=None, metadata={
+        "help": "Dropout on attention probabilities (transformers only; default: the value of dropout)."})
     mask_probability: float = field(default=0.2, metadata={
         "help": "bert4rec: share of items replaced by [MASK] in training (the last item is always masked too)."})
     tie_word_embeddings: bool = field(default=True, metadata={

@@ -29,7 +29,8 @@ from behavior_lm.evaluation.harness import evaluate_baselines
 from behavior_lm.evaluation.next_behavior import evaluate_next_behavior, next_behavior_table
 from behavior_lm.evaluation.protocol import EvalProtocol
 from behavior_lm.evaluation.task_metrics import floor_metrics, make_task_metrics, tuned_threshold_metrics
-from behavior_lm.models.auto import MASKED_MODEL_TYPES, build_model, count_parameters, template_for
+from behavior_lm.models.auto import (MASKED_MODEL_TYPES, build_model, count_parameters, effective_dropout,
+                                     template_for)
 from behavior_lm.reporting import results_table, task_description, training_curves
 from behavior_lm.tokenization.behavior_tokenizer import behavior_token_ids, item_mask
 from behavior_lm.training.arguments import BehaviorTrainingArguments, DataArguments, ModelArguments
@@ -201,6 +202,9 @@ def describe_run_in_config(config, data_args: DataArguments, model_args: ModelAr
         "model_type": model_args.model_type, "behaviors": list(data_info["prepared"]["behaviors"]),
         "filter_seen": bool(training_args.filter_seen), "split": data_args.split,
         "item_side": data_args.item_side,
+        # everything the stream format needs to serialize a history as training did
+        "max_length": data_args.max_length, "stream": dict(data_info["stream"]),
+        "dropout": effective_dropout(model_args),
     }
     if data_args.task in ("next-class", "purchase-intent", *TOKEN_TASKS):
         names = list(data_info["class_names"])
@@ -292,6 +296,7 @@ def _write_run_files(run: Path, data_args, model_args, training_args, recipe, da
                                              if k in ("train_loss", "train_runtime")}},
         "data": data_info,
         "model_type": model_args.model_type,
+        "model": {"dropout": effective_dropout(model_args)},
         "task": data_args.task,
     }
     if next_behavior is not None:

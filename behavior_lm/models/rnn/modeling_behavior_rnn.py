@@ -71,11 +71,31 @@ class BehaviorRNNModel(BehaviorRNNPreTrainedModel):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 **kwargs) -> BaseModelOutput:
-        # Batches are right-padded: a recurrent state at position t only depends on tokens <= t,
-        # so padding after the last real token never changes the states we read.
+        """Hidden states of every position; the recurrence runs over the real tokens only.
+
+        Pad tokens never enter the recurrence, whatever side they are on: a left-padded row
+        (the usual layout for HF decoders) gets the same states at its real tokens as the row
+        without padding. Pad positions get zeros. Right-padded batches (our collator's) take a
+        shortcut: a state at position t only depends on tokens <= t, so trailing pads cannot
+        change the states at real tokens and the plain recurrence is exact there.
+        """
         hidden = self.dropout(self.embeddings(input_ids))                # (B, L, H)
-        hidden, _ = self.encoder(hidden)                                  # (B, L, H)
-        return BaseModelOutput(last_hidden_state=hidden)
+        if attention_mask is None:
+            return BaseModelOutput(last_hidden_state=self.encoder(hidden)[0])
+        mask = attention_mask.bool()
+        lengths = mask.sum(dim=1)                                         # (B,)
+        positions = torch.arange(mask.size(1), device=mask.device)
+        if torch.equal(mask, positions.unsqueeze(0) < lengths.unsqueeze(1)):   # right-padded
+            return BaseModelOutput(last_hidden_state=self.encoder(hidden)[0])
+        # real tokens first, in their order (a stable sort of the pad flags), then pack them
+        order = torch.argsort((~mask).to(torch.int32), dim=1, stable=True)   # (B, L)
+        index = order.unsqueeze(-1).expand_as(hidden)
+        packed = nn.utils.rnn.pack_padded_sequence(hidden.gather(1, index), lengths.clamp(min=1).cpu(),
+                                                   batch_first=True, enforce_sorted=False)
+        out, _ = nn.utils.rnn.pad_packed_sequence(self.encoder(packed)[0], batch_first=True,
+                                                  total_length=mask.size(1))    # (B, L, H)
+        out = out * (positions.unsqueeze(0) < lengths.unsqueeze(1)).unsqueeze(-1).to(out.dtype)
+        return BaseModelOutput(last_hidden_state=torch.zeros_like(out).scatter(1, index, out))
 
 
 class BehaviorRNNForCausalLM(BehaviorRNNPreTrainedModel, GenerationMixin):
@@ -125,8 +145,9 @@ class BehaviorRNNForSequenceClassification(BehaviorRNNPreTrainedModel):
         hidden = self.rnn(input_ids, attention_mask=attention_mask).last_hidden_state
         if attention_mask is None:
             last = torch.full((input_ids.size(0),), input_ids.size(1) - 1, device=input_ids.device)
-        else:
-            last = attention_mask.long().sum(dim=1).clamp(min=1) - 1
+        else:   # the last real token, on either padding side
+            positions = torch.arange(input_ids.size(1), device=input_ids.device)
+            last = torch.where(attention_mask.bool(), positions, -1).max(dim=1).values.clamp(min=0)
         pooled = hidden[torch.arange(input_ids.size(0), device=input_ids.device), last]  # (B, H)
         logits = self.score(self.dropout(pooled))                         # (B, num_labels)
         loss = None
