@@ -20,6 +20,7 @@ from behavior_lm.errors import BehaviorLMError, RecipeError
 from behavior_lm.data.tasks import TOKEN_TASKS
 from behavior_lm.evaluation.protocol import EvalProtocol
 from behavior_lm.reporting import results_table
+from behavior_lm.training.arguments import redacted
 
 # weights, config and tokenizer first; then the run's own records
 MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
@@ -170,6 +171,13 @@ def stage_run(run_dir: str | Path, out_dir: str | Path, repo_id: str | None = No
     for name in MODEL_FILES + RUN_FILES:
         if (run / name).is_file():
             shutil.copy2(run / name, tmp / name)
+    # runs written before secrets were redacted may hold a hub_token: never upload it
+    if (tmp / "recipe.yaml").is_file():
+        recipe = yaml.safe_load((tmp / "recipe.yaml").read_text()) or {}
+        (tmp / "recipe.yaml").write_text(yaml.safe_dump(redacted(recipe), sort_keys=False))
+    if (tmp / "training_args.json").is_file():
+        args = json.loads((tmp / "training_args.json").read_text())
+        (tmp / "training_args.json").write_text(json.dumps(redacted(args), indent=2))
     (tmp / "README.md").write_text(card)
     from behavior_lm.training.run import promote
 

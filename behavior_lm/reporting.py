@@ -4,10 +4,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # headless: CI and servers have no display
-import matplotlib.pyplot as plt  # noqa: E402
+
+def new_figure(**kwargs) -> Figure:
+    """A figure outside pyplot: drawn with the Agg canvas on ``savefig`` whatever the importing
+    program's matplotlib backend is, and never touching that program's pyplot state (importing
+    behavior_lm used to switch the backend to Agg for everyone)."""
+    return Figure(**kwargs)
 
 
 def metrics_table(rows: Mapping[str, Mapping[str, float]], ks: Sequence[int]) -> str:
@@ -44,7 +48,8 @@ def training_curves(log_history: Sequence[Mapping], path: Path,
     """Plot training loss and the validation metric per epoch into ``path`` (PNG)."""
     train = [(h["epoch"], h["loss"]) for h in log_history if "loss" in h and "epoch" in h]
     val = [(h["epoch"], h[metric]) for h in log_history if metric in h and "epoch" in h]
-    fig, ax1 = plt.subplots(figsize=(7, 4), dpi=110)
+    fig = new_figure(figsize=(7, 4), dpi=110)
+    ax1 = fig.subplots()
     if train:
         ax1.plot(*zip(*train), color="tab:blue", marker="o", ms=3, label="training loss")
     ax1.set_xlabel("epoch")
@@ -62,7 +67,6 @@ def training_curves(log_history: Sequence[Mapping], path: Path,
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
-    plt.close(fig)
     return path
 
 

@@ -105,8 +105,45 @@ def test_history_forms_unknown_items_empty_history_and_seen(tmp_path, caplog):
 def test_long_history_keeps_the_most_recent_events(tmp_path):
     pipe = pipeline("next-behavior", model=str(save_tiny("gpt2", tmp_path)))
     long = [str(i % 20) for i in range(100)]
-    recent = long[-(24 - 1):]                                  # max_length 24, one slot is [BOS]
+    # max_length 24: training windows hold [BOS] + 23 events, scored histories one event fewer
+    recent = long[-22:]
     assert pipe(long, top_k=5) == pipe(recent, top_k=5)
+    assert pipe.preprocess(parse_history(long))["input_ids"].shape[1] == 23
+    assert pipe(long, top_k=5) != pipe(long[-21:], top_k=5)
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+@pytest.mark.parametrize("behaviors", [(), ("pv", "buy")], ids=["one-behavior", "multi-behavior"])
+def test_batched_calls_equal_single_calls(model_type, behaviors, tmp_path):
+    pipe = pipeline("next-behavior", model=str(save_tiny(model_type, tmp_path, behaviors=behaviors)))
+    b = list(behaviors) or [None]
+    histories = [[(str(i % 20), b[i % len(b)]) for i in range(n)] for n in (1, 5, 2, 30, 0, 9)]
+    if not behaviors:
+        histories = [[item for item, _ in h] for h in histories]
+    single = [pipe(h, top_k=4) for h in histories]
+    for size in (1, 4, 64):
+        batched = pipe(histories, top_k=4, batch_size=size)
+        for got, want in zip(batched, single):
+            assert [r["item"] for r in got] == [r["item"] for r in want]
+            assert [r["score"] for r in got] == pytest.approx([r["score"] for r in want], abs=1e-5)
+    if behaviors:
+        assert pipe(histories, behavior="buy", top_k=3)[3] == pipe(histories[3], behavior="buy", top_k=3)
+
+
+def test_bad_pipeline_inputs_are_clear_errors(tmp_path):
+    pipe = pipeline("next-behavior", model=str(save_tiny("gpt2", tmp_path)))
+    for bad, match in [(None, "a history is"), (5, "a history is"), (b"3 7", "a history is"),
+                       ([50.0], "strings or integers"), ([None], "strings or integers"),
+                       (["3 7"], "whitespace"), ([["3", ["7"]]], "not lists")]:
+        with pytest.raises(ValueError, match=match):
+            pipe(bad)
+    for top_k in (1.7, 0, True, "3"):
+        with pytest.raises(ValueError, match="top_k"):
+            pipe(["3"], top_k=top_k)
+    with pytest.raises(ValueError, match="batch_size"):
+        pipe([["3"]], batch_size=0)
+    # a list and a string in one list: a batch of two histories, not one history of unknown items
+    assert pipe([["3"], "3 7"], top_k=2) == [pipe(["3"], top_k=2), pipe(["3", "7"], top_k=2)]
 
 
 @pytest.mark.parametrize("model_type", ["gpt2", "gru"])

@@ -174,3 +174,48 @@ def test_recurrent_models_honour_the_attention_mask(cell):
             for r, row in enumerate(rows):
                 real = logits[r][mask[r].bool()]
                 assert torch.allclose(real, alone[r], atol=1e-5), (side, r)
+
+
+def test_pipeline_serializes_histories_exactly_as_the_scored_rows(tmp_path):
+    """Time-gap, session and item side tokens: what ``pipeline()`` feeds the model for a history
+    equals the test row the harness scored, token for token (settings read from config.json)."""
+    from transformers import pipeline
+
+    from behavior_lm.data.splits import leave_one_out
+    from behavior_lm.inference.pipelines import parse_history
+    from behavior_lm.training.arguments import BehaviorTrainingArguments, DataArguments
+    from behavior_lm.training.run import describe_run_in_config
+
+    steps = [5, 700, 40, 4000, 90_000, 30, 2_000_000, 61]
+    seqs = []
+    for u in range(6):
+        n = 6 + 5 * u
+        ts = [sum(steps[(u + k) % len(steps)] for k in range(j)) for j in range(n)]
+        seqs.append(UserSequence(f"u{u}", [str((u + 2 * j) % 13) for j in range(n)],
+                                 [BEHAVIORS[(u * j) % 3] for j in range(n)], ts, [None] * n, list(range(n))))
+    side = {str(i): f"c{i % 4}" for i in range(12)}                  # item 12 has no category
+    fmt = StreamFormat(behaviors=True, time_gaps=True, session_gap=1800, item_side="category", side_values=side)
+    split = leave_one_out(seqs)
+    tok = build_tokenizer([i for s in seqs for i in s.items], BEHAVIORS, max_length=30,
+                          extra_tokens=fmt.extra_tokens())
+    dsd = build_dataset_dict(split, tok, max_length=30, fmt=fmt)
+    model = build_model(ModelArguments(model_type="llama", hidden_size=16, num_layers=1, num_heads=2,
+                                       dropout=0.0), tok, 30)
+    data_args = DataArguments(max_length=30, time_gaps=True, session_gap=1800, item_side="category")
+    info = {"prepared": {"behaviors": BEHAVIORS}, "stream": fmt.describe(), "class_names": []}
+    describe_run_in_config(model.config, data_args, ModelArguments(model_type="llama", dropout=0.0),
+                           BehaviorTrainingArguments(output_dir=str(tmp_path)), info)
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    (tmp_path / "item_side.json").write_text(__import__("json").dumps({"column": "category", "values": side}))
+    pipe = pipeline("next-behavior", model=str(tmp_path))
+    for example, row in zip(split.test, dsd["test"]):
+        h = example.history
+        events = list(zip(h.items, h.behaviors, h.timestamps))
+        got = pipe.preprocess(parse_history(events))["input_ids"][0].tolist()
+        assert got == row["input_ids"], (pipe.tokenizer.convert_ids_to_tokens(got),
+                                         pipe.tokenizer.convert_ids_to_tokens(row["input_ids"]))
+    tokens = {t for row in dsd["test"] for t in tok.convert_ids_to_tokens(row["input_ids"])}
+    assert {"[SESSION]", "category:c1"} <= tokens and any(t.startswith("[gap:") for t in tokens)
+    with pytest.raises(ValueError, match="time-gap/session"):
+        pipe([("1", "pv"), ("2", "buy")])

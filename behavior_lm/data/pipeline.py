@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -64,11 +65,19 @@ def cache_key(args: DataArguments, path: Path, template: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
+def cache_folder_name(dataset: str, key: str) -> str:
+    """A folder name for the prepared cache that stays inside it whatever the dataset label is
+    (``../x``, ``/abs/path``, separators, NUL): unsafe characters become ``_``; the key (a hash
+    of every setting, the label included) keeps labels that slug alike apart."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", dataset).strip("._-")[:64] or "dataset"
+    return f"{slug}-{key}"
+
+
 def prepare_data(args: DataArguments, template: str = "causal") -> PreparedData:
     """Build (or load from cache) the tokenizer and the train/validation/test streams."""
     path, src = sources.resolve(args.dataset, args.data_path)
     key = cache_key(args, path, template)
-    cached = sources.cache_dir() / "prepared" / f"{args.dataset}-{key}"
+    cached = sources.cache_dir() / "prepared" / cache_folder_name(args.dataset, key)
     if args.cache and (cached / "info.json").is_file():
         logger.info("using prepared streams from %s", cached)
         info = json.loads((cached / "info.json").read_text())

@@ -36,13 +36,19 @@ class NextEventDistribution:
     behavior_names: list[str]
     item_behavior: torch.Tensor | None
 
+    def to_cpu(self) -> "NextEventDistribution":
+        return NextEventDistribution(self.items.cpu(), self.behaviors, self.behavior_names,
+                                     None if self.item_behavior is None else self.item_behavior.cpu())
+
 
 @torch.no_grad()
-def next_event_distribution(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                            input_ids: torch.Tensor, behavior: str | None = None, *,
-                            behavior_ids: dict[str, int] | None = None,
-                            candidates: torch.Tensor | None = None) -> NextEventDistribution:
-    """The distribution after one history ``input_ids`` of shape ``(1, length)`` (no padding).
+def next_event_distributions(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                             input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                             behavior: str | None = None, *,
+                             behavior_ids: dict[str, int] | None = None,
+                             candidates: torch.Tensor | None = None) -> list[NextEventDistribution]:
+    """The distribution after each history of a padded batch ``input_ids`` ``(batch, length)``
+    (either padding side; ``attention_mask`` marks the real tokens), in one batched forward.
 
     ``behavior`` conditions on the next event's behavior (e.g. ``"buy"``); it must be one of the
     tokenizer's behavior tokens. ``None`` gives the mixture over behaviors. ``behavior_ids`` and
@@ -51,23 +57,36 @@ def next_event_distribution(model: PreTrainedModel, tokenizer: PreTrainedTokeniz
     """
     behavior_ids = behavior_token_ids(tokenizer) if behavior_ids is None else behavior_ids
     names = list(behavior_ids)
-    mask = torch.ones_like(input_ids)
+    mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
     if candidates is None:
         candidates = item_mask(tokenizer, model.get_output_embeddings().out_features)
     if not behavior_ids:  # one-behavior stream: the next token is an item
-        items = item_log_softmax(next_token_scores(model, input_ids, mask), candidates).exp()[0]
-        return NextEventDistribution(items, None, names, None)
+        items = item_log_softmax(next_token_scores(model, input_ids, mask), candidates).exp()
+        return [NextEventDistribution(row, None, names, None) for row in items]
 
     b_ids = torch.tensor(list(behavior_ids.values()), device=input_ids.device)
-    log_pb = behavior_log_probs(model, input_ids, mask, b_ids)
-    p_behavior = None if log_pb is None else {n: float(p) for n, p in zip(names, log_pb[0].exp())}
+    log_pb = behavior_log_probs(model, input_ids, mask, b_ids)                    # (B, nb) or None
     wanted = b_ids if behavior is None else b_ids[names.index(behavior)].view(1)
-    conditional = item_log_probs_given(model, input_ids, mask, candidates, wanted)[0].exp()  # (nb, V)
-    if behavior is not None:
-        return NextEventDistribution(conditional[0], p_behavior, names,
-                                     torch.full_like(conditional[0], names.index(behavior),
-                                                     dtype=torch.long))
-    weights = (torch.full((len(names),), 1.0 / len(names), device=conditional.device) if log_pb is None
-               else log_pb[0].exp())
-    joint = weights.unsqueeze(1) * conditional                                  # (nb, V)
-    return NextEventDistribution(joint.sum(0), p_behavior, names, joint.argmax(0))
+    conditional = item_log_probs_given(model, input_ids, mask, candidates, wanted).exp()  # (B, nb', V)
+    out = []
+    for r in range(input_ids.size(0)):
+        p_behavior = None if log_pb is None else {n: float(p) for n, p in zip(names, log_pb[r].exp())}
+        if behavior is not None:
+            out.append(NextEventDistribution(conditional[r, 0], p_behavior, names,
+                                             torch.full_like(conditional[r, 0], names.index(behavior),
+                                                             dtype=torch.long)))
+            continue
+        weights = (torch.full((len(names),), 1.0 / len(names), device=conditional.device) if log_pb is None
+                   else log_pb[r].exp())
+        joint = weights.unsqueeze(1) * conditional[r]                                # (nb, V)
+        out.append(NextEventDistribution(joint.sum(0), p_behavior, names, joint.argmax(0)))
+    return out
+
+
+def next_event_distribution(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                            input_ids: torch.Tensor, behavior: str | None = None, *,
+                            behavior_ids: dict[str, int] | None = None,
+                            candidates: torch.Tensor | None = None) -> NextEventDistribution:
+    """The distribution after one history ``input_ids`` of shape ``(1, length)`` (no padding)."""
+    return next_event_distributions(model, tokenizer, input_ids, None, behavior,
+                                    behavior_ids=behavior_ids, candidates=candidates)[0]

@@ -31,7 +31,7 @@ from transformers.pipelines import PIPELINE_REGISTRY
 
 from behavior_lm.data.preprocess import UserSequence
 from behavior_lm.data.streams import StreamFormat, context_slice
-from behavior_lm.inference.distribution import next_event_distribution
+from behavior_lm.inference.distribution import next_event_distributions
 from behavior_lm.tokenization.behavior_tokenizer import (SIDE_FILE, behavior_token_ids, grammar,
                                                          is_behavior_token, is_item_token, item_id_of,
                                                          item_mask, item_token)
@@ -68,6 +68,30 @@ def _is_serialized(text: str) -> bool:
     return any(is_item_token(t) or is_behavior_token(t) for t in text.split())
 
 
+HISTORY_FORMS = ("a list of item ids, a list of (item, behavior[, unix_seconds]) tuples or "
+                 "{'item', 'behavior', 'timestamp'} dicts, or a serialized string such as 'i:50 i:172'")
+
+
+def _item_id(value: Any) -> str:
+    """An item id as the tokenizer knows it: strings as given, integers in decimal. Anything else
+    (floats, None, bytes, ...) is refused rather than silently becoming an unknown item."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise ValueError(f"item ids are strings or integers; got {value!r} ({type(value).__name__})")
+    item = str(value)
+    if not item or any(ch.isspace() for ch in item):
+        raise ValueError(f"item id {item!r} is empty or contains whitespace (ids are single tokens; "
+                         "to pass several items, pass a list)")
+    return item
+
+
+def _time(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise ValueError(f"an event's time is Unix seconds (a number); got {value!r}")
+    return int(value)
+
+
 def parse_history(history: Any) -> History:
     """One history in any accepted form -> :class:`History`."""
     if isinstance(history, History):
@@ -76,6 +100,8 @@ def parse_history(history: Any) -> History:
         if _is_serialized(history):
             return _parse_serialized(history)
         return History([(tok, None) for tok in history.replace(",", " ").split()])
+    if not isinstance(history, (list, tuple)):
+        raise ValueError(f"a history is {HISTORY_FORMS}; got {type(history).__name__} {history!r:.80}")
     events: list[tuple[str, str | None]] = []
     times: list[int | None] = []
     for event in history:
@@ -83,22 +109,30 @@ def parse_history(history: Any) -> History:
             if len(event) not in (2, 3):
                 raise ValueError(f"an event tuple must be (item, behavior) or (item, behavior, "
                                  f"unix_seconds), got {event!r}")
-            events.append((str(event[0]), None if event[1] is None else str(event[1])))
-            times.append(int(event[2]) if len(event) == 3 and event[2] is not None else None)
+            events.append((_item_id(event[0]), None if event[1] is None else str(event[1])))
+            times.append(_time(event[2]) if len(event) == 3 else None)
         elif isinstance(event, dict):
-            events.append((str(event["item"]), event.get("behavior")))
-            times.append(int(event["timestamp"]) if event.get("timestamp") is not None else None)
+            if "item" not in event:
+                raise ValueError(f"an event dict needs an 'item' key, got {event!r}")
+            events.append((_item_id(event["item"]), event.get("behavior")))
+            times.append(_time(event.get("timestamp")))
+        elif isinstance(event, list):
+            raise ValueError(f"a history holds events, not lists (got {event!r:.80}); a batch is a list "
+                             "of histories, one level deep")
         else:
-            events.append((str(event), None))
+            events.append((_item_id(event), None))
             times.append(None)
     return History(events, times if any(t is not None for t in times) else None)
 
 
 def is_batch(inputs: Any) -> bool:
-    """A list of histories (lists, or serialized strings) rather than one history."""
+    """A list of histories rather than one history: a list with a list in it (its strings are
+    histories too), or a list of serialized strings."""
     if not isinstance(inputs, list) or not inputs:
         return False
-    return all(isinstance(x, list) or (isinstance(x, str) and _is_serialized(x)) for x in inputs)
+    if any(isinstance(x, list) for x in inputs):
+        return True
+    return all(isinstance(x, str) and _is_serialized(x) for x in inputs)
 
 
 class AutoModelForNextBehavior:
@@ -142,9 +176,9 @@ class NextBehaviorPipeline(Pipeline):
         if behavior is not None:
             pre["behavior"] = behavior
         if top_k is not None:
-            if int(top_k) < 1:
-                raise ValueError(f"top_k must be >= 1, got {top_k}")
-            post["top_k"] = int(top_k)
+            if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+                raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
+            post["top_k"] = top_k
         if exclude_seen is not None:
             post["exclude_seen"] = bool(exclude_seen)
         if return_behaviors is not None:
@@ -199,10 +233,20 @@ class NextBehaviorPipeline(Pipeline):
         return names or list(self.run_info.get("behaviors") or [])
 
     # ------------------------------------------------------------------ Pipeline steps
-    def __call__(self, inputs: Any, **kwargs: Any):
-        if is_batch(inputs):
-            return super().__call__([parse_history(h) for h in inputs], **kwargs)
-        return super().__call__(parse_history(inputs), **kwargs)
+    def __call__(self, inputs: Any, batch_size: int | None = None, **kwargs: Any):
+        """One history -> its ranking; a list of histories -> a list of rankings, computed
+        ``batch_size`` histories (default 64) per padded forward."""
+        pre, _, post = self._sanitize_parameters(**kwargs)
+        batch = is_batch(inputs)
+        histories = [parse_history(h) for h in inputs] if batch else [parse_history(inputs)]
+        size = 64 if batch_size is None else batch_size
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        results = []
+        for start in range(0, len(histories), size):
+            chunk = [self.preprocess(h, **pre) for h in histories[start:start + size]]
+            results.extend(self.postprocess(out, **post) for out in self._forward_batch(chunk))
+        return results if batch else results[0]
 
     def preprocess(self, history: History, behavior: str | None = None) -> dict[str, Any]:
         vocab, stream_behaviors, _ = self._views()
@@ -255,12 +299,28 @@ class NextBehaviorPipeline(Pipeline):
         return min(limits)
 
     def _forward(self, model_inputs: dict[str, Any]) -> dict[str, Any]:
+        return self._forward_batch([model_inputs])[0]
+
+    def _forward_batch(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Histories right-padded into one batch; the scoring functions read each row at its own
+        last real token, so a row scores exactly as it would alone (tested)."""
         _, behavior_ids, candidates = self._views()
-        dist = next_event_distribution(self.model, self.tokenizer, model_inputs["input_ids"],
-                                       behavior=model_inputs["behavior"], behavior_ids=behavior_ids,
-                                       candidates=candidates)
-        return {"dist": dist, "seen": model_inputs["seen"], "empty": model_inputs["empty"],
-                "behavior": model_inputs["behavior"]}
+        rows = [m["input_ids"][0] for m in batch]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, :len(r)], mask[i, :len(r)] = r, 1
+        device = self.model.device
+        out = []
+        for behavior in dict.fromkeys(m["behavior"] for m in batch):   # one forward per condition
+            picked = [i for i, m in enumerate(batch) if m["behavior"] == behavior]
+            dists = next_event_distributions(self.model, self.tokenizer, ids[picked].to(device),
+                                             mask[picked].to(device), behavior=behavior,
+                                             behavior_ids=behavior_ids, candidates=candidates)
+            out.extend(zip(picked, dists))
+        return [{"dist": dist.to_cpu(), "seen": batch[i]["seen"], "empty": batch[i]["empty"],
+                 "behavior": batch[i]["behavior"]} for i, dist in sorted(out, key=lambda x: x[0])]
 
     def postprocess(self, model_outputs: dict[str, Any], top_k: int = 10, exclude_seen: bool | None = None,
                     return_behaviors: bool = False):

@@ -15,6 +15,16 @@ import torch
 from transformers import TrainingArguments
 
 
+REDACTED = "<redacted>"
+
+
+def redacted(settings: dict) -> dict:
+    """A copy of a recipe-like mapping with secrets (``hub_token`` and any other ``*_token`` key
+    that holds a string) replaced, for every file a run writes or ``push`` uploads."""
+    return {k: (REDACTED if str(k).endswith("token") and isinstance(v, str) and v else v)
+            for k, v in settings.items()}
+
+
 def parse_mapping(text: str | None, what: str) -> dict[str, str] | None:
     """``"a=b,c=d"`` -> ``{"a": "b", "c": "d"}`` (recipes are flat, so mappings are strings)."""
     if not text:

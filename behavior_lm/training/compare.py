@@ -14,15 +14,10 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from behavior_lm.cli.recipes import parse_recipe  # noqa: E402
-from behavior_lm.errors import RecipeError  # noqa: E402
-from behavior_lm.reporting import task_description  # noqa: E402
-from behavior_lm.training.run import train  # noqa: E402
+from behavior_lm.cli.recipes import parse_recipe
+from behavior_lm.errors import RecipeError
+from behavior_lm.reporting import new_figure, task_description
+from behavior_lm.training.run import train
 
 TASK_METRICS = {"next-item": ("hr@10", "ndcg@10", "mrr@10"),
                 "next-class": ("accuracy", "f1_macro", "roc_auc"),
@@ -91,8 +86,8 @@ def comparison_chart(rows: dict[str, dict], floors: dict[str, dict], path: Path,
                      metric_names: Sequence[str] = TASK_METRICS["next-item"]) -> Path:
     names = list(rows) + [f"{f} (floor)" for f in floors]
     values = {**rows, **{f"{f} (floor)": v for f, v in floors.items()}}
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4), dpi=110,
-                             gridspec_kw={"width_ratios": [3, 1.3, 1.3]})
+    fig = new_figure(figsize=(13, 4), dpi=110)
+    axes = fig.subplots(1, 3, gridspec_kw={"width_ratios": [3, 1.3, 1.3]})
     width = 0.8 / len(metric_names)
     for i, metric in enumerate(metric_names):
         xs = [j + (i - (len(metric_names) - 1) / 2) * width for j in range(len(names))]
@@ -110,7 +105,6 @@ def comparison_chart(rows: dict[str, dict], floors: dict[str, dict], path: Path,
         ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return path
 
 

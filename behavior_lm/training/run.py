@@ -33,7 +33,8 @@ from behavior_lm.models.auto import (MASKED_MODEL_TYPES, build_model, count_para
                                      template_for)
 from behavior_lm.reporting import results_table, task_description, training_curves
 from behavior_lm.tokenization.behavior_tokenizer import behavior_token_ids, item_mask
-from behavior_lm.training.arguments import BehaviorTrainingArguments, DataArguments, ModelArguments
+from behavior_lm.training.arguments import (BehaviorTrainingArguments, DataArguments, ModelArguments,
+                                             redacted)
 from behavior_lm.training.budget import TimeBudgetCallback, spent_seconds
 from behavior_lm.training.collators import BehaviorCollator
 from behavior_lm.training.trainer import BehaviorTrainer, make_compute_metrics
@@ -306,7 +307,7 @@ def _write_run_files(run: Path, data_args, model_args, training_args, recipe, da
     effective = dict(recipe or {})
     effective.update({k: v for k, v in asdict(data_args).items()})
     effective.update({k: v for k, v in asdict(model_args).items()})
-    (run / "recipe.yaml").write_text(yaml.safe_dump(effective, sort_keys=False))
+    (run / "recipe.yaml").write_text(yaml.safe_dump(redacted(effective), sort_keys=False))
     (run / "training_args.json").write_text(training_args.to_json_string())
     # the Trainer also pickles its arguments; runs carry no pickles (JSON above says the same)
     (run / "training_args.bin").unlink(missing_ok=True)
