@@ -20,6 +20,7 @@ from behavior_lm.errors import BehaviorLMError, RecipeError
 from behavior_lm.data.tasks import TOKEN_TASKS
 from behavior_lm.evaluation.protocol import EvalProtocol
 from behavior_lm.reporting import results_table
+from behavior_lm.rundir import promote
 from behavior_lm.training.arguments import redacted
 
 # weights, config and tokenizer first; then the run's own records
@@ -179,8 +180,6 @@ def stage_run(run_dir: str | Path, out_dir: str | Path, repo_id: str | None = No
         args = json.loads((tmp / "training_args.json").read_text())
         (tmp / "training_args.json").write_text(json.dumps(redacted(args), indent=2))
     (tmp / "README.md").write_text(card)
-    from behavior_lm.training.run import promote
-
     promote(tmp, out)
     return out
 

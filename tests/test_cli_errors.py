@@ -75,3 +75,46 @@ def test_console_script_exit_status_and_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert "log.csv:3: field 'timestamp'" in proc.stderr
+
+
+def recipe_with(tmp_path: Path, key: str, value: str) -> Path:
+    import re
+
+    text = QUICKSTART.read_text()
+    if re.search(rf"^{key}:", text, re.M):
+        text = re.sub(rf"^{key}:.*$", f"{key}: {value}", text, flags=re.M)
+    else:
+        text += f"{key}: {value}\n"
+    return write(tmp_path, "recipe.yaml", text)
+
+
+@pytest.mark.parametrize("key,value,says", [
+    ("hidden_size", "-4", "key 'hidden_size' must be a positive integer"),
+    ("num_train_epochs", "lots", "key 'num_train_epochs' must be a number"),
+    ("hidden_size", "[128]", "key 'hidden_size' must be an integer"),
+    ("model_type", "gpt3", "key 'model_type' must be one of gpt2, llama, gru, lstm, bert4rec"),
+    ("split", "random", "key 'split' must be one of leave_one_out, temporal"),
+    ("dropout", "1.5", "key 'dropout' must be in [0, 1)"),
+    ("num_heads", "3", "key 'num_heads' must be a divisor of hidden_size"),
+    ("eval_ks", "[5, x]", "key 'eval_ks' must be a list whose items are each an integer"),
+    ("max_length", "0", "key 'max_length' must be a positive integer"),
+])
+def test_bad_recipe_values_are_one_line_naming_file_line_and_key(key, value, says, tmp_path, capsys):
+    recipe = recipe_with(tmp_path, key, value)
+    assert main(["train", str(recipe), "--output_dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"recipe.yaml:" in err and says in err, err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "run.partial").exists()
+
+
+def test_duplicated_recipe_key_and_bad_flags(tmp_path, capsys):
+    recipe = write(tmp_path, "recipe.yaml", QUICKSTART.read_text() + "seed: 7\n")
+    assert main(["train", str(recipe)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "recipe.yaml:" in err and "key 'seed' is given twice (first on line" in err
+    for flags, says in ((["--num_train_epochs", "lots"], "flag --num_train_epochs: invalid float value: 'lots'"),
+                        (["--hidden_size", "-3"], "flag --hidden_size must be a positive integer"),
+                        (["--max_length", "64", "128"], "unexpected arguments: 128")):
+        assert main(["train", str(QUICKSTART), *flags, "--output_dir", str(tmp_path / "run")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and says in err, err

@@ -195,3 +195,25 @@ def test_classifiers_auto_save_load_and_train(model_type, task, tmp_path):
     x = torch.tensor([rows[0]])
     with torch.no_grad():
         assert torch.allclose(model(input_ids=x).logits, loaded(input_ids=x).logits, atol=1e-6)
+
+
+def test_item_cloze_loss_normalises_over_items_only(tok):
+    """``cloze_loss: items``: cross-entropy of the masked targets among item tokens (brute force)."""
+    from types import SimpleNamespace
+
+    from behavior_lm.training.trainer import item_cloze_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, len(tok))
+    labels = torch.full((2, 5), -100)
+    labels[0, 1], labels[1, 4], labels[1, 2] = tok.convert_tokens_to_ids(["i:3", "i:7", "i:0"])
+    items = item_mask(tok)
+    got = item_cloze_loss(items)(SimpleNamespace(logits=logits), labels)
+    want = []
+    for r, p in ((0, 1), (1, 2), (1, 4)):
+        row = logits[r, p][items]
+        target = int(items[: labels[r, p]].sum())                 # index among the item tokens
+        want.append(-torch.log_softmax(row, dim=-1)[target])
+    assert torch.allclose(got, torch.stack(want).mean(), atol=1e-6)
+    assert torch.allclose(item_cloze_loss(items)(SimpleNamespace(logits=logits), labels, num_items_in_batch=6),
+                          torch.stack(want).sum() / 6, atol=1e-6)

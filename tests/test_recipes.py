@@ -70,7 +70,7 @@ def test_unknown_flag_and_bad_value(tmp_path):
     r.write_text("dataset: ml-100k\n")
     with pytest.raises(RecipeError, match="unknown option '--no_such_thing'"):
         parse_recipe(r, ["--no_such_thing", "1"])
-    with pytest.raises(RecipeError, match="invalid value"):
+    with pytest.raises(RecipeError, match="flag --learning_rate: invalid float value"):
         parse_recipe(r, ["--learning_rate", "fast"])
 
 

@@ -12,10 +12,7 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +25,7 @@ from behavior_lm.data import preprocess, sources, splits, tasks
 from behavior_lm.data.events import EventLog
 from behavior_lm.data.streams import StreamFormat, build_dataset_dict
 from behavior_lm.errors import RecipeError
+from behavior_lm.rundir import atomic_dir
 from behavior_lm.tokenization.behavior_tokenizer import SIDE_FILE, build_tokenizer, grammar
 from behavior_lm.training.arguments import DataArguments
 
@@ -188,18 +186,9 @@ def write_item_side(folder: Path, column: str, values: dict[str, str]) -> None:
 
 def _save_atomically(target: Path, dsd: DatasetDict, tokenizer: PreTrainedTokenizerBase,
                      info: dict, fmt: StreamFormat) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    try:
+    with atomic_dir(target) as tmp:
         dsd.save_to_disk(str(tmp / "datasets"))
         tokenizer.save_pretrained(tmp / "tokenizer")
         (tmp / "info.json").write_text(json.dumps(info, indent=2, default=str))
         if fmt.item_side and fmt.side_values:
             write_item_side(tmp, fmt.item_side, dict(fmt.side_values))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-

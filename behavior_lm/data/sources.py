@@ -32,6 +32,7 @@ from pathlib import Path
 
 from behavior_lm.data import readers
 from behavior_lm.data.events import EventLog
+from behavior_lm.rundir import atomic_write
 from behavior_lm.errors import DataError, RecipeError
 
 logger = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ def _download_official_ml100k(dest: Path) -> Path:
         payload = resp.read()
     with zipfile.ZipFile(io.BytesIO(payload)) as zf:
         data = zf.read("ml-100k/u.data")
-    return _atomic_write(dest / "u.data", data)
+    return atomic_write(dest / "u.data", data)
 
 
 def _extract_ml100k_from_recbole_wheel(dest: Path) -> Path:
@@ -85,16 +86,7 @@ def _extract_ml100k_from_recbole_wheel(dest: Path) -> Path:
     if digest != RECBOLE_ML100K_SHA256:
         raise DataError(f"ml-100k.inter from {RECBOLE_WHEEL} has sha256 {digest}, "
                         f"expected {RECBOLE_ML100K_SHA256}")
-    return _atomic_write(dest / "ml-100k.inter", data)
-
-
-def _atomic_write(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(dest / "ml-100k.inter", data)
 
 
 def _generate_synthetic_social(dest: Path) -> Path:

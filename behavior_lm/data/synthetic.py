@@ -21,11 +21,14 @@ the harness.
 from __future__ import annotations
 
 import csv
+import io
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from behavior_lm.rundir import atomic_write
 
 BEHAVIORS = ("view", "like", "comment", "share", "follow")
 TRANSITIONS = np.array([
@@ -87,14 +90,11 @@ def generate(n_users: int = 600, events_per_user: int = 60, seed: int = 0) -> So
 def write_csv(log: SocialLog, path: Path) -> Path:
     """A CSV with its own column names (``account,post,action,ts``), read back through the
     generic table reader with a column mapping: the same path a user's own log takes."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    with tmp.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["account", "post", "action", "ts"])
-        writer.writerows(log.rows)
-    tmp.replace(path)
-    return path
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    writer.writerow(["account", "post", "action", "ts"])
+    writer.writerows(log.rows)
+    return atomic_write(path, buffer.getvalue())
 
 
 def oracle_next(last_behavior: str, last_item: str, topic: int) -> tuple[np.ndarray, np.ndarray]:

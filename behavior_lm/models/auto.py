@@ -56,7 +56,7 @@ def build_config(args: ModelArguments, tokenizer: PreTrainedTokenizerBase, max_l
     drop = effective_dropout(args)
     ids = dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-               tie_word_embeddings=args.tie_word_embeddings)
+               tie_word_embeddings=args.tie_word_embeddings, initializer_range=args.initializer_range)
     inner = args.intermediate_size or 4 * args.hidden_size
     if args.model_type == "gpt2":
         return AutoConfig.for_model(

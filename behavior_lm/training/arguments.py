@@ -135,6 +135,10 @@ class ModelArguments:
                 "Stock Llama has no hidden dropout: llama needs 0 here (use attention_dropout)."})
     attention_dropout: float | None = field(default=None, metadata={
         "help": "Dropout on attention probabilities (transformers only; default: the value of dropout)."})
+    initializer_range: float = field(default=0.02, metadata={
+        "help": "Std of the normal init of embeddings and linear layers (transformers' default 0.02 "
+                "was tuned for 768-wide models; at width 64 it leaves attention paths ~40x weaker "
+                "than the residual, which stalls masked-item models: see docs/benchmarks.md)."})
     mask_probability: float = field(default=0.2, metadata={
         "help": "bert4rec: share of items replaced by [MASK] in training (the last item is always masked too)."})
     tie_word_embeddings: bool = field(default=True, metadata={
@@ -161,6 +165,9 @@ class BehaviorTrainingArguments(TrainingArguments):
     condition_on_behavior: bool = field(default=False, metadata={
         "help": "Multi-behavior streams: rank items given the target's behavior token (what will "
                 "they buy next) instead of the mixture over next behaviors."})
+    cloze_loss: str = field(default="vocabulary", metadata={
+        "help": "bert4rec: normalise the cloze cross-entropy over 'items' (as ranking does) or the whole "
+                "'vocabulary' (the stock BertForMaskedLM loss)."})
     keep_checkpoints: bool = field(default=False, metadata={
         "help": "Keep Trainer checkpoints in the finished run directory (default: only the best model)."})
     overwrite_output_dir: bool = field(default=False, metadata={

@@ -10,13 +10,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from behavior_lm.cli.recipes import parse_recipe
 from behavior_lm.errors import RecipeError
 from behavior_lm.reporting import new_figure, task_description
+from behavior_lm.rundir import atomic_write
 from behavior_lm.training.run import train
 
 TASK_METRICS = {"next-item": ("hr@10", "ndcg@10", "mrr@10"),
@@ -122,8 +122,5 @@ def _write(out: Path, rows, floors, protocol, data, metric_names) -> None:
     for name, content in (("comparison.md", text),
                           ("comparison.json", json.dumps({"models": rows, "floors": floors,
                                                           "protocol": protocol}, indent=2))):
-        fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.")
-        with os.fdopen(fd, "w") as fh:
-            fh.write(content)
-        os.replace(tmp, out / name)
+        atomic_write(out / name, content)
     comparison_chart(rows, floors, out / "comparison.png", metric_names)

@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import shutil
-import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from transformers import EarlyStoppingCallback, set_seed
 
 from behavior_lm.data.tasks import TOKEN_TASKS
 from behavior_lm.data.pipeline import prepare_data, write_item_side
+from behavior_lm.data.sources import cache_dir
 from behavior_lm.errors import RecipeError
 from behavior_lm.evaluation.harness import evaluate_baselines
 from behavior_lm.evaluation.next_behavior import evaluate_next_behavior, next_behavior_table
@@ -32,12 +32,14 @@ from behavior_lm.evaluation.task_metrics import floor_metrics, make_task_metrics
 from behavior_lm.models.auto import (MASKED_MODEL_TYPES, build_model, count_parameters, effective_dropout,
                                      template_for)
 from behavior_lm.reporting import results_table, task_description, training_curves
+from behavior_lm.rundir import (check_output_dir, check_writable, last_complete_checkpoint, partial_of,
+                                promote, writer_lock)
 from behavior_lm.tokenization.behavior_tokenizer import behavior_token_ids, item_mask
 from behavior_lm.training.arguments import (BehaviorTrainingArguments, DataArguments, ModelArguments,
                                              redacted)
 from behavior_lm.training.budget import TimeBudgetCallback, spent_seconds
 from behavior_lm.training.collators import BehaviorCollator
-from behavior_lm.training.trainer import BehaviorTrainer, make_compute_metrics
+from behavior_lm.training.trainer import BehaviorTrainer, item_cloze_loss, make_compute_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -72,12 +74,24 @@ def protocol_for(data_args: DataArguments, training_args: BehaviorTrainingArgume
 
 def train(data_args: DataArguments, model_args: ModelArguments,
           training_args: BehaviorTrainingArguments, recipe: dict | None = None) -> Path:
-    """Train and evaluate one recipe; returns the finished run directory."""
+    """Train and evaluate one recipe; returns the finished run directory.
+
+    Before any heavy work: the output directory must be a new folder or a finished run (never a
+    file or someone's folder), the cache must be writable, and no other process may be writing the
+    same run (the main process holds ``<output_dir>.lock`` until the run is promoted)."""
     final = Path(training_args.output_dir)
-    partial = final.with_name(final.name + ".partial")
-    if (final / "metrics.json").is_file() and not training_args.overwrite_output_dir:
-        raise RecipeError(f"{final} already holds a finished run; pass --overwrite_output_dir true "
-                          "or choose another --output_dir")
+    check_output_dir(final, training_args.overwrite_output_dir)
+    if data_args.cache:
+        check_writable(cache_dir(), "the data cache (BEHAVIOR_LM_CACHE)")
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    with writer_lock(final) if main_process else contextlib.nullcontext():
+        return _train(data_args, model_args, training_args, recipe)
+
+
+def _train(data_args: DataArguments, model_args: ModelArguments,
+           training_args: BehaviorTrainingArguments, recipe: dict | None) -> Path:
+    final = Path(training_args.output_dir)
+    partial = partial_of(final)
     ranking = data_args.task == "next-item"
     if not ranking and training_args.metric_for_best_model == "ndcg@10":  # the ranking default
         regression = data_args.task == "next-rating"
@@ -87,6 +101,8 @@ def train(data_args: DataArguments, model_args: ModelArguments,
     if ranking and at and best_k not in {str(k) for k in training_args.eval_ks}:
         raise RecipeError(f"metric_for_best_model {training_args.metric_for_best_model!r} needs its K "
                           f"in eval_ks {training_args.eval_ks}")
+    if training_args.cloze_loss not in ("items", "vocabulary"):
+        raise RecipeError(f"cloze_loss must be 'items' or 'vocabulary', got {training_args.cloze_loss!r}")
     if training_args.max_train_minutes is not None and training_args.max_train_minutes <= 0:
         raise RecipeError(f"max_train_minutes must be positive, got {training_args.max_train_minutes}")
     training_args.output_dir = str(partial / "checkpoints")
@@ -123,6 +139,9 @@ def train(data_args: DataArguments, model_args: ModelArguments,
             data_collator=make_collator(model_args, tokenizer, data_args.task), processing_class=tokenizer,
             compute_metrics=(make_compute_metrics(training_args.eval_ks) if ranking
                              else make_task_metrics(data_args.task, num_classes)),
+            compute_loss_func=(item_cloze_loss(item_mask(tokenizer, model.get_output_embeddings().out_features))
+                               if ranking and model_args.model_type in MASKED_MODEL_TYPES
+                               and training_args.cloze_loss == "items" else None),
             callbacks=callbacks, filter_seen=training_args.filter_seen,
             behavior_ids=torch.tensor(list(behavior_token_ids(tokenizer).values()), dtype=torch.long),
             condition_on_behavior=training_args.condition_on_behavior,
@@ -239,25 +258,6 @@ def _sync_weights_from_main(trainer: BehaviorTrainer) -> None:
         dist.broadcast(tensor.data, src=0)
 
 
-def last_complete_checkpoint(folder: Path) -> str | None:
-    """Newest ``checkpoint-N`` whose ``trainer_state.json`` (written last by the Trainer) parses.
-
-    The Trainer writes checkpoints in place, so a crash while saving leaves a partial folder;
-    resuming from it would fail, so such folders are skipped.
-    """
-    best: tuple[int, Path] | None = None
-    for path in folder.glob("checkpoint-*"):
-        state = path / "trainer_state.json"
-        try:
-            step = int(path.name.rsplit("-", 1)[1])
-            json.loads(state.read_text())
-        except (ValueError, OSError):
-            continue
-        if best is None or step > best[0]:
-            best = (step, path)
-    return str(best[1]) if best else None
-
-
 def _strip(metrics: dict, prefix: str) -> dict:
     return {k.removeprefix(prefix): v for k, v in metrics.items()}
 
@@ -332,14 +332,3 @@ def _write_run_files(run: Path, data_args, model_args, training_args, recipe, da
         "![training curves](training_curves.png)\n")
     training_curves(history, run / "training_curves.png",
                     metric=metric, title=f"{model_args.model_type} on {ds}")
-
-
-def promote(partial: Path, final: Path) -> None:
-    """Swap the finished ``.partial`` directory into place (replacing an old run last)."""
-    old = None
-    if final.exists():
-        old = final.with_name(final.name + f".old-{int(time.time())}")
-        final.rename(old)
-    partial.rename(final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

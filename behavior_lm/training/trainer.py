@@ -19,6 +19,7 @@ from transformers import EvalPrediction, Trainer
 
 from behavior_lm.evaluation.metrics import rank_of_target, ranking_metrics
 from behavior_lm.evaluation.scoring import next_item_scores
+from behavior_lm.training.collators import IGNORE_INDEX
 
 
 class BehaviorTrainer(Trainer):
@@ -69,6 +70,28 @@ def score_ranks(scores: torch.Tensor, targets: torch.Tensor, item_mask: torch.Te
     item_logits = scores.float().masked_fill(~mask, float("-inf"))
     loss = F.cross_entropy(item_logits, targets)
     return ranks, loss
+
+
+def item_cloze_loss(item_mask: torch.Tensor):
+    """``compute_loss_func`` for masked-item models: the cloze cross-entropy normalised over item
+    tokens only, as ranking scores them. With the stock loss over the whole vocabulary, the
+    ``[MASK]`` token's own output row (tied to its input embedding, which dominates the hidden state
+    at every masked position) takes a large share of the probability at initialisation, and its
+    gradient competes with the signal that context carries."""
+
+    def loss(outputs, labels: torch.Tensor, num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
+        logits = outputs.logits if hasattr(outputs, "logits") else outputs["logits"]
+        where = labels != IGNORE_INDEX
+        picked = logits[where].float()                                                  # (N, V)
+        mask = item_mask.to(picked.device)
+        if mask.numel() < picked.size(1):
+            mask = F.pad(mask, (0, picked.size(1) - mask.numel()), value=False)
+        picked = picked.masked_fill(~mask[: picked.size(1)], float("-inf"))
+        total = F.cross_entropy(picked, labels[where], reduction="sum")
+        count = num_items_in_batch if num_items_in_batch is not None else where.sum().clamp(min=1)
+        return total / count
+
+    return loss
 
 
 def make_compute_metrics(ks: Sequence[int]):
