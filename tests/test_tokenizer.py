@@ -72,3 +72,62 @@ def test_bad_item_ids_are_rejected():
         build_tokenizer(["ok", "has space"])
     with pytest.raises(DataError, match="empty item catalogue"):
         build_tokenizer([])
+
+
+HOSTILE = ["[PAD]", "[MASK]", "[SEP]", "[UNK]", "[BOS]", "i:5", "i:[PAD]", "<pv>", "[gap:1m]", "[SESSION]",
+           "category:3", "[x]", "a\x00b", "😀", "ü-Ω", "x" * 10_000, "[", "]", "<", ">", "i:", "0"]
+
+
+def hostile_ids(n: int = 200, seed: int = 0) -> list[str]:
+    """The fixed hostile ids plus random ones mixing brackets, prefixes, specials and unicode."""
+    import random
+
+    rng = random.Random(seed)
+    parts = ["[", "]", "<", ">", "i:", "PAD", "MASK", ":", "\x00", "😀", "é", "#", "0", "9", "_", "-", "/"]
+    out = list(HOSTILE)
+    while len(out) < n:
+        out.append("".join(rng.choice(parts) for _ in range(rng.randint(1, 6))))
+    return list(dict.fromkeys(out))
+
+
+def test_any_item_id_round_trips_through_streams_and_the_pipeline(tmp_path):
+    """Encode by id: every id (specials, prefixes, brackets, NUL, emoji, 10k characters) maps to its
+    own token in training rows and at inference, and back to the same raw id."""
+    from transformers import pipeline
+
+    import behavior_lm  # noqa: F401
+    from behavior_lm.data.preprocess import UserSequence
+    from behavior_lm.data.splits import leave_one_out
+    from behavior_lm.data.streams import StreamFormat, build_dataset_dict
+    from behavior_lm.models.auto import build_model
+    from behavior_lm.tokenization.behavior_tokenizer import item_id_of
+    from behavior_lm.training.arguments import ModelArguments
+
+    ids = hostile_ids()
+    seqs = [UserSequence(f"u{u}", ids[u::7], ["interact"] * len(ids[u::7]), list(range(len(ids[u::7]))),
+                         [None] * len(ids[u::7]), list(range(len(ids[u::7])))) for u in range(7)]
+    tok = build_tokenizer(ids, max_length=64)
+    assert len(tok) == len(ids) + 7
+    dsd = build_dataset_dict(leave_one_out(seqs), tok, max_length=64, fmt=StreamFormat())
+    split = leave_one_out(seqs)
+    seen = []
+    for row in dsd["train"]:
+        tokens = tok.convert_ids_to_tokens(row["input_ids"])
+        assert tokens[0] == "[BOS]" and tok.unk_token_id not in row["input_ids"]
+        seen.extend(item_id_of(t) for t in tokens[1:])
+    assert sorted(seen) == sorted(i for s in split.train for i in s.items)
+    for s, row in zip(seqs, dsd["test"]):
+        assert item_id_of(tok.convert_ids_to_tokens(row["target"])) == s.items[-1]
+        assert tok.unk_token_id not in row["input_ids"] + row["seen"]
+    model = build_model(ModelArguments(hidden_size=16, num_layers=1, num_heads=2, dropout=0.0), tok, 64)
+    model.config.behavior_lm = {"behaviors": ["interact"], "filter_seen": False, "max_length": 64,
+                                "stream": StreamFormat().describe()}
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    pipe = pipeline("next-behavior", model=str(tmp_path))
+    history = ids[:5]                                                # "[PAD]" "[MASK]" "[SEP]" ...
+    pre = pipe.preprocess(__import__("behavior_lm.inference.pipelines", fromlist=["x"]).parse_history(history))
+    assert [item_id_of(t) for t in pipe.tokenizer.convert_ids_to_tokens(pre["input_ids"][0].tolist())[1:]] == history
+    out = pipe(history, top_k=len(ids))
+    assert sorted(r["item"] for r in out) == sorted(ids)
+    assert pipe(["i:5"], top_k=3) == pipe([("i:5", None)], top_k=3)  # the raw id "i:5", not a stream

@@ -23,8 +23,8 @@ from transformers import PreTrainedTokenizerBase
 
 from behavior_lm.data.preprocess import UserSequence
 from behavior_lm.data.splits import Example, Split
-from behavior_lm.tokenization.behavior_tokenizer import (behavior_token, gap_token, gap_tokens, grammar,
-                                                         item_token, side_token)
+from behavior_lm.tokenization.behavior_tokenizer import (behavior_token, encode_tokens, gap_token, gap_tokens,
+                                                         grammar, item_token, side_token)
 
 TRAIN_WINDOWS = ("all", "last")
 
@@ -135,12 +135,9 @@ def train_windows(seq: UserSequence, *, max_length: int, fmt: StreamFormat,
 
 
 def encode_texts(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int) -> list[list[int]]:
-    ids: list[list[int]] = []
-    for start in range(0, len(texts), 4096):
-        enc = tokenizer(list(texts[start:start + 4096]), truncation=True, max_length=max_length,
-                        add_special_tokens=True)
-        ids.extend(enc["input_ids"])
-    return ids
+    """Serialized streams -> ids with the tokenizer's template, token by token (ids never hold
+    whitespace, so splitting a stream on it is exact; see :func:`encode_tokens`)."""
+    return [encode_tokens(tokenizer, text.split(), max_length=max_length) for text in texts]
 
 
 def _examples_dataset(examples: Sequence[Example], tokenizer: PreTrainedTokenizerBase, *,

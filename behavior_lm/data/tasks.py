@@ -40,7 +40,7 @@ from behavior_lm.data.preprocess import UserSequence
 from behavior_lm.data.splits import Example, Split
 from behavior_lm.errors import DataError
 from behavior_lm.data.streams import StreamFormat, encode_texts
-from behavior_lm.tokenization.behavior_tokenizer import is_item_token, item_token
+from behavior_lm.tokenization.behavior_tokenizer import encode_tokens, is_item_token, item_token
 
 RANKING_TASKS = ("next-item",)
 SEQUENCE_TASKS = ("next-class", "next-rating")
@@ -93,13 +93,8 @@ def _training_targets(seq: UserSequence, n: int, seed: int) -> list[int]:
 
 def _pair_rows(pairs: list[tuple[str, UserSequence, str, str, int | float]], tokenizer,
                max_length: int, fmt: StreamFormat) -> dict[str, list]:
-    histories = [fmt.serialize(h) for _, h, *_ in pairs]
-    asked = [item_token(item) for _, _, item, _, _ in pairs]
-    ids: list[list[int]] = []
-    for start in range(0, len(pairs), 4096):
-        enc = tokenizer(histories[start:start + 4096], asked[start:start + 4096],
-                        truncation="only_first", max_length=max_length)
-        ids.extend(enc["input_ids"])
+    ids = [encode_tokens(tokenizer, fmt.serialize(h).split(), [item_token(item)], max_length=max_length)
+           for _, h, item, _, _ in pairs]
     return {"user_id": [u for u, *_ in pairs], "input_ids": ids, "labels": [p[4] for p in pairs]}
 
 

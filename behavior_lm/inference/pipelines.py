@@ -34,7 +34,7 @@ from behavior_lm.data.streams import StreamFormat, context_slice
 from behavior_lm.inference.distribution import next_event_distributions
 from behavior_lm.tokenization.behavior_tokenizer import (SIDE_FILE, behavior_token_ids, grammar,
                                                          is_behavior_token, is_item_token, item_id_of,
-                                                         item_mask, item_token)
+                                                         encode_tokens, item_mask, item_token)
 
 logger = logging.getLogger(__name__)
 TASK = "next-behavior"
@@ -127,12 +127,15 @@ def parse_history(history: Any) -> History:
 
 def is_batch(inputs: Any) -> bool:
     """A list of histories rather than one history: a list with a list in it (its strings are
-    histories too), or a list of serialized strings."""
+    histories too), or a list of strings of which one holds several tokens (``"i:3 i:7"``). A list
+    of single-token strings is one history of item ids, even ids that look like tokens
+    (``["i:1", "i:2"]`` are the items ``i:1`` and ``i:2``)."""
     if not isinstance(inputs, list) or not inputs:
         return False
     if any(isinstance(x, list) for x in inputs):
         return True
-    return all(isinstance(x, str) and _is_serialized(x) for x in inputs)
+    return (all(isinstance(x, str) for x in inputs)
+            and any(len(x.split()) > 1 and _is_serialized(x) for x in inputs))
 
 
 class AutoModelForNextBehavior:
@@ -281,8 +284,8 @@ class NextBehaviorPipeline(Pipeline):
         seq = UserSequence("request", [i for i, _, _ in kept], [b or "" for _, b, _ in kept],
                            [t or 0 for _, _, t in kept], [None] * n, [0] * n)
         seq = context_slice(seq, self.max_length, fmt)
-        encoded = self.tokenizer(fmt.serialize(seq), return_tensors="pt", truncation=False)
-        return {"input_ids": encoded["input_ids"], "behavior": behavior,
+        ids = encode_tokens(self.tokenizer, fmt.serialize(seq).split())
+        return {"input_ids": torch.tensor([ids], dtype=torch.long), "behavior": behavior,
                 "seen": [i for i, _, _ in kept], "empty": not kept}
 
     @property

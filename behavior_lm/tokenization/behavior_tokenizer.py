@@ -144,6 +144,53 @@ def build_tokenizer(
     return tokenizer
 
 
+# --------------------------------------------------------------------- encoding by id
+def _template(tokenizer: PreTrainedTokenizerBase) -> dict[str, list[tuple[str, str]]]:
+    """The tokenizer's own post-processing template, read from its backend: ``{"single": [...],
+    "pair": [...]}`` with ``("special", "[BOS]")`` / ``("sequence", "A")`` parts."""
+    cached = getattr(tokenizer, "_behavior_lm_template", None)
+    if cached is None:
+        spec = json.loads(tokenizer.backend_tokenizer.to_str()).get("post_processor") or {}
+        cached = {}
+        for name in ("single", "pair"):
+            parts = []
+            for part in spec.get(name) or []:
+                if "SpecialToken" in part:
+                    parts.append(("special", part["SpecialToken"]["id"]))
+                else:
+                    parts.append(("sequence", part["Sequence"]["id"]))
+            cached[name] = parts
+        tokenizer._behavior_lm_template = cached
+    return cached
+
+
+def encode_tokens(tokenizer: PreTrainedTokenizerBase, first: Sequence[str],
+                  second: Sequence[str] | None = None, max_length: int | None = None) -> list[int]:
+    """Token strings -> ids by vocabulary lookup, wrapped in the tokenizer's template
+    (``[BOS] A``, ``[CLS] A [SEP] B [SEP]``).
+
+    Never re-tokenizes text: an item whose raw id looks like a special token (``i:[PAD]``) or
+    holds brackets, NUL bytes or emoji maps to its own id, where ``tokenizer(text)`` would split
+    the special token out of it. ``max_length`` drops the oldest tokens of ``first`` (left
+    truncation keeps the most recent events), as the tokenizer's ``only_first`` truncation did.
+    """
+    template = _template(tokenizer)["pair" if second is not None else "single"]
+    if not template:
+        raise ValueError("the tokenizer has no template for this input (pair without a pair template)")
+    specials = sum(1 for kind, _ in template if kind == "special")
+    first = list(first)
+    if max_length is not None:
+        room = max_length - specials - (len(second) if second is not None else 0)
+        first = first[max(0, len(first) - max(room, 0)):]
+    ids: list[int] = []
+    for kind, name in template:
+        if kind == "special":
+            ids.append(tokenizer.convert_tokens_to_ids(name))
+        else:
+            ids.extend(tokenizer.convert_tokens_to_ids(list(first if name == "A" else second)))
+    return ids
+
+
 # --------------------------------------------------------------------- vocabulary views
 def item_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """Ids of all item tokens, ascending. Ranking is over exactly these."""
