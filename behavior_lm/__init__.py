@@ -8,7 +8,7 @@ The public API, one function per arrow of the flow (see docs/design.md)::
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from behavior_lm.version import __version__
 
 from behavior_lm.data.events import EventLog
 from behavior_lm.data.pipeline import PreparedData, prepare_data
@@ -20,7 +20,7 @@ from behavior_lm.errors import BehaviorLMError, DataError, RecipeError
 from behavior_lm.evaluation.metrics import rank_of_target, ranking_metrics
 from behavior_lm.evaluation.protocol import EvalProtocol
 from behavior_lm.tokenization.behavior_tokenizer import build_tokenizer
-from behavior_lm.training.arguments import BehaviorTrainingArguments, DataArguments, ModelArguments
+from behavior_lm.arguments import BehaviorTrainingArguments, DataArguments, ModelArguments
 from behavior_lm.training.run import train
 
 _register_pipeline()  # pipeline("next-behavior", model=...)

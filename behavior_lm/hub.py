@@ -21,7 +21,7 @@ from behavior_lm.data.tasks import TOKEN_TASKS
 from behavior_lm.evaluation.protocol import EvalProtocol
 from behavior_lm.reporting import results_table
 from behavior_lm.rundir import promote
-from behavior_lm.training.arguments import redacted
+from behavior_lm.arguments import redacted
 
 # weights, config and tokenizer first; then the run's own records
 MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",

@@ -70,6 +70,40 @@ def training_curves(log_history: Sequence[Mapping], path: Path,
     return path
 
 
+TASK_METRICS = {"next-item": ("hr@10", "ndcg@10", "mrr@10"),
+                "next-class": ("accuracy", "f1_macro", "roc_auc"),
+                "event-class": ("accuracy", "f1_macro", "roc_auc"),
+                "purchase-intent": ("f1_macro", "roc_auc", "average_precision"),
+                "conversion-tag": ("f1_macro", "roc_auc", "average_precision"),
+                "next-rating": ("mae", "rmse")}
+
+
+def comparison_chart(rows: dict[str, dict], floors: dict[str, dict], path: Path,
+                     metric_names: Sequence[str] = TASK_METRICS["next-item"]) -> Path:
+    names = list(rows) + [f"{f} (floor)" for f in floors]
+    values = {**rows, **{f"{f} (floor)": v for f, v in floors.items()}}
+    fig = new_figure(figsize=(13, 4), dpi=110)
+    axes = fig.subplots(1, 3, gridspec_kw={"width_ratios": [3, 1.3, 1.3]})
+    width = 0.8 / len(metric_names)
+    for i, metric in enumerate(metric_names):
+        xs = [j + (i - (len(metric_names) - 1) / 2) * width for j in range(len(names))]
+        axes[0].bar(xs, [values[n][metric] for n in names], width, label=metric.upper())
+    axes[0].set_xticks(range(len(names)), names, rotation=30, ha="right")
+    axes[0].set_title("test ranking quality (full catalogue)" if "@" in metric_names[0]
+                      else "test quality")
+    axes[0].legend(fontsize=8)
+    model_names = list(rows)
+    axes[1].bar(model_names, [rows[n]["train_minutes"] for n in model_names], color="tab:gray")
+    axes[1].set_title("training time (min)")
+    axes[2].bar(model_names, [rows[n]["parameters"] / 1e6 for n in model_names], color="tab:olive")
+    axes[2].set_title("parameters (M)")
+    for ax in axes[1:]:
+        ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
 def regenerate(folder: str | Path) -> list[Path]:
     """Redraw the PNGs of a run directory (training curves) or a comparison directory (the chart,
     and every run in it) from the JSON they were drawn from (``behavior-lm report``)."""
@@ -80,8 +114,6 @@ def regenerate(folder: str | Path) -> list[Path]:
     root = Path(folder)
     written: list[Path] = []
     if (root / "comparison.json").is_file():
-        from behavior_lm.training.compare import TASK_METRICS, comparison_chart
-
         saved = json.loads((root / "comparison.json").read_text())
         rows, floors = saved["models"], saved["floors"]
         first = next(iter(rows.values()), {})

@@ -40,7 +40,7 @@ def main() -> None:
     from behavior_lm.data.pipeline import prepare_data
     from behavior_lm.evaluation.scoring import next_token_scores
     from behavior_lm.models.auto import template_for
-    from behavior_lm.training.arguments import DataArguments
+    from behavior_lm.arguments import DataArguments
 
     run = Path(args.run_dir)
     recipe = yaml.safe_load((run / "recipe.yaml").read_text())

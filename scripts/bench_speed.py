@@ -66,11 +66,11 @@ def measure(dataset: str, model_type: str, steps: int, eval_batch_size: int) -> 
     from torch.utils.data import DataLoader
     from torch.utils.flop_counter import FlopCounterMode
 
-    from behavior_lm.cli.recipes import parse_recipe
+    from behavior_lm.training.recipes import parse_recipe
     from behavior_lm.data.pipeline import prepare_data
     from behavior_lm.evaluation.harness import evaluate_model
     from behavior_lm.models.auto import build_model, count_parameters, template_for
-    from behavior_lm.training.collators import IGNORE_INDEX
+    from behavior_lm.data.collators import IGNORE_INDEX
     from behavior_lm.training.run import make_collator, protocol_for
 
     path, extra = recipe_for(dataset, model_type)

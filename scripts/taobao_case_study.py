@@ -108,7 +108,7 @@ def pr_curves_png(runs: dict[str, Path], path: Path, task: str, title: str, xlab
     from behavior_lm.data.pipeline import prepare_data
     from behavior_lm.evaluation.run_eval import load_task_model, task_logits
     from behavior_lm.evaluation.task_metrics import _flatten, heuristic_scores, positive_probability
-    from behavior_lm.training.arguments import DataArguments
+    from behavior_lm.arguments import DataArguments
 
     def curve(ax, y: np.ndarray, score: np.ndarray, label: str, **style) -> None:
         order = np.argsort(-score, kind="stable")

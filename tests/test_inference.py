@@ -26,7 +26,7 @@ from behavior_lm.evaluation.metrics import (accuracy, mae, precision_recall_f1, 
 from behavior_lm.inference.pipelines import EMPTY_NOTE, NextBehaviorPipeline, parse_history
 from behavior_lm.models.auto import MODEL_TYPES, build_model
 from behavior_lm.tokenization.behavior_tokenizer import build_tokenizer, item_token_ids
-from behavior_lm.training.arguments import ModelArguments
+from behavior_lm.arguments import ModelArguments
 
 ITEMS = [str(i) for i in range(20)]
 

@@ -19,8 +19,8 @@ from behavior_lm.data.streams import StreamFormat, build_dataset_dict, context_e
 from behavior_lm.evaluation.scoring import last_positions, next_item_scores, next_token_scores
 from behavior_lm.models.auto import MODEL_TYPES, build_model, template_for
 from behavior_lm.tokenization.behavior_tokenizer import behavior_token_ids, build_tokenizer, item_mask
-from behavior_lm.training.arguments import ModelArguments
-from behavior_lm.training.collators import IGNORE_INDEX, BehaviorCollator
+from behavior_lm.arguments import ModelArguments
+from behavior_lm.data.collators import IGNORE_INDEX, BehaviorCollator
 from behavior_lm.training.run import make_collator
 
 BEHAVIORS = ["pv", "cart", "buy"]
@@ -183,7 +183,7 @@ def test_pipeline_serializes_histories_exactly_as_the_scored_rows(tmp_path):
 
     from behavior_lm.data.splits import leave_one_out
     from behavior_lm.inference.pipelines import parse_history
-    from behavior_lm.training.arguments import BehaviorTrainingArguments, DataArguments
+    from behavior_lm.arguments import BehaviorTrainingArguments, DataArguments
     from behavior_lm.training.run import describe_run_in_config
 
     steps = [5, 700, 40, 4000, 90_000, 30, 2_000_000, 61]

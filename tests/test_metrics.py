@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from behavior_lm.evaluation.scoring import score_ranks
 from behavior_lm.evaluation.metrics import (coverage, hit_rate, mrr, ndcg, rank_of_target,
                                             ranking_metrics)
-from behavior_lm.training.trainer import score_ranks
 
 
 # ----------------------------------------------------------------- brute-force reference

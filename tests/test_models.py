@@ -15,8 +15,8 @@ from behavior_lm.evaluation.protocol import EvalProtocol
 from behavior_lm.models.auto import MODEL_TYPES, build_model
 from behavior_lm.models.rnn import BehaviorRNNConfig
 from behavior_lm.tokenization.behavior_tokenizer import build_tokenizer, item_mask
-from behavior_lm.training.arguments import ModelArguments
-from behavior_lm.training.collators import BehaviorCollator
+from behavior_lm.arguments import ModelArguments
+from behavior_lm.data.collators import BehaviorCollator
 from behavior_lm.training.run import make_collator
 from behavior_lm.training.trainer import BehaviorTrainer, make_compute_metrics
 

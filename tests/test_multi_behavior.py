@@ -18,8 +18,8 @@ from behavior_lm.evaluation.scoring import next_item_scores
 from behavior_lm.inference.pipelines import parse_history
 from behavior_lm.models.auto import build_model
 from behavior_lm.tokenization.behavior_tokenizer import build_tokenizer, item_mask
-from behavior_lm.training.arguments import ModelArguments
-from behavior_lm.training.collators import BehaviorCollator
+from behavior_lm.arguments import ModelArguments
+from behavior_lm.data.collators import BehaviorCollator
 
 from conftest import REPO, shared_dataset
 
@@ -199,7 +199,8 @@ def _seq(events: str, user: str = "u") -> "UserSequence":
 
 
 def test_conversion_labels_hand_computed():
-    from behavior_lm.data.tasks import IGNORE, conversion_labels
+    from behavior_lm.data.collators import IGNORE_INDEX as IGNORE
+    from behavior_lm.data.tasks import conversion_labels
 
     seq = _seq("pv:a pv:b cart:a pv:c pv:a pv:b | buy:b pv:d cart:c fav:a buy:z".replace(" |", ""))
     #           0    1    2      3    4    5      6     7    8      9     10      cut = 6
@@ -216,7 +217,8 @@ def test_conversion_labels_hand_computed():
 
 def test_conversion_task_rows_and_heuristic_floor():
     from behavior_lm.data.streams import StreamFormat
-    from behavior_lm.data.tasks import IGNORE, build_conversion_task
+    from behavior_lm.data.collators import IGNORE_INDEX as IGNORE
+    from behavior_lm.data.tasks import build_conversion_task
     from behavior_lm.evaluation.task_metrics import best_f1_threshold, floor_metrics, heuristic_scores
 
     seqs = [_seq("pv:a pv:a pv:b pv:c pv:a cart:a pv:d pv:b buy:b pv:e pv:c cart:c", user=f"u{k}")
@@ -268,9 +270,10 @@ def test_taobao_conversion_tag_run(tmp_path):
 def test_item_side_reader_and_stream(tmp_path):
     from behavior_lm.data.readers import read_item_side
     from behavior_lm.data.sources import load_item_side
-    from behavior_lm.training.arguments import DataArguments
+    from behavior_lm.arguments import DataArguments
     from behavior_lm.data.streams import StreamFormat
-    from behavior_lm.data.tasks import IGNORE, _token_row
+    from behavior_lm.data.collators import IGNORE_INDEX as IGNORE
+    from behavior_lm.data.tasks import _token_row
     from behavior_lm.errors import DataError
 
     f = tmp_path / "log.csv"

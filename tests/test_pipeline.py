@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from behavior_lm.data.pipeline import prepare_data
-from behavior_lm.training.arguments import DataArguments
+from behavior_lm.arguments import DataArguments
 
 
 def test_second_run_uses_the_cache_and_gives_the_same_streams(tmp_path, monkeypatch):

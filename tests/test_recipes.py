@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from behavior_lm.cli.recipes import load_recipe, parse_recipe
+from behavior_lm.training.recipes import load_recipe, parse_recipe
 from behavior_lm.data.tasks import TOKEN_TASKS
 from behavior_lm.errors import RecipeError
 from behavior_lm.models.auto import build_model, template_for

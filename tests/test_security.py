@@ -11,7 +11,7 @@ import yaml
 from behavior_lm.cli.main import main
 from behavior_lm.data.pipeline import cache_folder_name, prepare_data
 from behavior_lm.hub import stage_run
-from behavior_lm.training.arguments import DataArguments
+from behavior_lm.arguments import DataArguments
 
 from conftest import QUICKSTART, TINY
 
@@ -60,7 +60,7 @@ def test_importing_behavior_lm_leaves_the_matplotlib_backend_alone():
     import sys
 
     code = ("import matplotlib; matplotlib.use('svg'); import behavior_lm, behavior_lm.reporting, "
-            "behavior_lm.training.compare; print(matplotlib.get_backend())")
+            "behavior_lm.compare; print(matplotlib.get_backend())")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().lower() == "svg"

@@ -86,7 +86,7 @@ def test_readme_taobao_mapping_needs_no_code(tmp_path):
     """The README's generic-table example: column names + behavior map, through prepare_data."""
     import gzip
 
-    from behavior_lm.cli.recipes import parse_recipe
+    from behavior_lm.training.recipes import parse_recipe
     from behavior_lm.data.pipeline import prepare_data
 
     src = shared_dataset("taobao", "UserBehavior_head_whole_users.csv.gz")

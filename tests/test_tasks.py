@@ -6,8 +6,8 @@ import pytest
 from behavior_lm.data.preprocess import UserSequence
 from behavior_lm.data.splits import leave_one_out
 from behavior_lm.data.streams import StreamFormat
-from behavior_lm.data.tasks import (IGNORE, EventLabeler, build_sequence_task, build_token_task,
-                                    class_names)
+from behavior_lm.data.collators import IGNORE_INDEX as IGNORE
+from behavior_lm.data.tasks import EventLabeler, build_sequence_task, build_token_task, class_names
 from behavior_lm.errors import DataError
 from behavior_lm.tokenization.behavior_tokenizer import build_tokenizer
 

@@ -101,7 +101,7 @@ def test_any_item_id_round_trips_through_streams_and_the_pipeline(tmp_path):
     from behavior_lm.data.streams import StreamFormat, build_dataset_dict
     from behavior_lm.models.auto import build_model
     from behavior_lm.tokenization.behavior_tokenizer import item_id_of
-    from behavior_lm.training.arguments import ModelArguments
+    from behavior_lm.arguments import ModelArguments
 
     ids = hostile_ids()
     seqs = [UserSequence(f"u{u}", ids[u::7], ["interact"] * len(ids[u::7]), list(range(len(ids[u::7]))),

@@ -20,7 +20,7 @@ def _train(argv: Sequence[str]) -> int:
         description="Train and evaluate a recipe. Any recipe key can be overridden with --key value.")
     parser.add_argument("recipe", help="recipes/<task>/<model>-<dataset>.yaml")
     args, overrides = parser.parse_known_args(argv)
-    from behavior_lm.cli.recipes import parse_recipe
+    from behavior_lm.training.recipes import parse_recipe
     from behavior_lm.training.run import train
 
     data_args, model_args, training_args, recipe = parse_recipe(args.recipe, overrides)
@@ -28,6 +28,12 @@ def _train(argv: Sequence[str]) -> int:
     if _is_main_process():
         print((run_dir / "results.md").read_text())
         print(f"run directory: {run_dir}")
+        if training_args.push_to_hub:            # once, the finished run with its model card
+            from behavior_lm.hub import push_run
+
+            url = push_run(run_dir, training_args.hub_model_id, private=bool(training_args.hub_private_repo),
+                           token=training_args.hub_token)
+            print(f"pushed to {url}")
     return 0
 
 
@@ -63,7 +69,7 @@ def _compare(argv: Sequence[str]) -> int:
     parser.add_argument("recipes", nargs="+", help="recipe YAML files (same data settings)")
     parser.add_argument("--output_dir", required=True, help="folder for the runs and the comparison")
     args, overrides = parser.parse_known_args(argv)
-    from behavior_lm.training.compare import compare
+    from behavior_lm.compare import compare
 
     out = compare(args.recipes, args.output_dir, overrides)
     if _is_main_process():

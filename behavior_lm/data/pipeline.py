@@ -27,7 +27,7 @@ from behavior_lm.data.streams import StreamFormat, build_dataset_dict
 from behavior_lm.errors import RecipeError
 from behavior_lm.rundir import atomic_dir
 from behavior_lm.tokenization.behavior_tokenizer import SIDE_FILE, build_tokenizer, grammar
-from behavior_lm.training.arguments import DataArguments
+from behavior_lm.arguments import DataArguments
 
 logger = logging.getLogger(__name__)
 

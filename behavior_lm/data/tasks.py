@@ -36,6 +36,7 @@ from collections.abc import Sequence
 from datasets import Dataset, DatasetDict
 from transformers import PreTrainedTokenizerBase
 
+from behavior_lm.data.collators import IGNORE_INDEX
 from behavior_lm.data.preprocess import UserSequence
 from behavior_lm.data.splits import Example, Split
 from behavior_lm.errors import DataError
@@ -47,7 +48,6 @@ SEQUENCE_TASKS = ("next-class", "next-rating")
 TOKEN_TASKS = ("event-class", "conversion-tag")
 INTENT_TASKS = ("purchase-intent",)
 TASKS = RANKING_TASKS + SEQUENCE_TASKS + TOKEN_TASKS + INTENT_TASKS
-IGNORE = -100
 
 
 def class_names(behaviors: Sequence[str], like_threshold: float, task: str = "next-class",
@@ -124,16 +124,16 @@ def _token_row(seq: UserSequence, labels: list[int], tokenizer, vocab: dict[str,
     keeping the most recent events that fit."""
     unk = tokenizer.unk_token_id
     keep = max(1, (max_length - 2) // fmt.max_tokens_per_event)
-    ids, lab = [tokenizer.cls_token_id], [IGNORE]
+    ids, lab = [tokenizer.cls_token_id], [IGNORE_INDEX]
     start = max(0, len(seq) - keep)
     for i in range(start, len(seq)):
         tokens = fmt.event_tokens(seq, i) if i > start else fmt.event_tokens(seq.slice(i, i + 1), 0)
         ids.extend(vocab.get(t, unk) for t in tokens)
-        row = [IGNORE] * len(tokens)
+        row = [IGNORE_INDEX] * len(tokens)
         row[next(k for k, t in enumerate(tokens) if is_item_token(t))] = labels[i]  # the label sits on the item
         lab.extend(row)
     ids.append(tokenizer.sep_token_id)
-    lab.append(IGNORE)
+    lab.append(IGNORE_INDEX)
     return ids, lab
 
 
@@ -163,7 +163,7 @@ def build_token_task(split: Split, tokenizer: PreTrainedTokenizerBase, labeler: 
             full = UserSequence(ex.user_id, h.items + [ex.target_item], h.behaviors + [ex.target_behavior],
                                 h.timestamps + [ex.target_timestamp], h.values + [ex.target_value],
                                 h.lines + [ex.target_line])
-            labels = [IGNORE] * len(h) + [labeler.label("event-class", ex.target_behavior,
+            labels = [IGNORE_INDEX] * len(h) + [labeler.label("event-class", ex.target_behavior,
                                                         ex.target_value, ex.target_line)]
             rows.append((ex.user_id, full, labels))
         if rows:
@@ -241,7 +241,7 @@ def conversion_labels(seq: UserSequence, cut: int, *, browse: str, convert: Sequ
     A ``browse`` event gets a label only while its item is still unconverted in the history (no
     ``convert`` event of it later in ``seq[:cut]``): otherwise the answer would be in the input.
     The label is 1 when the item is converted among events ``cut .. cut + horizon - 1`` (within
-    ``seconds`` of the last history event, when given). Every other event is ``IGNORE``.
+    ``seconds`` of the last history event, when given). Every other event is ``IGNORE_INDEX``.
     """
     t0 = seq.timestamps[cut - 1]
     future: set[str] = set()
@@ -250,7 +250,7 @@ def conversion_labels(seq: UserSequence, cut: int, *, browse: str, convert: Sequ
             break
         if seq.behaviors[j] in convert:
             future.add(seq.items[j])
-    labels = [IGNORE] * cut
+    labels = [IGNORE_INDEX] * cut
     converted_later: set[str] = set()                  # converted after position i, inside the history
     for i in range(cut - 1, -1, -1):
         item = seq.items[i]
@@ -287,7 +287,7 @@ def build_conversion_task(sequences: list[UserSequence], tokenizer: PreTrainedTo
         labels = conversion_labels(seq, cut, browse=browse, convert=convert, horizon=horizon,
                                    seconds=seconds)
         ids, lab = _token_row(seq.slice(0, cut), labels, tokenizer, vocab, max_length, fmt)
-        tagged = [y for y in lab if y != IGNORE]
+        tagged = [y for y in lab if y != IGNORE_INDEX]
         if not tagged:
             return
         rows[part]["user_id"].append(seq.user_id)

@@ -18,10 +18,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from behavior_lm.evaluation.metrics import ranking_metrics
 from behavior_lm.evaluation.protocol import EvalProtocol
-from behavior_lm.evaluation.scoring import next_item_scores, next_token_scores
+from behavior_lm.evaluation.scoring import next_item_scores, next_token_scores, score_ranks
 from behavior_lm.tokenization.behavior_tokenizer import behavior_token_ids, item_mask
-from behavior_lm.training.collators import BehaviorCollator
-from behavior_lm.training.trainer import score_ranks
+from behavior_lm.data.collators import BehaviorCollator
 
 Scorer = Callable[[dict[str, torch.Tensor]], torch.Tensor]
 BASELINES = ("popularity", "markov", "repeat")

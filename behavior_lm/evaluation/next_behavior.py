@@ -23,7 +23,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from behavior_lm.evaluation.metrics import accuracy, average_precision, precision_recall_f1
 from behavior_lm.evaluation.scoring import next_token_scores
 from behavior_lm.tokenization.behavior_tokenizer import behavior_token_ids
-from behavior_lm.training.collators import BehaviorCollator
+from behavior_lm.data.collators import BehaviorCollator
 
 
 def behavior_probabilities(model: PreTrainedModel, dataset: Dataset, tokenizer: PreTrainedTokenizerBase,

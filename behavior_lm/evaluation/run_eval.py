@@ -25,8 +25,8 @@ from behavior_lm.evaluation.protocol import EvalProtocol
 from behavior_lm.data.tasks import TOKEN_TASKS
 from behavior_lm.evaluation.task_metrics import floor_metrics, score_predictions
 from behavior_lm.models.auto import MASKED_MODEL_TYPES, template_for
-from behavior_lm.training.collators import BehaviorCollator
-from behavior_lm.training.arguments import DataArguments
+from behavior_lm.data.collators import IGNORE_INDEX, BehaviorCollator
+from behavior_lm.arguments import DataArguments
 
 
 def evaluate_run(run_dir: str | Path, *, split: str = "test", batch_size: int = 256,
@@ -78,7 +78,7 @@ def task_logits(model, data, split: str, task: str, batch_size: int = 256) -> tu
             if task in TOKEN_TASKS:
                 pad = data.tokenizer.model_max_length - width
                 out = torch.nn.functional.pad(out, (0, 0, 0, max(pad, 0)))
-                batch["labels"] = torch.nn.functional.pad(batch["labels"], (0, max(pad, 0)), value=-100)
+                batch["labels"] = torch.nn.functional.pad(batch["labels"], (0, max(pad, 0)), value=IGNORE_INDEX)
             logits.append(out.numpy())
             labels.append(batch["labels"].numpy())
     return np.concatenate(logits), np.concatenate(labels)

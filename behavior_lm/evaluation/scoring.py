@@ -18,8 +18,11 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
+
+from behavior_lm.evaluation.metrics import rank_of_target
 
 
 def is_masked_lm(model: PreTrainedModel) -> bool:
@@ -143,3 +146,16 @@ def next_item_scores(model: PreTrainedModel, input_ids: torch.Tensor, attention_
         log_pb = torch.full((input_ids.size(0), n_b), -math.log(n_b), device=input_ids.device)
     log_pi = item_log_probs_given(model, input_ids, attention_mask, candidates, behavior_ids)
     return torch.logsumexp(log_pb.unsqueeze(-1) + log_pi, dim=1)                        # (B, V)
+
+
+def score_ranks(scores: torch.Tensor, targets: torch.Tensor, item_mask: torch.Tensor,
+                seen: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ranks of the targets and the cross-entropy of the target among item tokens."""
+    mask = item_mask.to(scores.device)
+    if mask.numel() < scores.size(1):  # model vocab padded beyond the tokenizer
+        mask = F.pad(mask, (0, scores.size(1) - mask.numel()), value=False)
+    scores = scores[:, : mask.numel()]
+    ranks = rank_of_target(scores, targets, mask, seen)
+    item_logits = scores.float().masked_fill(~mask, float("-inf"))
+    loss = F.cross_entropy(item_logits, targets)
+    return ranks, loss

@@ -23,7 +23,8 @@ import numpy as np
 from datasets import Dataset
 from transformers import EvalPrediction
 
-from behavior_lm.data.tasks import IGNORE, TOKEN_TASKS
+from behavior_lm.data.collators import IGNORE_INDEX
+from behavior_lm.data.tasks import TOKEN_TASKS
 from behavior_lm.tokenization.behavior_tokenizer import behavior_token_ids
 from behavior_lm.evaluation.metrics import (accuracy, average_precision, mae, precision_recall_f1, rmse,
                                             roc_auc)
@@ -31,7 +32,7 @@ from behavior_lm.evaluation.metrics import (accuracy, average_precision, mae, pr
 
 def _flatten(task: str, logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if task in TOKEN_TASKS:                                  # (N, L, C), (N, L) -> kept tokens
-        keep = labels != IGNORE
+        keep = labels != IGNORE_INDEX
         return logits[keep], labels[keep]
     return logits, labels
 
@@ -63,7 +64,7 @@ def make_task_metrics(task: str, num_classes: int):
 def _labels(ds: Dataset, task: str) -> np.ndarray:
     if task in TOKEN_TASKS:
         flat = np.concatenate([np.asarray(r, dtype=np.int64) for r in ds["labels"]])
-        return flat[flat != IGNORE]
+        return flat[flat != IGNORE_INDEX]
     return np.asarray(ds["labels"])
 
 
@@ -86,7 +87,7 @@ def heuristic_scores(task: str, ds: Dataset, tokenizer, intent_behavior: str = "
         out = []
         for ids, labels in zip(ds["input_ids"], ds["labels"]):
             ids, labels = np.asarray(ids, dtype=np.int64), np.asarray(labels, dtype=np.int64)
-            for pos in np.flatnonzero(labels != IGNORE):
+            for pos in np.flatnonzero(labels != IGNORE_INDEX):
                 out.append(float((ids == ids[pos]).sum()) + pos / (ids.size + 1.0))
         return np.asarray(out)
     return None

@@ -22,7 +22,10 @@ def predict_table(model: str, history: str, *, top_k: int = 10, behavior: str | 
                   exclude_seen: bool | None = None, return_behaviors: bool = False) -> str:
     from transformers import pipeline
 
-    import behavior_lm  # noqa: F401  (registers the task and the model classes)
+    from behavior_lm.inference.pipelines import register
+    from behavior_lm.models import rnn  # noqa: F401  (registers GRU/LSTM with the Auto classes)
+
+    register()
 
     if not Path(model).exists() and Path(model).is_absolute():
         raise RecipeError(f"{model}: no such run directory")

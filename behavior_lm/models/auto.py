@@ -12,7 +12,7 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
 
 from behavior_lm.data.tasks import TOKEN_TASKS
 from behavior_lm.errors import RecipeError
-from behavior_lm.training.arguments import ModelArguments
+from behavior_lm.arguments import ModelArguments
 from behavior_lm.models.rnn import BehaviorRNNConfig
 
 CAUSAL_MODEL_TYPES = ("gpt2", "llama", "gru", "lstm")

@@ -10,6 +10,7 @@ writes, the others wait.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import os
@@ -35,10 +36,10 @@ from behavior_lm.reporting import results_table, task_description, training_curv
 from behavior_lm.rundir import (check_output_dir, check_writable, last_complete_checkpoint, partial_of,
                                 promote, writer_lock)
 from behavior_lm.tokenization.behavior_tokenizer import behavior_token_ids, item_mask
-from behavior_lm.training.arguments import (BehaviorTrainingArguments, DataArguments, ModelArguments,
+from behavior_lm.arguments import (BehaviorTrainingArguments, DataArguments, ModelArguments,
                                              redacted)
 from behavior_lm.training.budget import TimeBudgetCallback, spent_seconds
-from behavior_lm.training.collators import BehaviorCollator
+from behavior_lm.data.collators import BehaviorCollator
 from behavior_lm.training.trainer import BehaviorTrainer, item_cloze_loss, make_compute_metrics
 
 logger = logging.getLogger(__name__)
@@ -90,6 +91,7 @@ def train(data_args: DataArguments, model_args: ModelArguments,
 
 def _train(data_args: DataArguments, model_args: ModelArguments,
            training_args: BehaviorTrainingArguments, recipe: dict | None) -> Path:
+    training_args = copy.copy(training_args)     # the Trainer's settings; the caller's stay as given
     final = Path(training_args.output_dir)
     partial = partial_of(final)
     ranking = data_args.task == "next-item"
@@ -106,9 +108,9 @@ def _train(data_args: DataArguments, model_args: ModelArguments,
     if training_args.max_train_minutes is not None and training_args.max_train_minutes <= 0:
         raise RecipeError(f"max_train_minutes must be positive, got {training_args.max_train_minutes}")
     training_args.output_dir = str(partial / "checkpoints")
-    # the Trainer would push checkpoints during training; we push the finished run once, with its card
-    push_to = training_args.hub_model_id if training_args.push_to_hub else None
-    if training_args.push_to_hub and not push_to:
+    # the Trainer would push checkpoints during training; the CLI pushes the finished run once,
+    # with its card, after train() returns (behavior_lm.hub.push_run)
+    if training_args.push_to_hub and not training_args.hub_model_id:
         raise RecipeError("push_to_hub: true needs hub_model_id: ORG/NAME in the recipe")
     training_args.push_to_hub = False
     set_seed(training_args.seed)
@@ -188,12 +190,6 @@ def _train(data_args: DataArguments, model_args: ModelArguments,
             shutil.rmtree(partial / "checkpoints", ignore_errors=True)
         promote(partial, final)
     trainer.accelerator.wait_for_everyone()
-    if push_to and trainer.is_world_process_zero():
-        from behavior_lm.hub import push_run
-
-        url = push_run(final, push_to, private=bool(training_args.hub_private_repo),
-                       token=training_args.hub_token)
-        logger.warning("pushed %s to %s", final, url)
     return final
 
 
@@ -215,7 +211,7 @@ def describe_run_in_config(config, data_args: DataArguments, model_args: ModelAr
                            training_args: BehaviorTrainingArguments, data_info: dict) -> None:
     """Store what inference needs in ``config.json`` (it travels with the weights to the Hub):
     the behaviors of the log, whether the run ranked with seen items filtered, and class names."""
-    from behavior_lm import __version__
+    from behavior_lm.version import __version__
 
     config.behavior_lm = {
         "version": __version__, "task": data_args.task, "dataset": data_args.dataset,

@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import EvalPrediction, Trainer
 
-from behavior_lm.evaluation.metrics import rank_of_target, ranking_metrics
-from behavior_lm.evaluation.scoring import next_item_scores
-from behavior_lm.training.collators import IGNORE_INDEX
+from behavior_lm.evaluation.metrics import ranking_metrics
+from behavior_lm.evaluation.scoring import next_item_scores, score_ranks
+from behavior_lm.data.collators import IGNORE_INDEX
 
 
 class BehaviorTrainer(Trainer):
@@ -57,19 +57,6 @@ class BehaviorTrainer(Trainer):
         if prediction_loss_only:
             return loss, None, None
         return loss, ranks.float(), inputs["target"]
-
-
-def score_ranks(scores: torch.Tensor, targets: torch.Tensor, item_mask: torch.Tensor,
-                seen: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ranks of the targets and the cross-entropy of the target among item tokens."""
-    mask = item_mask.to(scores.device)
-    if mask.numel() < scores.size(1):  # model vocab padded beyond the tokenizer
-        mask = F.pad(mask, (0, scores.size(1) - mask.numel()), value=False)
-    scores = scores[:, : mask.numel()]
-    ranks = rank_of_target(scores, targets, mask, seen)
-    item_logits = scores.float().masked_fill(~mask, float("-inf"))
-    loss = F.cross_entropy(item_logits, targets)
-    return ranks, loss
 
 
 def item_cloze_loss(item_mask: torch.Tensor):

@@ -15,7 +15,7 @@ import yaml
 from transformers import HfArgumentParser
 
 from behavior_lm.errors import RecipeError
-from behavior_lm.training.arguments import BehaviorTrainingArguments, DataArguments, ModelArguments
+from behavior_lm.arguments import BehaviorTrainingArguments, DataArguments, ModelArguments
 
 ARGUMENT_CLASSES = (DataArguments, ModelArguments, BehaviorTrainingArguments)
 
