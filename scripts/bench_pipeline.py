@@ -1,11 +1,14 @@
 """Latency of pipeline("next-behavior") for one history at a time (the interactive case).
 
 Usage:
-    python scripts/bench_pipeline.py RUN_DIR [--calls 1000] [--top_k 10] [--threads 1]
+    python scripts/bench_pipeline.py RUN_DIR [--calls 1000] [--top_k 10] [--threads 1] [--batch_sizes 1 16 64 256]
 
 Histories are the real test-split histories of the run's users (cycled), so lengths follow the
 data. Prints median and p99 over the calls, and, as a same-process baseline, the bare model
 forward on the same inputs (what the pipeline adds is parsing, tokenizing and the top-k).
+Then the batched case: the same ``--calls`` histories in one call per ``--batch_sizes`` value
+(``pipe(histories, batch_size=B)``), back to back with the loop of single calls: histories per
+second and the speed-up over single calls.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=1000)
     parser.add_argument("--top_k", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 16, 64, 256])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -39,6 +43,7 @@ def main() -> None:
     import behavior_lm  # noqa: F401
     from behavior_lm.data.pipeline import prepare_data
     from behavior_lm.evaluation.scoring import next_token_scores
+    from behavior_lm.inference.pipelines import parse_history
     from behavior_lm.models.auto import template_for
     from behavior_lm.arguments import DataArguments
 
@@ -64,11 +69,12 @@ def main() -> None:
     base = []
     for n in range(args.calls):
         h = histories[n % len(histories)]
-        ids = tok(" ".join(f"i:{i}" for i in h[-(tok.model_max_length - 1):]), return_tensors="pt")["input_ids"]
+        ids = pipe.preprocess(parse_history(h))["input_ids"]
         start = time.perf_counter()
         next_token_scores(pipe.model, ids, torch.ones_like(ids))
         base.append((time.perf_counter() - start) * 1e3)
-    lengths = [min(len(histories[n % len(histories)]), tok.model_max_length - 1) for n in range(args.calls)]
+    lengths = [pipe.preprocess(parse_history(histories[n % len(histories)]))["input_ids"].shape[1] - 1
+               for n in range(args.calls)]
     print(f"model: {run} ({type(pipe.model).__name__}), {args.calls} single-history calls, top_k={args.top_k}, "
           f"torch threads={args.threads}, history length median {statistics.median(lengths):g} events")
     print("| what | median (ms) | p99 (ms) |")
@@ -76,6 +82,17 @@ def main() -> None:
     print(f"| pipeline call | {statistics.median(times):.2f} | {percentile(times, 99):.2f} |")
     print(f"| bare forward (same inputs, same process) | {statistics.median(base):.2f} | {percentile(base, 99):.2f} |")
     print(f"ratio pipeline / bare forward (medians): {statistics.median(times) / statistics.median(base):.2f}")
+
+    batch = [histories[n % len(histories)] for n in range(args.calls)]
+    single_rate = args.calls / (sum(times) / 1e3)
+    print(f"\n{args.calls} histories in one call, by batch_size (single calls above: {single_rate:,.0f} histories/s)")
+    print("| batch_size | seconds | histories/s | speed-up over single calls |")
+    print("|---:|---:|---:|---:|")
+    for size in args.batch_sizes:
+        start = time.perf_counter()
+        pipe(batch, top_k=args.top_k, batch_size=size)
+        seconds = time.perf_counter() - start
+        print(f"| {size} | {seconds:.2f} | {args.calls / seconds:,.0f} | {args.calls / seconds / single_rate:.1f}x |")
 
 
 if __name__ == "__main__":

@@ -245,10 +245,14 @@ class NextBehaviorPipeline(Pipeline):
         size = 64 if batch_size is None else batch_size
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-        results = []
-        for start in range(0, len(histories), size):
-            chunk = [self.preprocess(h, **pre) for h in histories[start:start + size]]
-            results.extend(self.postprocess(out, **post) for out in self._forward_batch(chunk))
+        # batches of similar lengths waste little on padding: the forward's cost is its tokens
+        order = sorted(range(len(histories)), key=lambda i: len(histories[i].events))
+        results: list[Any] = [None] * len(histories)
+        for start in range(0, len(order), size):
+            picked = order[start:start + size]
+            chunk = [self.preprocess(histories[i], **pre) for i in picked]
+            for i, out in zip(picked, self._forward_batch(chunk)):
+                results[i] = self.postprocess(out, **post)
         return results if batch else results[0]
 
     def preprocess(self, history: History, behavior: str | None = None) -> dict[str, Any]:
