@@ -204,3 +204,20 @@ def test_prepare_empty_result_is_an_error_naming_the_settings():
     for setting in ("dedupe=True", "min_value=None", "min_user_events=5", "min_item_events=0",
                     "max_history=None"):
         assert setting in msg
+
+
+def test_dropped_duplicates_are_reported(caplog):
+    import logging
+
+    from behavior_lm.data.preprocess import prepare
+
+    rows = [("u", "a", 1), ("u", "b", 2), ("u", "b", 2), ("u", "c", 3), ("u", "c", 3), ("u", "c", 3)]
+    log = EventLog.from_pandas(pd.DataFrame({
+        "user_id": [r[0] for r in rows], "item_id": [r[1] for r in rows], "behavior": ["interact"] * 6,
+        "timestamp": [r[2] for r in rows], "value": [float("nan")] * 6, "line": list(range(2, 8))}), source="log.csv")
+    report: dict = {}
+    with caplog.at_level(logging.WARNING):
+        seqs = prepare(log, report=report)
+    assert seqs[0].items == ["a", "b", "c"]
+    assert report == {"duplicates_dropped": 3, "duplicate_lines": [4, 6, 7]}
+    assert "dropped 3 exact duplicate event(s)" in caplog.text and "lines 4, 6, 7" in caplog.text

@@ -91,12 +91,12 @@ def test_table_default_columns_file_order_and_blank_lines(tmp_path):
 def test_table_tsv_gz(tmp_path):
     p = write(tmp_path, "events.tsv.gz",
               "user_id\titem_id\ttimestamp\tvalue\n7\t"
-              'say "hi\t10\t1.5\n8\tx\t11\t2\n')
+              'say"hi\t10\t1.5\n8\tx\t11\t2\n')
     log = read_table(p)
     assert log.source == str(p)
     assert cols(log) == {
         "user_id": ["7", "8"],
-        "item_id": ['say "hi', "x"],  # no quoting in TSV
+        "item_id": ['say"hi', "x"],  # no quoting in TSV
         "behavior": [DEFAULT_BEHAVIOR] * 2,
         "timestamp": [10, 11],
         "value": [1.5, 2.0],
@@ -637,3 +637,26 @@ def test_bad_utf8_names_line(tmp_path):
     p.write_bytes(b"user_id,item_id\nu,a\nu,\xff\n")
     with pytest.raises(DataError, match=where(p, 3) + "not valid UTF-8"):
         read_table(p)
+
+
+@pytest.mark.parametrize("text,line,field,says", [
+    ("user_id,item_id,time\n1,a,5\n", 1, "timestamp", "no column named 'timestamp', but the file has 'time'"),
+    ("user_id,item_id,timestamp\n1,a,1511544070000\n1,b,1511544071000\n", 2, "timestamp", "looks like milliseconds"),
+    ("user_id,item_id,timestamp\n1,a,1511544070\n1,b,1511544071000\n", 3, "timestamp", "mixed time units"),
+    ("user_id,item_id,timestamp\n1,a,5\n1,b c,6\n", 3, "item_id", "contains whitespace"),
+    ("user_id,item_id,timestamp\n1,a,5\n1,b\x00c,6\n", 3, "item_id", "control character"),
+    ("user_id,item_id,timestamp\n1,a,5\n1," + "x" * 1_000_001 + ",6\n", 3, "item_id", "1,000,001 characters"),
+])
+def test_silent_input_becomes_a_decision(tmp_path, text, line, field, says):
+    """What used to pass silently (file order as time, ms as s, mixed units, broken ids) is one
+    line naming the file, the line and the field."""
+    p = write(tmp_path, "log.csv", text)
+    with pytest.raises(DataError) as err:
+        read_table(p)
+    assert f"log.csv:{line}: field '{field}':" in str(err.value) and says in str(err.value), str(err.value)
+
+
+def test_explicit_mapping_without_timestamp_uses_file_order(tmp_path):
+    p = write(tmp_path, "log.csv", "user_id,item_id,time\n1,a,9\n1,b,5\n")
+    log = read_table(p, columns={"user_id": "user_id", "item_id": "item_id"})
+    assert cols(log)["timestamp"] == [0, 1]

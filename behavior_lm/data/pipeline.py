@@ -94,9 +94,10 @@ def prepare_data(args: DataArguments, template: str = "causal") -> PreparedData:
     progress.set_postfix_str("cleaning (dedupe, k-core, time order)")
     if args.max_users:
         log = _first_users(log, args.max_users)
+    dropped: dict = {"duplicates_dropped": 0}
     sequences = preprocess.prepare(
         log, dedupe=args.dedupe, min_value=args.min_rating, min_user_events=args.min_user_events,
-        min_item_events=args.min_item_events, max_history=args.max_history)
+        min_item_events=args.min_item_events, max_history=args.max_history, report=dropped)
     progress.update()
     progress.set_postfix_str(f"splitting ({args.split}) and auditing for leakage")
     if args.target_behavior and args.split != "leave_one_out":
@@ -162,7 +163,7 @@ def prepare_data(args: DataArguments, template: str = "causal") -> PreparedData:
         "raw": raw_summary,
         "prepared": {"events": n_events, "users": len(sequences),
                      "items": len(set(i for s in sequences for i in s.items)),
-                     "behaviors": behaviors},
+                     "behaviors": behaviors, **dropped},
         "split": task_summary if task_summary is not None else split.summary(),
         "with_behaviors": with_behaviors, "cache_key": key,
         "stream": fmt.describe(),

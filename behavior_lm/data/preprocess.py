@@ -12,6 +12,7 @@ timestamp keep the order in which the events appear in the file, so the result i
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +22,8 @@ import pyarrow.compute as pc
 
 from behavior_lm.data.events import EventLog
 from behavior_lm.errors import DataError, RecipeError
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "UserSequence",
@@ -274,7 +277,7 @@ def to_sequences(log: EventLog) -> list[UserSequence]:
 
 def prepare(log: EventLog, *, dedupe: bool = True, min_value: float | None = None,
             min_user_events: int = 0, min_item_events: int = 0,
-            max_history: int | None = None) -> list[UserSequence]:
+            max_history: int | None = None, report: dict | None = None) -> list[UserSequence]:
     """Run the whole preprocessing chain and return per-user sequences.
 
     Order: :func:`drop_duplicates` (if ``dedupe``), :func:`filter_by_value`, :func:`k_core`,
@@ -284,12 +287,24 @@ def prepare(log: EventLog, *, dedupe: bool = True, min_value: float | None = Non
     history length).
 
     Raises :class:`DataError` (path = ``log.source``) when nothing is left, naming the settings.
+    ``report``, when given, receives what was dropped silently before (``duplicates_dropped`` and
+    up to five of their source lines); the same goes to the log as a warning.
     """
     _check_count("min_user_events", min_user_events)
     _check_count("min_item_events", min_item_events)
     n_in = len(log)
     if dedupe:
-        log = drop_duplicates(log)
+        deduped = drop_duplicates(log)
+        if len(deduped) < n_in:
+            dropped = np.ones(n_in, dtype=bool)
+            dropped[np.isin(log.table.column("line").to_numpy(), deduped.table.column("line").to_numpy())] = False
+            lines = log.table.column("line").to_numpy()[dropped][:5].tolist()
+            logger.warning("%s: dropped %d exact duplicate event(s) (same user, item, behavior, time and "
+                           "value; e.g. lines %s); set dedupe: false to keep them",
+                           log.source, n_in - len(deduped), ", ".join(map(str, lines)))
+            if report is not None:
+                report.update(duplicates_dropped=n_in - len(deduped), duplicate_lines=lines)
+        log = deduped
     log = filter_by_value(log, min_value)
     log = k_core(log, min_user_events, min_item_events)
     log = sort_events(log)

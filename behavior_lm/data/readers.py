@@ -76,6 +76,9 @@ _WS = r"\s+"  # whitespace separator (pandas' C engine handles it natively)
 _JSON_CHUNK = 100_000  # JSON lines parsed per batch (bounds memory on multi-GB dumps)
 _EPOCH = pd.Timestamp(0, tz="UTC")
 _MAX_SECONDS = 2**62
+_MILLIS = 10**11            # as seconds: the year 5138; as milliseconds: March 1973
+_MAX_ID_LENGTH = 1000       # characters of an item id (ids are tokens: a 1 MB id is a broken file)
+_TIME_LIKE = ("time", "ts", "date", "datetime", "created_at", "unixreviewtime")
 
 
 # =============================================================================== public readers
@@ -648,8 +651,15 @@ def _resolve_mapping(p: Path, columns: Mapping[str, str] | None, available: Sequ
         for req in _REQUIRED:
             if req not in mapping:
                 raise DataError(f"no column named '{req}'; the file has columns "
-                                f"{_list(available)} (pass columns= to map them)",
-                                path=str(p), line=line, field=req)
+                                f"{_list(available)} (map them with the recipe key columns, e.g. "
+                                f"'columns: user_id=...,item_id=...')", path=str(p), line=line, field=req)
+        timeish = [c for c in available if str(c).lower() in _TIME_LIKE or "time" in str(c).lower()]
+        if "timestamp" not in mapping and timeish:
+            # file order would silently become the time: make it a decision
+            raise DataError(f"no column named 'timestamp', but the file has {_list(timeish)}; map it "
+                            f"(recipe key columns: 'user_id=user_id,item_id=item_id,timestamp={timeish[0]}') "
+                            "or map the columns without a timestamp to use the file order",
+                            path=str(p), line=line, field="timestamp")
         return mapping
     mapping = dict(columns)
     for field, col in mapping.items():
@@ -776,8 +786,10 @@ def _build(p: Path, frame: pd.DataFrame, lines: np.ndarray, mapping: Mapping[str
         if missing.any():
             fail(missing, field, lambda raw: "missing value (empty field)")
         out[field] = s
+    _check_item_ids(frame[mapping["item_id"]], fail)
     if "timestamp" in mapping:
         out["timestamp"] = _timestamps(frame[mapping["timestamp"]], fail, truncate_fraction)
+        _check_time_unit(out["timestamp"], fail)
     else:
         out["timestamp"] = np.arange(len(frame), dtype=np.int64)
     if "value" in mapping:
@@ -812,6 +824,38 @@ def _build(p: Path, frame: pd.DataFrame, lines: np.ndarray, mapping: Mapping[str
     df = pd.DataFrame({k: (v.reset_index(drop=True) if isinstance(v, pd.Series) else v)
                        for k, v in out.items()})
     return EventLog.from_pandas(df, source=path)
+
+
+def _check_item_ids(s: pd.Series, fail: Callable[..., None]) -> None:
+    """Item ids become tokens: no whitespace (a token is one word), no NUL or other control
+    characters, at most ``_MAX_ID_LENGTH`` characters."""
+    if _is_numeric(s):
+        return
+    text = s.astype(str)
+    bad = text.str.contains(r"\s", regex=True).to_numpy(dtype=bool)
+    if bad.any():
+        fail(bad, "item_id", lambda raw: f"item id {str(raw)!r} contains whitespace (ids are single tokens)")
+    bad = text.str.contains(r"[\x00-\x1f\x7f]", regex=True).to_numpy(dtype=bool)
+    if bad.any():
+        fail(bad, "item_id", lambda raw: f"item id {str(raw)[:40]!r} contains a control character (NUL, ...)")
+    bad = (text.str.len() > _MAX_ID_LENGTH).to_numpy(dtype=bool)
+    if bad.any():
+        fail(bad, "item_id", lambda raw: f"item id of {len(str(raw)):,} characters (at most "
+             f"{_MAX_ID_LENGTH:,}): is the separator or the column mapping right?")
+
+
+def _check_time_unit(seconds: np.ndarray, fail: Callable[..., None]) -> None:
+    """Timestamps are Unix seconds. Values from 1e11 on are milliseconds (1e11 s is the year
+    5138); a column that holds both is refused rather than sorted in a silently wrong order."""
+    big = seconds >= _MILLIS
+    if not big.any():
+        return
+    if (~big).any():
+        first_small = int(np.argmax(~big))
+        fail(big, "timestamp", lambda raw: f"mixed time units: {raw!r} looks like milliseconds but "
+             f"row {first_small + 1} of the file's events ({int(seconds[first_small])}) looks like seconds")
+    fail(big, "timestamp", lambda raw: f"timestamp {raw!r} looks like milliseconds (as seconds it is "
+         "after the year 5000); timestamps are Unix seconds: divide the column by 1000")
 
 
 def _missing(s: pd.Series) -> np.ndarray:
