@@ -135,8 +135,29 @@ def _report(argv: Sequence[str]) -> int:
     return 0
 
 
+def _serve(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="behavior-lm serve",
+                                     description="HTTP server for real-time next-behavior prediction.")
+    parser.add_argument("model", help="run directory (or a Hub id)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--state_file", default=None,
+                        help="journal of the users' events: a restarted server replays it")
+    args = parser.parse_args(argv)
+    from pathlib import Path
+
+    from behavior_lm.errors import RecipeError
+
+    if not Path(args.model).exists() and Path(args.model).is_absolute():
+        raise RecipeError(f"{args.model}: no such run directory")
+    from behavior_lm.serving.app import serve
+
+    serve(args.model, host=args.host, port=args.port, state_file=args.state_file)
+    return 0
+
+
 COMMANDS = {"train": _train, "evaluate": _evaluate, "compare": _compare, "predict": _predict,
-            "push": _push, "report": _report}
+            "push": _push, "report": _report, "serve": _serve}
 
 
 def _is_main_process() -> bool:
@@ -146,13 +167,14 @@ def _is_main_process() -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: behavior-lm {train,evaluate,compare,predict,push,report} ...\n\n"
+        print("usage: behavior-lm {train,evaluate,compare,predict,push,report,serve} ...\n\n"
               "  train RECIPE [--key value ...]   train + evaluate a recipe, write a run directory\n"
               "  evaluate RUN_DIR [--split test]  score a finished run with the harness\n"
               "  compare RECIPE... --output_dir D train several recipes on one split, one table + chart\n"
               "  predict RUN_DIR --history \"...\"   rank the next event for one history\n"
               "  push RUN_DIR --repo-id ORG/NAME   upload model, tokenizer and model card to the Hub\n"
-              "  report RUN_DIR                   regenerate the run's plots",
+              "  report RUN_DIR                   regenerate the run's plots\n"
+              "  serve RUN_DIR [--port 8000]      HTTP server: POST /events, POST /recommend",
               file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

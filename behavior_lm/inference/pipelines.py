@@ -81,6 +81,8 @@ def _item_id(value: Any) -> str:
     if not item or any(ch.isspace() for ch in item):
         raise ValueError(f"item id {item!r} is empty or contains whitespace (ids are single tokens; "
                          "to pass several items, pass a list)")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in item):
+        raise ValueError(f"item id {item[:40]!r} contains a control character")
     return item
 
 

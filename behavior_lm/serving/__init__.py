@@ -1,0 +1,1 @@
+"""Real-time prediction over HTTP: ``behavior-lm serve RUN_DIR`` (FastAPI + uvicorn)."""
