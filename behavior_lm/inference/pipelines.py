@@ -240,11 +240,11 @@ class NextBehaviorPipeline(Pipeline):
     # ------------------------------------------------------------------ Pipeline steps
     def __call__(self, inputs: Any, batch_size: int | None = None, **kwargs: Any):
         """One history -> its ranking; a list of histories -> a list of rankings, computed
-        ``batch_size`` histories (default 64) per padded forward."""
+        ``batch_size`` histories (default 16: the fastest on the quickstart model, scripts/bench_pipeline.py) per padded forward."""
         pre, _, post = self._sanitize_parameters(**kwargs)
         batch = is_batch(inputs)
         histories = [parse_history(h) for h in inputs] if batch else [parse_history(inputs)]
-        size = 64 if batch_size is None else batch_size
+        size = 16 if batch_size is None else batch_size
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         # batches of similar lengths waste little on padding: the forward's cost is its tokens

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 
 class MicroBatcher:
-    def __init__(self, run: Callable[..., list[Any]], *, max_batch: int = 32, max_wait: float = 0.002) -> None:
+    def __init__(self, run: Callable[..., list[Any]], *, max_batch: int = 16, max_wait: float = 0.002) -> None:
         self._run = run                      # run(histories, **options) -> one result per history
         self._queue: queue.Queue = queue.Queue()
         self.max_batch = max_batch
