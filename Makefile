@@ -7,8 +7,9 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test install clean
 
+# overrides: make demo ARGS="--num_train_epochs 5 --output_dir runs/short"
 demo: $(STAMP)
-	$(BIN)/behavior-lm train recipes/quickstart/gpt2-ml-100k.yaml
+	$(BIN)/behavior-lm train recipes/quickstart/gpt2-ml-100k.yaml $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

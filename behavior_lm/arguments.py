@@ -66,7 +66,8 @@ class DataArguments:
     data_path: str | None = field(default=None, metadata={
         "help": "Explicit file (or folder) to read instead of resolving the named dataset."})
     data_format: str | None = field(default=None, metadata={
-        "help": "Reader for data_path: table, movielens, recbole, amazon, sequences, pairs (default: by name)."})
+        "help": "Reader for data_path: table (or its layout: csv, tsv, parquet, jsonl), movielens, recbole, "
+                "amazon, sequences, pairs (default: by the file name)."})
     columns: str | None = field(default=None, metadata={
         "help": "Generic tables: canonical=source column pairs, e.g. 'user_id=reviewerID,item_id=asin,timestamp=unixReviewTime'."})
     column_names: list[str] | None = field(default=None, metadata={
@@ -182,6 +183,8 @@ class BehaviorTrainingArguments(TrainingArguments):
         if (int(os.environ.get("WORLD_SIZE", "1")) > 1 and not self.use_cpu
                 and not torch.cuda.is_available()):
             self.use_cpu = True
+        if not torch.cuda.is_available():
+            self.dataloader_pin_memory = False   # nothing to pin for; torch warns on every loader
         super().__post_init__()
 
     # TrainingArguments fields whose defaults differ for next-item training

@@ -118,3 +118,16 @@ def test_duplicated_recipe_key_and_bad_flags(tmp_path, capsys):
         assert main(["train", str(QUICKSTART), *flags, "--output_dir", str(tmp_path / "run")]) == 2
         err = capsys.readouterr().err.strip()
         assert "\n" not in err and says in err, err
+
+
+def test_prepare_command_prepares_only(tmp_path, capsys, monkeypatch):
+    import json
+
+    monkeypatch.setenv("BEHAVIOR_LM_CACHE", str(tmp_path / "cache"))
+    p = write(tmp_path, "log.csv", "user_id,item_id,timestamp\n" + "".join(f"u{u},{(u + j) % 7},{j}\n"
+                                                                         for u in range(5) for j in range(6)))
+    assert main(["prepare", str(QUICKSTART), "--data_path", str(p), "--dataset", "mine",
+                 "--min_user_events", "0", "--min_item_events", "0"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["prepared"]["users"] == 5 and out["prepared"]["events"] == 30 and out["cache_hit"] is False
+    assert any((tmp_path / "cache" / "prepared").iterdir()) and not (tmp_path / "runs").exists()

@@ -660,3 +660,16 @@ def test_explicit_mapping_without_timestamp_uses_file_order(tmp_path):
     p = write(tmp_path, "log.csv", "user_id,item_id,time\n1,a,9\n1,b,5\n")
     log = read_table(p, columns={"user_id": "user_id", "item_id": "item_id"})
     assert cols(log)["timestamp"] == [0, 1]
+
+
+def test_unknown_suffix_names_the_recipe_key_and_guesses_the_format(tmp_path):
+    p = write(tmp_path, "seqs.txt", "1 10 11 12\n2 11 13 14\n")
+    with pytest.raises(DataError) as err:
+        read_events(p)
+    msg = str(err.value)
+    assert "recipe key data_format" in msg and "looks like data_format: sequences" in msg and "fmt=" not in msg
+    assert cols(read_events(p, fmt="sequences"))["item_id"][:3] == ["10", "11", "12"]
+    csv = write(tmp_path, "log.txt", "user_id,item_id,timestamp\n1,a,5\n1,b,6\n")
+    with pytest.raises(DataError, match="looks like data_format: csv"):
+        read_events(csv)
+    assert cols(read_events(csv, fmt="csv"))["item_id"] == ["a", "b"]      # data_format: csv

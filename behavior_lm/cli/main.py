@@ -135,6 +135,28 @@ def _report(argv: Sequence[str]) -> int:
     return 0
 
 
+def _prepare(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="behavior-lm prepare",
+        description="Only prepare a recipe's data (read, clean, split, tokenize) into the cache, and "
+                    "print its counts. Any recipe key can be overridden with --key value.")
+    parser.add_argument("recipe")
+    args, overrides = parser.parse_known_args(argv)
+    import json
+
+    from behavior_lm.data.pipeline import prepare_data
+    from behavior_lm.models.auto import template_for
+    from behavior_lm.training.recipes import parse_recipe
+
+    data_args, model_args, _, _ = parse_recipe(args.recipe, overrides)
+    data = prepare_data(data_args, template=template_for(model_args.model_type, data_args.task))
+    info = data.info
+    print(json.dumps({"dataset": info["dataset"], "source": info["source"], "prepared": info["prepared"],
+                      "rows": info["rows"], "stream": info["stream"], "cache_key": info["cache_key"],
+                      "cache_hit": info["cache_hit"]}, indent=2, default=str))
+    return 0
+
+
 def _serve(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="behavior-lm serve",
                                      description="HTTP server for real-time next-behavior prediction.")
@@ -157,7 +179,7 @@ def _serve(argv: Sequence[str]) -> int:
 
 
 COMMANDS = {"train": _train, "evaluate": _evaluate, "compare": _compare, "predict": _predict,
-            "push": _push, "report": _report, "serve": _serve}
+            "push": _push, "report": _report, "serve": _serve, "prepare": _prepare}
 
 
 def _is_main_process() -> bool:
@@ -167,8 +189,9 @@ def _is_main_process() -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: behavior-lm {train,evaluate,compare,predict,push,report,serve} ...\n\n"
+        print("usage: behavior-lm {train,prepare,evaluate,compare,predict,push,report,serve} ...\n\n"
               "  train RECIPE [--key value ...]   train + evaluate a recipe, write a run directory\n"
+              "  prepare RECIPE [--key value ...] only prepare the data into the cache, print its counts\n"
               "  evaluate RUN_DIR [--split test]  score a finished run with the harness\n"
               "  compare RECIPE... --output_dir D train several recipes on one split, one table + chart\n"
               "  predict RUN_DIR --history \"...\"   rank the next event for one history\n"

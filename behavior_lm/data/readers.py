@@ -265,6 +265,8 @@ def read_events(path: PathLike, fmt: str | None = None, **kwargs: Any) -> EventL
             fmt = "recbole"
         else:
             fmt = "table"
+    if fmt in TABLE_FORMATS:                       # data_format: csv / tsv / parquet / jsonl
+        kwargs["fmt"], fmt = fmt, "table"
     reader = _DISPATCH.get(fmt)
     if reader is None:
         raise RecipeError(f"unknown event format {fmt!r}; expected one of {_list(EVENT_FORMATS)}")
@@ -388,9 +390,33 @@ def _table_format(p: Path, fmt: str | None) -> str:
         return fmt
     found = _SUFFIX_FORMAT.get(_suffix(p))
     if found is None:
-        raise DataError(f"cannot tell the table format from the file name; pass fmt= one of "
-                        f"{_list(TABLE_FORMATS)}", path=str(p))
+        guess = _guess_format(p)
+        hint = f"; its first line looks like data_format: {guess}" if guess else ""
+        raise DataError(f"cannot tell the table format from the file name: set the recipe key "
+                        f"data_format to one of {_list(TABLE_FORMATS)} for a table, or to one of "
+                        f"{_list([f for f in EVENT_FORMATS if f != 'table'])}{hint}", path=str(p))
     return found
+
+
+def _guess_format(p: Path) -> str | None:
+    """``sequences`` for ``uid i1 i2 i3 ...`` lines, ``pairs`` for ``uid iid``, a table layout for
+    delimited or JSON lines; None when nothing fits."""
+    try:
+        with _open_text(p) as fh:
+            first = fh.readline().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    if first.startswith("{"):
+        return "jsonl"
+    parts = first.split()
+    if len(parts) >= 3 and all(x.isdigit() for x in parts):
+        return "sequences"
+    if len(parts) == 2 and all(x.isdigit() for x in parts):
+        return "pairs"
+    for sep, name in (("\t", "tsv"), (",", "csv")):
+        if first.count(sep) >= 1:
+            return name
+    return None
 
 
 def _movielens_kind(p: Path) -> str:

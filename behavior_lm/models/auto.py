@@ -105,9 +105,11 @@ def build_model(args: ModelArguments, tokenizer: PreTrainedTokenizerBase, max_le
         return AutoModelForSequenceClassification.from_config(config)
     if args.model_type == "bert":
         raise ValueError("model_type bert is for the classification tasks; use bert4rec for next-item")
-    if args.model_type in MASKED_MODEL_TYPES:
-        return AutoModelForMaskedLM.from_config(config)
-    return AutoModelForCausalLM.from_config(config)
+    masked = args.model_type in MASKED_MODEL_TYPES
+    model = (AutoModelForMaskedLM if masked else AutoModelForCausalLM).from_config(config)
+    if getattr(model, "loss_type", None) is None:          # GPT2LMHeadModel's name matches no loss
+        model.loss_type = "ForMaskedLM" if masked else "ForCausalLM"   # (silences a warning per run)
+    return model
 
 
 def count_parameters(model: PreTrainedModel) -> int:
