@@ -242,3 +242,25 @@ def test_sequence_file_events_share_a_line_but_are_distinct():
                 test=[example(s, s, 4)], source=SOURCE)
     with pytest.raises(LeakageError, match="in its own history"):
         bad.audit()
+
+
+def test_windowed_tasks_are_audited_and_a_leaking_window_is_caught():
+    """Purchase-intent / conversion windows go through the same audit before use: a training
+    window whose label reads into the validation window, or a validation label reading into the
+    test window, is a LeakageError naming the user and the line."""
+    from behavior_lm.data.preprocess import UserSequence
+    from behavior_lm.data.splits import LeakageError, audit_windows
+    from behavior_lm.data.tasks import window_cuts
+
+    n = 30
+    s = UserSequence("u7", [str(i) for i in range(n)], ["pv"] * n, list(range(n)), [None] * n,
+                     list(range(101, 101 + n)))
+    cuts = window_cuts(s, horizon=5, examples_per_user=20, seed=0, source="log.csv")   # audited inside
+    assert dict((p, c) for p, c in cuts if p != "train") == {"test": 25, "validation": 20}
+    assert max(c for p, c in cuts if p == "train") + 5 <= 20
+    with pytest.raises(LeakageError, match=r"log\.csv:118: .*'u7': the train window at event 17"):
+        audit_windows(s, [("test", 25), ("validation", 20), ("train", 17)], 5, "log.csv")
+    with pytest.raises(LeakageError, match="the validation window at event 22"):
+        audit_windows(s, [("test", 25), ("validation", 22)], 5, "log.csv")
+    with pytest.raises(LeakageError, match="leaves no history"):
+        audit_windows(s, [("train", 0)], 5, "log.csv")

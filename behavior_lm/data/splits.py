@@ -136,6 +136,30 @@ def audit(split: Split) -> None:
                            f"'{LEAVE_ONE_OUT}' or '{TEMPORAL}'", path=src)
 
 
+def audit_windows(seq: UserSequence, cuts: list[tuple[str, int]], horizon: int, source: str) -> None:
+    """Audit the windowed examples of one user (purchase intent, conversion tagging): an example
+    ``(part, cut)`` reads the events before ``cut`` and takes its label from the ``horizon``
+    events from ``cut`` on. Raise :class:`LeakageError` (user, file, line) when an input would
+    hold a labelled event of its own window, when a training label reads an event at or after the
+    validation or test cut, or when the validation label reads into the test window."""
+    n = len(seq)
+    evals = [c for part, c in cuts if part != "train"]
+    test = next((c for part, c in cuts if part == "test"), None)
+    for part, cut in cuts:
+        if not 1 <= cut < n:
+            raise LeakageError(f"user '{seq.user_id}': {part} window cut {cut} leaves no history or no "
+                               f"label events (the user has {n})", path=source,
+                               line=seq.lines[min(max(cut, 0), n - 1)], field="user_id")
+        reach = min(cut + horizon, n)                  # label events cut .. reach - 1
+        limit = min(evals) if part == "train" and evals else (test if part == "validation" else None)
+        if limit is not None and reach > limit:
+            raise LeakageError(
+                f"user '{seq.user_id}': the {part} window at event {cut} (line {seq.lines[cut]}) takes "
+                f"its label from events up to {reach - 1} (line {seq.lines[reach - 1]}), past the "
+                f"{'validation/test' if part == 'train' else 'test'} cut at event {limit}",
+                path=source, line=seq.lines[cut], field="user_id")
+
+
 def _audit_example(ex: Example, part: str, src: str) -> None:
     hist = ex.history
     if hist.user_id != ex.user_id:

@@ -38,7 +38,7 @@ from transformers import PreTrainedTokenizerBase
 
 from behavior_lm.data.collators import IGNORE_INDEX
 from behavior_lm.data.preprocess import UserSequence
-from behavior_lm.data.splits import Example, Split
+from behavior_lm.data.splits import Example, Split, audit_windows
 from behavior_lm.errors import DataError
 from behavior_lm.data.streams import StreamFormat, encode_texts
 from behavior_lm.tokenization.behavior_tokenizer import encode_tokens, is_item_token, item_token
@@ -196,9 +196,11 @@ def intent_cuts(n: int, horizon: int) -> tuple[int | None, int | None, int]:
     return test, valid, max(train_end, 1)
 
 
-def window_cuts(seq: UserSequence, horizon: int, examples_per_user: int, seed: int) -> list[tuple[str, int]]:
+def window_cuts(seq: UserSequence, horizon: int, examples_per_user: int, seed: int,
+                source: str = "<memory>") -> list[tuple[str, int]]:
     """``(part, cut)`` pairs of one user for the windowed tasks: the test cut, the validation cut
-    (:func:`intent_cuts`) and up to ``examples_per_user`` seeded training cuts before them."""
+    (:func:`intent_cuts`) and up to ``examples_per_user`` seeded training cuts before them,
+    audited for leakage (:func:`~behavior_lm.data.splits.audit_windows`) before they are used."""
     test, valid, train_end = intent_cuts(len(seq), horizon)
     out = [("test", test)] if test is not None else []
     if valid is not None:
@@ -206,6 +208,7 @@ def window_cuts(seq: UserSequence, horizon: int, examples_per_user: int, seed: i
     positions = list(range(1, train_end))
     rng = random.Random(f"{seed}:{seq.user_id}")
     out += [("train", c) for c in sorted(rng.sample(positions, min(examples_per_user, len(positions))))]
+    audit_windows(seq, out, horizon, source)
     return out
 
 
@@ -219,7 +222,7 @@ def build_intent_task(sequences: list[UserSequence], tokenizer: PreTrainedTokeni
                         path=source, field="behavior")
     rows: dict[str, list[tuple[str, UserSequence, int]]] = {"train": [], "validation": [], "test": []}
     for seq in sequences:
-        for part, c in window_cuts(seq, horizon, examples_per_user, seed):
+        for part, c in window_cuts(seq, horizon, examples_per_user, seed, source):
             rows[part].append((seq.user_id, seq.slice(0, c), intent_label(seq, c, behavior, horizon, seconds)))
     parts = {}
     for name, items in rows.items():
@@ -297,7 +300,7 @@ def build_conversion_task(sequences: list[UserSequence], tokenizer: PreTrainedTo
         counts[part][1] += sum(tagged)
 
     for seq in sequences:
-        for part, c in window_cuts(seq, horizon, examples_per_user, seed):
+        for part, c in window_cuts(seq, horizon, examples_per_user, seed, source):
             add(part, seq, c)
     parts = {k: Dataset.from_dict(v) for k, v in rows.items() if v["input_ids"]}
     summary = {"kind": "conversion-tag", "browse": browse, "convert": list(convert),
