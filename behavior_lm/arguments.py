@@ -8,6 +8,7 @@ best checkpoint by validation NDCG@10, keep the ranking columns for the collator
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from dataclasses import dataclass, field
 
 import torch
@@ -105,6 +106,18 @@ class DataArguments:
                 "(category:2520377) follows each item in the stream."})
     cache: bool = field(default=True, metadata={
         "help": "Reuse prepared token streams from the cache when the data and settings are unchanged."})
+
+    @classmethod
+    def of_run(cls, run_dir: str | Path) -> "DataArguments":
+        """The data settings a finished run was trained with (its ``recipe.yaml``), so its split
+        can be rebuilt exactly (from the cache when unchanged)."""
+        import dataclasses
+
+        import yaml
+
+        recipe = yaml.safe_load((Path(run_dir) / "recipe.yaml").read_text()) or {}
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in recipe.items() if k in names})
 
     def reader_kwargs(self) -> dict:
         """Options for the reader of ``data_path`` (generic tables take the mappings)."""

@@ -10,7 +10,6 @@ and users per second.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import statistics
 import time
 from pathlib import Path
@@ -38,8 +37,7 @@ def main() -> None:
 
     run = Path(args.run_dir)
     recipe = yaml.safe_load((run / "recipe.yaml").read_text())
-    fields = {f.name for f in dataclasses.fields(DataArguments)}
-    data = prepare_data(DataArguments(**{k: v for k, v in recipe.items() if k in fields}),
+    data = prepare_data(DataArguments.of_run(run),
                         template=template_for(recipe.get("model_type", "gpt2")))
     saved = json.loads((run / "metrics.json").read_text())
     protocol = EvalProtocol.from_dict(saved["protocol"])

@@ -35,7 +35,6 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    import dataclasses
     from pathlib import Path
 
     from transformers import pipeline
@@ -49,8 +48,7 @@ def main() -> None:
 
     run = Path(args.run_dir)
     recipe = yaml.safe_load((run / "recipe.yaml").read_text())
-    fields = {f.name for f in dataclasses.fields(DataArguments)}
-    data = prepare_data(DataArguments(**{k: v for k, v in recipe.items() if k in fields}),
+    data = prepare_data(DataArguments.of_run(run),
                         template=template_for(recipe.get("model_type", "gpt2")))
     tok = data.tokenizer
     histories = []

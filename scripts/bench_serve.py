@@ -11,7 +11,6 @@ keep-alive connection each). Prints p50/p99 latency and requests per second. Loo
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import http.client
 import json
 import os
@@ -60,8 +59,7 @@ def main() -> None:
 
     run = Path(args.run_dir)
     recipe = yaml.safe_load((run / "recipe.yaml").read_text())
-    fields = {f.name for f in dataclasses.fields(DataArguments)}
-    data = prepare_data(DataArguments(**{k: v for k, v in recipe.items() if k in fields}),
+    data = prepare_data(DataArguments.of_run(run),
                         template=template_for(recipe.get("model_type", "gpt2")))
     tok = data.tokenizer
     test = data.datasets["test"].select(range(min(args.users, data.datasets["test"].num_rows)))

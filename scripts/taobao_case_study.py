@@ -101,10 +101,6 @@ def confusion_png(nb: dict, path: Path, title: str) -> Path:
 def pr_curves_png(runs: dict[str, Path], path: Path, task: str, title: str, xlabel: str) -> Path:
     """Precision-recall curves of each run on its test split, the heuristic floor's curve and the
     positive rate (the curve of a random ranking)."""
-    import dataclasses
-
-    import yaml
-
     from behavior_lm.data.pipeline import prepare_data
     from behavior_lm.evaluation.run_eval import load_task_model, task_logits
     from behavior_lm.evaluation.task_metrics import _flatten, heuristic_scores, positive_probability
@@ -119,9 +115,7 @@ def pr_curves_png(runs: dict[str, Path], path: Path, task: str, title: str, xlab
     fig, ax = plt.subplots(figsize=(6, 4.5), dpi=110)
     y = None
     for name, run in runs.items():
-        recipe = yaml.safe_load((run / "recipe.yaml").read_text())
-        fields = {f.name for f in dataclasses.fields(DataArguments)}
-        data_args = DataArguments(**{k: v for k, v in recipe.items() if k in fields})
+        data_args = DataArguments.of_run(run)
         data = prepare_data(data_args, template="classification")
         logits, labels = task_logits(load_task_model(run, task), data, "test", task)
         logits, y = _flatten(task, logits, labels)

@@ -10,7 +10,6 @@ import dataclasses
 import json
 from pathlib import Path
 
-import yaml
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
@@ -35,9 +34,7 @@ def evaluate_run(run_dir: str | Path, *, split: str = "test", batch_size: int = 
     for name in ("recipe.yaml", "metrics.json", "config.json"):
         if not (run / name).is_file():
             raise RecipeError(f"{run}: not a finished run directory (no {name})")
-    recipe = yaml.safe_load((run / "recipe.yaml").read_text()) or {}
-    fields = {f.name for f in dataclasses.fields(DataArguments)}
-    data_args = DataArguments(**{k: v for k, v in recipe.items() if k in fields})
+    data_args = DataArguments.of_run(run)
     saved = json.loads((run / "metrics.json").read_text())
     protocol = EvalProtocol.from_dict(saved["protocol"])
     if filter_seen is not None:
