@@ -7,7 +7,7 @@ from transformers import AutoTokenizer
 from behavior_lm.errors import DataError
 from behavior_lm.tokenization.behavior_tokenizer import (behavior_token_ids, build_tokenizer,
                                                          grammar, item_id_of, item_mask,
-                                                         item_token_ids, serialize_events)
+                                                         item_token, item_token_ids)
 
 
 @pytest.fixture()
@@ -30,7 +30,7 @@ def test_vocabulary_layout(tok):
 
 
 def test_encode_decode_round_trip(tok):
-    text = serialize_events(["42", "7"], ["pv", "buy"])
+    text = "<pv> i:42 <buy> i:7"                      # StreamFormat(behaviors=True) of two events
     assert text == "<pv> i:42 <buy> i:7"
     ids = tok(text)["input_ids"]
     assert ids[0] == tok.bos_token_id
@@ -45,7 +45,7 @@ def test_unknown_items_map_to_unk(tok):
 
 
 def test_left_truncation_keeps_recent_events_and_bos(tok):
-    text = serialize_events(["42", "7", "x-1"] * 4)
+    text = " ".join(f"i:{i}" for i in ["42", "7", "x-1"] * 4)
     ids = tok(text, truncation=True, max_length=4)["input_ids"]
     assert ids[0] == tok.bos_token_id
     assert tok.convert_ids_to_tokens(ids[1:]) == ["i:42", "i:7", "i:x-1"]
@@ -64,7 +64,7 @@ def test_save_and_autotokenizer_load(tok, tmp_path):
 def test_single_behavior_streams_have_no_behavior_tokens():
     tok = build_tokenizer(["1", "2"])
     assert behavior_token_ids(tok) == {}
-    assert serialize_events(["1", "2"]) == "i:1 i:2"
+    assert " ".join(map(item_token, ["1", "2"])) == "i:1 i:2"
 
 
 def test_bad_item_ids_are_rejected():

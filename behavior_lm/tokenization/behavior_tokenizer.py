@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
 
@@ -72,23 +72,6 @@ def gap_token(seconds: float) -> str | None:
         if seconds >= floor:
             best = g["gap_format"].format(name)
     return best
-
-
-def serialize_events(items: Sequence[str], behaviors: Sequence[str] | None = None,
-                     side: tuple[str, Mapping[str, str]] | None = None) -> str:
-    """Events -> the whitespace-separated stream, behavior first when behaviors are given, and
-    the item's side token after it when ``side = (column, item -> value)`` is given.
-
-    ``serialize_events(["42", "7"], ["pv", "buy"]) == "<pv> i:42 <buy> i:7"``.
-    """
-    out: list[str] = []
-    for k, item in enumerate(items):
-        if behaviors is not None:
-            out.append(behavior_token(behaviors[k]))
-        out.append(item_token(item))
-        if side is not None and (value := side[1].get(item)):
-            out.append(side_token(side[0], value))
-    return " ".join(out)
 
 
 def build_tokenizer(
