@@ -72,7 +72,7 @@ HISTORY_FORMS = ("a list of item ids, a list of (item, behavior[, unix_seconds])
                  "{'item', 'behavior', 'timestamp'} dicts, or a serialized string such as 'i:50 i:172'")
 
 
-def _item_id(value: Any) -> str:
+def check_item_id(value: Any) -> str:
     """An item id as the tokenizer knows it: strings as given, integers in decimal. Anything else
     (floats, None, bytes, ...) is refused rather than silently becoming an unknown item."""
     if isinstance(value, bool) or not isinstance(value, (str, int)):
@@ -111,18 +111,18 @@ def parse_history(history: Any) -> History:
             if len(event) not in (2, 3):
                 raise ValueError(f"an event tuple must be (item, behavior) or (item, behavior, "
                                  f"unix_seconds), got {event!r}")
-            events.append((_item_id(event[0]), None if event[1] is None else str(event[1])))
+            events.append((check_item_id(event[0]), None if event[1] is None else str(event[1])))
             times.append(_time(event[2]) if len(event) == 3 else None)
         elif isinstance(event, dict):
             if "item" not in event:
                 raise ValueError(f"an event dict needs an 'item' key, got {event!r}")
-            events.append((_item_id(event["item"]), event.get("behavior")))
+            events.append((check_item_id(event["item"]), event.get("behavior")))
             times.append(_time(event.get("timestamp")))
         elif isinstance(event, list):
             raise ValueError(f"a history holds events, not lists (got {event!r:.80}); a batch is a list "
                              "of histories, one level deep")
         else:
-            events.append((_item_id(event), None))
+            events.append((check_item_id(event), None))
             times.append(None)
     return History(events, times if any(t is not None for t in times) else None)
 

@@ -12,7 +12,6 @@ cannot take, 404 for a user with no events), never a 500. OpenAPI docs at ``/doc
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +20,12 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from behavior_lm.data.streams import context_events
-from behavior_lm.inference.pipelines import _item_id
+from behavior_lm.inference.pipelines import check_item_id
 from behavior_lm.serving.batcher import MicroBatcher
 from behavior_lm.serving.state import HistoryStore, StoredEvent
 from behavior_lm.tokenization.behavior_tokenizer import item_token
 from behavior_lm.version import __version__
 
-logger = logging.getLogger(__name__)
 ItemId = str | int
 
 
@@ -86,7 +84,7 @@ def create_app(model: str, state_file: str | Path | None = None) -> FastAPI:
     store = HistoryStore(keep, Path(state_file) if state_file else None)
     behaviors = set(pipe.behavior_names()) if fmt.behaviors else set()
     needs_time = fmt.time_gaps or fmt.session_gap is not None
-    vocab = pipe.tokenizer.get_vocab()
+    vocab = pipe._views()[0]                  # the pipeline's cached vocabulary
     # concurrent requests share one padded forward (the pipeline's batched call)
     batcher = MicroBatcher(lambda histories, **options: pipe(histories, batch_size=len(histories), **options))
 
@@ -98,7 +96,7 @@ def create_app(model: str, state_file: str | Path | None = None) -> FastAPI:
         return JSONResponse(status_code=400, content={"detail": str(exc)})
 
     def check(event: Event | HistoryEvent) -> None:
-        _item_id(event.item)                        # the pipeline's rule: one token, no controls
+        check_item_id(event.item)                        # the pipeline's rule: one token, no controls
         if fmt.behaviors and event.behavior not in behaviors:
             raise ValueError(f"this model reads (item, behavior) events; behavior {event.behavior!r} is not "
                              f"one of {sorted(behaviors)}")

@@ -56,6 +56,7 @@ class HistoryStore:
         """Rewrite the journal with the kept events only (atomically)."""
         atomic_write(self.journal, "".join(self._lines(u, self._users[u]) for u in self._users))
         self._journal_lines = sum(len(h) for h in self._users.values())
+        self._compact_at = 4 * self._journal_lines + 10_000   # the journal stays within a few times the state
 
     @staticmethod
     def _lines(user: str, events) -> str:
@@ -80,8 +81,8 @@ class HistoryStore:
                     fh.write("".join(self._lines(u, [e]) for u, e in user_events))
                     fh.flush()
                 self._journal_lines += len(user_events)
-                if self._journal_lines > 4 * sum(len(h) for h in self._users.values()) + 10_000:
-                    self._compact()                      # the journal stays within a few times the state
+                if self._journal_lines > self._compact_at:     # O(1) per request; O(state) per compaction
+                    self._compact()
 
     def get(self, user: str) -> list[StoredEvent] | None:
         with self._lock:
