@@ -35,7 +35,9 @@ TRAINING_ARGS_SHOWN = ("learning_rate", "num_train_epochs", "per_device_train_ba
 
 
 def _load_run(run: Path) -> tuple[dict, dict, dict]:
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "metrics.json", "recipe.yaml"):
+    ensemble = (run / "members").is_dir()          # weights in members/<name>/ (behavior-lm ensemble)
+    for name in ("config.json", "tokenizer.json", "metrics.json", "recipe.yaml",
+                 *(() if ensemble else ("model.safetensors",))):
         if not (run / name).is_file():
             raise RecipeError(f"{run}: not a finished run directory (no {name})")
     metrics = json.loads((run / "metrics.json").read_text())
@@ -126,6 +128,29 @@ def model_card(run_dir: str | Path, repo_id: str | None = None) -> str:
     ]
     shown = {k: training_args[k] for k in TRAINING_ARGS_SHOWN if k in training_args}
     best = train.get("best_epoch")
+    training = [
+        "## Training", "",
+        f"- {train.get('epochs_run', '?')} epochs in {train.get('seconds', '?')} s on "
+        f"{train.get('world_size', 1)} process(es); best validation "
+        f"{training_args.get('metric_for_best_model', 'metric')} at epoch {best}; "
+        f"{train.get('parameters', 0) / 1e6:.2f}M parameters", "",
+        "| argument | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in shown.items()], "",
+        "The complete arguments are in `training_args.json`, the recipe in `recipe.yaml`; "
+        "`behavior-lm train recipe.yaml` reproduces the run.", "",
+        "![training curves](training_curves.png)", ""]
+    if "ensemble" in metrics:
+        ens, fit = metrics["ensemble"], metrics.get("fit")
+        member_tests = metrics.get("members", {}).get("test", {})
+        training = [
+            "## Members", "",
+            f"Fusion method: `{ens['method']}`"
+            + (f"; weights fitted on {fit['examples']} validation examples ({fit['objective']})" if fit else "")
+            + ". Each member's own weights are in `members/<name>/`, the floors' counts in "
+            "`floors.safetensors`.", "",
+            "| member | kind | weight | test NDCG@10 / accuracy / MAE |", "|---|---|---:|---:|",
+            *[f"| {m['name']} | {m.get('model_type') or m.get('floor')} | {ens['weights'][m['name']]:.3f} | "
+              + next((f"{member_tests.get(m['name'], {})[k]:.4f}" for k in ("ndcg@10", "accuracy", "mae")
+                      if k in member_tests.get(m['name'], {})), "") + " |" for m in ens["members"]], ""]
     parts = [
         "---", _card_metadata(metrics, repo_id).strip(), "---", "",
         f"# {model_type} · {task} on {data['dataset']}", "",
@@ -145,15 +170,7 @@ def model_card(run_dir: str | Path, repo_id: str | None = None) -> str:
         f"Split sizes: {json.dumps(split)}", "",
         "## Results (test split)", "", results_table(metrics), "",
         "Floors are scored by the same harness on the same split; a model is useful only above them.", "",
-        "## Training", "",
-        f"- {train.get('epochs_run', '?')} epochs in {train.get('seconds', '?')} s on "
-        f"{train.get('world_size', 1)} process(es); best validation "
-        f"{training_args.get('metric_for_best_model', 'metric')} at epoch {best}; "
-        f"{train.get('parameters', 0) / 1e6:.2f}M parameters", "",
-        "| argument | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in shown.items()], "",
-        "The complete arguments are in `training_args.json`, the recipe in `recipe.yaml`; "
-        "`behavior-lm train recipe.yaml` reproduces the run.", "",
-        "![training curves](training_curves.png)", "",
+        *training,
         "## Usage", "", _usage(task, repo_id),
         "Weights are safetensors; the model classes are stock transformers classes or "
         "behavior-lm's own (registered with the Auto classes on `import behavior_lm`), so no "
@@ -169,9 +186,15 @@ def stage_run(run_dir: str | Path, out_dir: str | Path, repo_id: str | None = No
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    for name in MODEL_FILES + RUN_FILES:
+    for name in MODEL_FILES + RUN_FILES + ("floors.safetensors",):
         if (run / name).is_file():
             shutil.copy2(run / name, tmp / name)
+    if (run / "members").is_dir():                  # an ensemble: its members' own model files
+        for member in sorted((run / "members").iterdir()):
+            (tmp / "members" / member.name).mkdir(parents=True)
+            for name in MODEL_FILES:
+                if (member / name).is_file():
+                    shutil.copy2(member / name, tmp / "members" / member.name / name)
     # runs written before secrets were redacted may hold a hub_token: never upload it
     if (tmp / "recipe.yaml").is_file():
         recipe = yaml.safe_load((tmp / "recipe.yaml").read_text()) or {}

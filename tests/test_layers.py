@@ -17,7 +17,7 @@ LAYERS = [
     ("evaluation",),
     ("reporting",),
     ("training",),
-    ("compare", "hub", "inference", "serving", "search", "update"),
+    ("compare", "ensemble", "hub", "inference", "serving", "search", "update"),
     ("cli",),
 ]
 LAYER = {name: i for i, row in enumerate(LAYERS) for name in row}

@@ -1,4 +1,5 @@
-"""``behavior-lm`` command line: ``train``, ``evaluate``, ``compare``, ``predict``, ``push``, ``report``.
+"""``behavior-lm`` command line: ``train``, ``prepare``, ``evaluate``, ``compare``, ``ensemble``,
+``predict``, ``push``, ``report``, ``serve``.
 
 Errors from bad input (files, rows, recipes) are printed as one line and exit with status 2;
 anything else is a bug and keeps its traceback.
@@ -178,8 +179,43 @@ def _serve(argv: Sequence[str]) -> int:
     return 0
 
 
+def _ensemble(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="behavior-lm ensemble",
+        description="Fuse finished runs of one split (any model types, and the floors) into one model, "
+                    "scored by the harness and saved as a directory the pipeline loads.")
+    parser.add_argument("runs", nargs="+", help="finished run directories (same data settings)")
+    parser.add_argument("--method", default="weighted", choices=["mean", "weighted", "rrf", "vote"],
+                        help="mean: average probabilities; weighted: weights fitted on validation; "
+                             "rrf: reciprocal-rank fusion; vote: majority vote (classification tasks)")
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--floors", default="", help="comma-separated floors to fuse as members too: "
+                                                     "popularity, markov, repeat (next-item)")
+    parser.add_argument("--weights", default=None,
+                        help="comma-separated fixed weights (runs first, then floors) for mean/rrf/vote")
+    parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument("--overwrite_output_dir", action="store_true")
+    args = parser.parse_args(argv)
+    from behavior_lm.ensemble import build_ensemble
+    from behavior_lm.errors import RecipeError
+
+    weights = None
+    if args.weights:
+        try:
+            weights = [float(w) for w in args.weights.split(",")]
+        except ValueError:
+            raise RecipeError(f"--weights: comma-separated numbers, got {args.weights!r}") from None
+    out = build_ensemble(args.runs, args.method, args.output_dir,
+                         floors=[f.strip() for f in args.floors.split(",") if f.strip()],
+                         weights=weights, batch_size=args.batch_size, overwrite=args.overwrite_output_dir)
+    print((out / "results.md").read_text())
+    print(f"ensemble directory: {out}")
+    return 0
+
+
 COMMANDS = {"train": _train, "evaluate": _evaluate, "compare": _compare, "predict": _predict,
-            "push": _push, "report": _report, "serve": _serve, "prepare": _prepare}
+            "push": _push, "report": _report, "serve": _serve, "prepare": _prepare,
+            "ensemble": _ensemble}
 
 
 def _is_main_process() -> bool:
@@ -189,11 +225,12 @@ def _is_main_process() -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: behavior-lm {train,prepare,evaluate,compare,predict,push,report,serve} ...\n\n"
+        print("usage: behavior-lm {train,prepare,evaluate,compare,ensemble,predict,push,report,serve} ...\n\n"
               "  train RECIPE [--key value ...]   train + evaluate a recipe, write a run directory\n"
               "  prepare RECIPE [--key value ...] only prepare the data into the cache, print its counts\n"
               "  evaluate RUN_DIR [--split test]  score a finished run with the harness\n"
               "  compare RECIPE... --output_dir D train several recipes on one split, one table + chart\n"
+              "  ensemble RUN_DIR... --output_dir D  fuse runs (and floors) into one model\n"
               "  predict RUN_DIR --history \"...\"   rank the next event for one history\n"
               "  push RUN_DIR --repo-id ORG/NAME   upload model, tokenizer and model card to the Hub\n"
               "  report RUN_DIR                   regenerate the run's plots\n"

@@ -1,7 +1,7 @@
 """The one evaluation harness: any scorer, the same ranks, the same metrics.
 
-A *scorer* maps a collated batch to ``(batch, vocab)`` next-token scores. Models, baselines and
-(later) fused ensembles are all scorers, so every row of a results table went through
+A *scorer* maps a collated batch to ``(batch, vocab)`` next-token scores. Models, floors and
+fused ensembles (:mod:`~behavior_lm.evaluation.fusion`) are all scorers, so every row of a results table went through
 :func:`score_ranks` and :func:`~behavior_lm.evaluation.metrics.ranking_metrics`.
 """
 from __future__ import annotations
@@ -16,6 +16,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from behavior_lm.evaluation.fusion import BehaviorEnsembleModel
+from behavior_lm.evaluation.floors import FLOORS, Floor, build_floor
 from behavior_lm.evaluation.metrics import ranking_metrics
 from behavior_lm.evaluation.protocol import EvalProtocol
 from behavior_lm.evaluation.scoring import next_item_scores, next_token_scores, score_ranks
@@ -23,7 +25,7 @@ from behavior_lm.tokenization.behavior_tokenizer import behavior_token_ids, item
 from behavior_lm.data.collators import BehaviorCollator
 
 Scorer = Callable[[dict[str, torch.Tensor]], torch.Tensor]
-BASELINES = ("popularity", "markov", "repeat")
+BASELINES = FLOORS
 
 
 def model_scorer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None = None,
@@ -35,12 +37,17 @@ def model_scorer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | No
     model.eval()
     vocab = model.get_output_embeddings().out_features
     candidates = item_mask(tokenizer, vocab) if tokenizer is not None else None
+    if isinstance(model, BehaviorEnsembleModel) and candidates is None:
+        raise ValueError("an ensemble is scored with its tokenizer (which tokens are items)")
     b_ids = (torch.tensor(list(behavior_token_ids(tokenizer).values()), dtype=torch.long)
              if tokenizer is not None else None)
     condition = protocol is not None and protocol.condition_on_behavior
 
     def score(batch: dict[str, torch.Tensor]) -> torch.Tensor:
         ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+        if isinstance(model, BehaviorEnsembleModel):
+            given = batch["target_behavior"].to(device) if condition else None
+            return model.fused_scores(ids, mask, candidates.to(device), b_ids, given).cpu()
         if candidates is None:
             return next_token_scores(model, ids, mask).cpu()
         given = batch["target_behavior"].to(device) if condition else None
@@ -49,85 +56,23 @@ def model_scorer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | No
     return score
 
 
-def popularity_scorer(train: Dataset, vocab_size: int) -> Scorer:
-    """Most-popular floor: every user gets the training-event counts of the items."""
-    counts = np.zeros(vocab_size, dtype=np.float64)
-    for ids in train["input_ids"]:
-        np.add.at(counts, np.asarray(ids, dtype=np.int64), 1.0)
-    scores = torch.as_tensor(counts, dtype=torch.float32)
+def floor_scorer(floor: Floor) -> Scorer:
+    """A floor module (:mod:`behavior_lm.evaluation.floors`) as a harness scorer."""
 
     def score(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return scores.unsqueeze(0).expand(batch["input_ids"].size(0), -1)
+        return floor(batch["input_ids"], batch["attention_mask"])
 
     return score
 
 
 def markov_scorer(train: Dataset, vocab_size: int, candidates: torch.Tensor) -> Scorer:
-    """First-order Markov floor: item-to-item transition counts from the training streams.
-
-    A user's scores are the counts of transitions out of their last item; popularity (scaled
-    below one transition) breaks ties, so users whose last item was never followed still get a
-    sensible list instead of a constant one. Counts are kept sparse (CSR), never ``vocab x vocab``.
-    """
-    prev_parts, next_parts = [], []
-    popularity = np.zeros(vocab_size, dtype=np.float64)
-    is_item = candidates.numpy()
-    for ids in train["input_ids"]:
-        seq = np.asarray(ids, dtype=np.int64)
-        seq = seq[is_item[seq]]                  # item tokens only (skips [BOS], behaviors)
-        np.add.at(popularity, seq, 1.0)
-        if seq.size > 1:
-            prev_parts.append(seq[:-1])
-            next_parts.append(seq[1:])
-    prev = np.concatenate(prev_parts) if prev_parts else np.zeros(0, dtype=np.int64)
-    nxt = np.concatenate(next_parts) if next_parts else np.zeros(0, dtype=np.int64)
-    pairs, counts = np.unique(prev * vocab_size + nxt, return_counts=True)
-    rows, cols = np.divmod(pairs, vocab_size)
-    indptr = np.searchsorted(rows, np.arange(vocab_size + 1))          # CSR row starts
-    tie_break = torch.as_tensor(popularity / (popularity.max() + 1.0), dtype=torch.float32)
-
-    def score(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        ids, mask = batch["input_ids"], batch["attention_mask"]
-        out = tie_break.unsqueeze(0).repeat(ids.size(0), 1)              # (B, V)
-        for b in range(ids.size(0)):
-            real = ids[b][mask[b].bool()].numpy()
-            real = real[is_item[real]]
-            if real.size:
-                last = int(real[-1])
-                lo, hi = indptr[last], indptr[last + 1]
-                out[b, torch.as_tensor(cols[lo:hi])] += torch.as_tensor(counts[lo:hi], dtype=torch.float32)
-        return out
-
-    return score
+    """First-order Markov floor (:class:`~behavior_lm.evaluation.floors.MarkovFloor`)."""
+    return floor_scorer(build_floor("markov", train, candidates[:vocab_size]))
 
 
 def repeat_scorer(train: Dataset, vocab_size: int, candidates: torch.Tensor) -> Scorer:
-    """Repeat floor: the items the user already touched, most frequent first, ties broken by the
-    most recent touch; every other item after them, by training popularity. On logs where people
-    come back to the same items (e-commerce, music) this is the floor that matters; it is useless
-    when seen items are filtered."""
-    popularity = np.zeros(vocab_size, dtype=np.float64)
-    for ids in train["input_ids"]:
-        np.add.at(popularity, np.asarray(ids, dtype=np.int64), 1.0)
-    popularity[~candidates.numpy()[:vocab_size]] = 0.0
-    base = torch.as_tensor(popularity / (popularity.max() + 1.0), dtype=torch.float32)  # < 1
-
-    def score(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        ids, mask = batch["input_ids"], batch["attention_mask"]
-        out = base.unsqueeze(0).repeat(ids.size(0), 1)
-        for b in range(ids.size(0)):
-            real = ids[b][mask[b].bool()]
-            real = real[candidates[real]]
-            if real.numel():
-                n = real.numel()
-                counts = torch.bincount(real, minlength=vocab_size)[:vocab_size].float()
-                last = torch.zeros(vocab_size).scatter_reduce(          # last position touched
-                    0, real, torch.arange(1, n + 1, dtype=torch.float32), reduce="amax")
-                touched = counts > 0
-                out[b, touched] = 1.0 + counts[touched] + last[touched] / (n + 1.0)
-        return out
-
-    return score
+    """Repeat floor (:class:`~behavior_lm.evaluation.floors.RepeatFloor`)."""
+    return floor_scorer(build_floor("repeat", train, candidates[:vocab_size]))
 
 
 def rank_dataset(scorer: Scorer, dataset: Dataset, tokenizer: PreTrainedTokenizerBase,
@@ -170,14 +115,7 @@ def evaluate_baselines(names: Iterable[str], train: Dataset, dataset: Dataset,
     """Score the requested floors on ``dataset``."""
     results = {}
     for name in names:
-        if name == "popularity":
-            scorer = popularity_scorer(train, len(tokenizer))
-        elif name == "markov":
-            scorer = markov_scorer(train, len(tokenizer), item_mask(tokenizer))
-        elif name == "repeat":
-            scorer = repeat_scorer(train, len(tokenizer), item_mask(tokenizer))
-        else:
-            raise ValueError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)}")
+        scorer = floor_scorer(build_floor(name, train, item_mask(tokenizer)))
         results[name] = evaluate_scorer(scorer, dataset, tokenizer, protocol,
                                         batch_size=batch_size, desc=name)
     return results

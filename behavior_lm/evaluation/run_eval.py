@@ -19,6 +19,7 @@ from transformers import (AutoModelForCausalLM, AutoModelForMaskedLM,
 
 from behavior_lm.data.pipeline import prepare_data
 from behavior_lm.errors import RecipeError
+from behavior_lm.evaluation.fusion import BehaviorEnsembleConfig, BehaviorEnsembleModel
 from behavior_lm.evaluation.harness import evaluate_baselines, evaluate_model
 from behavior_lm.evaluation.protocol import EvalProtocol
 from behavior_lm.data.tasks import TOKEN_TASKS
@@ -50,8 +51,11 @@ def evaluate_run(run_dir: str | Path, *, split: str = "test", batch_size: int = 
     if task != "next-item":
         return _evaluate_task_run(run, task, model_type, data, split, batch_size,
                                   data_args.intent_behavior), protocol
-    auto = AutoModelForMaskedLM if model_type in MASKED_MODEL_TYPES else AutoModelForCausalLM
-    model = auto.from_pretrained(run)
+    if model_type == "ensemble":
+        model = BehaviorEnsembleModel.from_pretrained(run)
+    else:
+        auto = AutoModelForMaskedLM if model_type in MASKED_MODEL_TYPES else AutoModelForCausalLM
+        model = auto.from_pretrained(run)
     dataset = data.datasets[split]
     results = {saved.get("model_type", "model"): evaluate_model(model, dataset, tokenizer, protocol,
                                                                batch_size=batch_size)}
@@ -82,6 +86,8 @@ def task_logits(model, data, split: str, task: str, batch_size: int = 256) -> tu
 
 
 def load_task_model(run: Path, task: str):
+    if json.loads((run / "config.json").read_text()).get("model_type") == BehaviorEnsembleConfig.model_type:
+        return BehaviorEnsembleModel.from_pretrained(run)
     auto = AutoModelForTokenClassification if task in TOKEN_TASKS else AutoModelForSequenceClassification
     return auto.from_pretrained(run).eval()
 

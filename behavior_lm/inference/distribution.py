@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from behavior_lm.evaluation.floors import Floor
+from behavior_lm.evaluation.fusion import BehaviorEnsembleModel, fuse
 from behavior_lm.evaluation.scoring import (item_log_softmax, behavior_log_probs, item_log_probs_given,
                                             next_token_scores)
 from behavior_lm.tokenization.behavior_tokenizer import behavior_token_ids, item_mask
@@ -60,6 +62,9 @@ def next_event_distributions(model: PreTrainedModel, tokenizer: PreTrainedTokeni
     mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
     if candidates is None:
         candidates = item_mask(tokenizer, model.get_output_embeddings().out_features)
+    if isinstance(model, BehaviorEnsembleModel):
+        return ensemble_distributions(model, tokenizer, input_ids, mask, behavior,
+                                      behavior_ids=behavior_ids, candidates=candidates)
     if not behavior_ids:  # one-behavior stream: the next token is an item
         items = item_log_softmax(next_token_scores(model, input_ids, mask), candidates).exp()
         return [NextEventDistribution(row, None, names, None) for row in items]
@@ -80,6 +85,55 @@ def next_event_distributions(model: PreTrainedModel, tokenizer: PreTrainedTokeni
                    else log_pb[r].exp())
         joint = weights.unsqueeze(1) * conditional[r]                                # (nb, V)
         out.append(NextEventDistribution(joint.sum(0), p_behavior, names, joint.argmax(0)))
+    return out
+
+
+@torch.no_grad()
+def ensemble_distributions(model: BehaviorEnsembleModel, tokenizer: PreTrainedTokenizerBase,
+                           input_ids: torch.Tensor, attention_mask: torch.Tensor, behavior: str | None,
+                           *, behavior_ids: dict[str, int], candidates: torch.Tensor) -> list[NextEventDistribution]:
+    """An ensemble's next event: each member's item distribution (models through
+    :func:`next_event_distributions`, floors normalised) fused by the ensemble's method with
+    :func:`~behavior_lm.evaluation.fusion.fuse`, the function the harness ranks with.
+
+    ``items`` are the fused probabilities for ``mean`` / ``weighted``, the fused reciprocal-rank
+    scores scaled to sum to one for ``rrf``. ``behaviors``: the weighted mean of ``P(b | h)`` over
+    the members that have one; each item's behavior is that of the heaviest such member."""
+    names = list(behavior_ids)
+    weights = model.weights
+    per_member: list[list[NextEventDistribution] | None] = []
+    log_items = []
+    for member in model.members():
+        if isinstance(member, Floor):
+            per_member.append(None)
+            lp = member.log_probs(input_ids.cpu(), attention_mask.cpu()).to(input_ids.device)
+            if lp.size(1) < candidates.numel():
+                lp = torch.nn.functional.pad(lp, (0, candidates.numel() - lp.size(1)), value=float("-inf"))
+            log_items.append(lp[:, :candidates.numel()])
+        else:
+            dists = next_event_distributions(member, tokenizer, input_ids, attention_mask, behavior,
+                                             behavior_ids=behavior_ids, candidates=candidates)
+            per_member.append(dists)
+            log_items.append(torch.stack([d.items for d in dists]).clamp(min=1e-38).log()
+                             .masked_fill(~candidates.to(input_ids.device), float("-inf")))
+    fused = fuse(torch.stack(log_items), weights, model.config.method, model.config.rrf_k)
+    fused = fused.masked_fill(~candidates.to(fused.device), float("-inf"))
+    if model.config.method in ("mean", "weighted"):
+        items = fused.exp()
+    else:
+        scores = fused.clamp(min=0.0).nan_to_num(0.0, posinf=0.0, neginf=0.0)
+        items = scores / scores.sum(dim=-1, keepdim=True).clamp(min=1e-30)
+    with_b = [(w, d) for w, d in zip(weights.tolist(), per_member) if d is not None and d[0].behaviors is not None]
+    with_ib = [(w, d) for w, d in zip(weights.tolist(), per_member) if d is not None and d[0].item_behavior is not None]
+    heaviest = max(with_ib, key=lambda x: x[0])[1] if with_ib else None
+    out = []
+    for r in range(input_ids.size(0)):
+        behaviors = None
+        if with_b:
+            total = sum(w for w, _ in with_b) or 1.0
+            behaviors = {n: sum(w * d[r].behaviors[n] for w, d in with_b) / total for n in names}
+        out.append(NextEventDistribution(items[r], behaviors, names,
+                                         None if heaviest is None else heaviest[r].item_behavior))
     return out
 
 

@@ -31,6 +31,7 @@ from transformers.pipelines import PIPELINE_REGISTRY
 
 from behavior_lm.data.preprocess import UserSequence
 from behavior_lm.data.streams import StreamFormat, context_slice
+from behavior_lm.evaluation.fusion import BehaviorEnsembleConfig, BehaviorEnsembleModel
 from behavior_lm.inference.distribution import next_event_distributions
 from behavior_lm.tokenization.behavior_tokenizer import (SIDE_FILE, behavior_token_ids, grammar,
                                                          is_behavior_token, is_item_token, item_id_of,
@@ -142,6 +143,7 @@ def is_batch(inputs: Any) -> bool:
 
 class AutoModelForNextBehavior:
     """Loader for the pipeline: ``AutoModelForMaskedLM`` for masked-item checkpoints (BERT4Rec),
+    :class:`~behavior_lm.evaluation.fusion.BehaviorEnsembleModel` for ensembles,
     ``AutoModelForCausalLM`` for the rest. (Trying the causal class first would load a BERT4Rec
     checkpoint into ``BertLMHeadModel`` and silently predict with the wrong attention.)"""
 
@@ -149,6 +151,8 @@ class AutoModelForNextBehavior:
     def from_pretrained(cls, path: str, **kwargs: Any):
         kwargs.pop("_from_pipeline", None)
         config = kwargs.pop("config", None) or AutoConfig.from_pretrained(path)
+        if isinstance(config, BehaviorEnsembleConfig):       # several runs fused into one
+            return BehaviorEnsembleModel.from_pretrained(path, config=config, **kwargs)
         archs = getattr(config, "architectures", None) or []
         auto = AutoModelForMaskedLM if any(a.endswith("ForMaskedLM") for a in archs) else AutoModelForCausalLM
         return auto.from_pretrained(path, config=config, **kwargs)
