@@ -1,4 +1,4 @@
-"""``behavior-lm`` command line: ``train``, ``prepare``, ``evaluate``, ``compare``, ``ensemble``,
+"""``behavior-lm`` command line: ``train``, ``prepare``, ``evaluate``, ``compare``, ``search``, ``ensemble``,
 ``predict``, ``push``, ``report``, ``serve``.
 
 Errors from bad input (files, rows, recipes) are printed as one line and exit with status 2;
@@ -213,9 +213,35 @@ def _ensemble(argv: Sequence[str]) -> int:
     return 0
 
 
+def _search(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="behavior-lm search",
+        description="Hyperparameter search (Optuna) over recipe keys; each trial is a train run scored "
+                    "on validation. Extra --key value flags apply to every trial. Run the same command "
+                    "again to continue a killed search.")
+    parser.add_argument("recipe")
+    parser.add_argument("--space", required=True, help="YAML: recipe key -> {type, low, high[, log, step]} "
+                                                       "or {type: categorical, choices: [...]}")
+    parser.add_argument("--output_dir", required=True, help="the search directory (study.db, trials/, report)")
+    parser.add_argument("--n_trials", type=int, default=20, help="total trials of the study")
+    parser.add_argument("--sampler", default="tpe", choices=["grid", "random", "tpe"])
+    parser.add_argument("--metric", default="ndcg@10", help="validation metric to optimise (mae/rmse: minimised)")
+    parser.add_argument("--search_seed", type=int, default=0, help="the sampler's seed")
+    parser.add_argument("--no_pruning", action="store_true", help="run every trial to its end")
+    args, overrides = parser.parse_known_args(argv)
+    from behavior_lm.search import search
+
+    out = search(args.recipe, args.space, args.output_dir, n_trials=args.n_trials, sampler=args.sampler,
+                 metric=args.metric, seed=args.search_seed, prune=not args.no_pruning, overrides=overrides)
+    if _is_main_process():
+        print((out / "trials.md").read_text())
+        print(f"search directory: {out}")
+    return 0
+
+
 COMMANDS = {"train": _train, "evaluate": _evaluate, "compare": _compare, "predict": _predict,
             "push": _push, "report": _report, "serve": _serve, "prepare": _prepare,
-            "ensemble": _ensemble}
+            "ensemble": _ensemble, "search": _search}
 
 
 def _is_main_process() -> bool:
@@ -225,11 +251,12 @@ def _is_main_process() -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: behavior-lm {train,prepare,evaluate,compare,ensemble,predict,push,report,serve} ...\n\n"
+        print("usage: behavior-lm {train,prepare,evaluate,compare,search,ensemble,predict,push,report,serve} ...\n\n"
               "  train RECIPE [--key value ...]   train + evaluate a recipe, write a run directory\n"
               "  prepare RECIPE [--key value ...] only prepare the data into the cache, print its counts\n"
               "  evaluate RUN_DIR [--split test]  score a finished run with the harness\n"
               "  compare RECIPE... --output_dir D train several recipes on one split, one table + chart\n"
+              "  search RECIPE --space S.yaml --output_dir D  hyperparameter search (Optuna)\n"
               "  ensemble RUN_DIR... --output_dir D  fuse runs (and floors) into one model\n"
               "  predict RUN_DIR --history \"...\"   rank the next event for one history\n"
               "  push RUN_DIR --repo-id ORG/NAME   upload model, tokenizer and model card to the Hub\n"

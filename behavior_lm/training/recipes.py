@@ -6,6 +6,7 @@ the recipe file and the line of the key, not a silently ignored typo.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,7 +39,6 @@ def _field_types() -> dict[str, Any]:
 
 def _accepts(kind: Any, value: Any) -> str | None:
     """``None`` when ``value`` fits the field type ``kind``, else what the key expects."""
-    import enum
     import typing
 
     args = typing.get_args(kind)
@@ -111,7 +111,7 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
 RECIPE_LINES: dict[str, dict[Any, int]] = {}   # path -> key -> line, for errors found after parsing
 
 
-def _to_argv(recipe: dict[str, Any]) -> list[str]:
+def to_argv(recipe: dict[str, Any]) -> list[str]:
     argv: list[str] = []
     for key, value in recipe.items():
         if value is None:
@@ -151,14 +151,24 @@ def parse_recipe(path: str | Path | None, overrides: Sequence[str] = ()) -> tupl
             raise RecipeError(f"unknown option '{flag}' (not a field of the recipe dataclasses)")
     try:
         data_args, model_args, training_args, rest = parser.parse_args_into_dataclasses(
-            args=_to_argv(recipe) + list(overrides), return_remaining_strings=True)
+            args=to_argv(recipe) + list(overrides), return_remaining_strings=True)
     except (ValueError, TypeError) as exc:
         raise RecipeError(f"{path or 'command line'}: {exc}") from exc
     if rest:
         raise RecipeError(f"{path or 'command line'}: unexpected arguments: {' '.join(rest)} "
                           "(flags are --key value; a list value is --key v1 v2)")
     check_values(data_args, model_args, training_args, where=_locator(path, overrides))
-    return data_args, model_args, training_args, recipe
+    # the recipe as run: the file's keys and every overridden key with its parsed value, so the
+    # run's recipe.yaml reproduces it (`behavior-lm train runs/x/recipe.yaml`)
+    effective = dict(recipe)
+    flagged = [f[2:].split("=")[0] for f in overrides if f.startswith("--")]
+    for key in flagged:
+        for args in (data_args, model_args, training_args):
+            if key in {f.name for f in dataclasses.fields(args)}:
+                value = getattr(args, key)
+                effective[key] = value.value if isinstance(value, enum.Enum) else value
+                break
+    return data_args, model_args, training_args, effective
 
 
 def _locator(path: str | Path | None, overrides: Sequence[str]):

@@ -16,11 +16,12 @@ import logging
 import os
 import shutil
 from dataclasses import asdict
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 import yaml
-from transformers import EarlyStoppingCallback, set_seed
+from transformers import EarlyStoppingCallback, TrainerCallback, set_seed
 
 from behavior_lm.data.tasks import TOKEN_TASKS
 from behavior_lm.data.pipeline import prepare_data, write_item_side
@@ -74,23 +75,26 @@ def protocol_for(data_args: DataArguments, training_args: BehaviorTrainingArgume
 
 
 def train(data_args: DataArguments, model_args: ModelArguments,
-          training_args: BehaviorTrainingArguments, recipe: dict | None = None) -> Path:
+          training_args: BehaviorTrainingArguments, recipe: dict | None = None,
+          callbacks: Sequence[TrainerCallback] = ()) -> Path:
     """Train and evaluate one recipe; returns the finished run directory.
 
     Before any heavy work: the output directory must be a new folder or a finished run (never a
     file or someone's folder), the cache must be writable, and no other process may be writing the
-    same run (the main process holds ``<output_dir>.lock`` until the run is promoted)."""
+    same run (the main process holds ``<output_dir>.lock`` until the run is promoted).
+    ``callbacks`` join the Trainer's (e.g. the search's pruning callback)."""
     final = Path(training_args.output_dir)
     check_output_dir(final, training_args.overwrite_output_dir)
     if data_args.cache:
         check_writable(cache_dir(), "the data cache (BEHAVIOR_LM_CACHE)")
     main_process = int(os.environ.get("RANK", "0")) == 0
     with writer_lock(final) if main_process else contextlib.nullcontext():
-        return _train(data_args, model_args, training_args, recipe)
+        return _train(data_args, model_args, training_args, recipe, callbacks)
 
 
 def _train(data_args: DataArguments, model_args: ModelArguments,
-           training_args: BehaviorTrainingArguments, recipe: dict | None) -> Path:
+           training_args: BehaviorTrainingArguments, recipe: dict | None,
+           extra_callbacks: Sequence[TrainerCallback] = ()) -> Path:
     training_args = copy.copy(training_args)     # the Trainer's settings; the caller's stay as given
     final = Path(training_args.output_dir)
     partial = partial_of(final)
@@ -132,7 +136,7 @@ def _train(data_args: DataArguments, model_args: ModelArguments,
         if checkpoint:
             logger.warning("resuming from %s", checkpoint)
     budget = TimeBudgetCallback(training_args.max_train_minutes, spent_before=spent_seconds(checkpoint))
-    callbacks: list = [budget]
+    callbacks: list = [budget, *extra_callbacks]
     if training_args.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=training_args.early_stopping_patience))
     with _tensorboard_logs(partial / "logs"):  # read when the Trainer builds its callbacks
