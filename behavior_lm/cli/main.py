@@ -1,5 +1,5 @@
 """``behavior-lm`` command line: ``train``, ``prepare``, ``evaluate``, ``compare``, ``search``, ``ensemble``,
-``predict``, ``push``, ``report``, ``serve``.
+``update``, ``predict``, ``push``, ``report``, ``serve``.
 
 Errors from bad input (files, rows, recipes) are printed as one line and exit with status 2;
 anything else is a bug and keeps its traceback.
@@ -239,9 +239,43 @@ def _search(argv: Sequence[str]) -> int:
     return 0
 
 
+def _update(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="behavior-lm update",
+        description="Continue a next-item run on new events: new items become new tokens, old ids stay, "
+                    "a replay sample of past windows guards against forgetting.")
+    parser.add_argument("run_dir")
+    parser.add_argument("--events", required=True, help="file of new events (any supported format)")
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--data_format", default=None, help="format of --events (default: the run's / guessed)")
+    parser.add_argument("--columns", default=None, help="column mapping of --events, e.g. user=uid,item=sku")
+    parser.add_argument("--column_names", nargs="+", default=None, help="names of the columns of a headerless file")
+    parser.add_argument("--behavior_map", default=None)
+    parser.add_argument("--num_train_epochs", type=float, default=3.0)
+    parser.add_argument("--learning_rate", type=float, default=None, help="default: a fifth of the run's")
+    parser.add_argument("--per_device_train_batch_size", type=int, default=None)
+    parser.add_argument("--replay", type=float, default=1.0, help="replayed past windows per new window")
+    parser.add_argument("--no_holdout", action="store_true",
+                        help="train on every new event (no held-out before/after check)")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--overwrite_output_dir", action="store_true")
+    args = parser.parse_args(argv)
+    from behavior_lm.update import UpdateSettings, update_run
+
+    settings = UpdateSettings(
+        data_format=args.data_format, columns=args.columns, column_names=args.column_names,
+        behavior_map=args.behavior_map, num_train_epochs=args.num_train_epochs,
+        learning_rate=args.learning_rate, per_device_train_batch_size=args.per_device_train_batch_size,
+        replay=args.replay, holdout=not args.no_holdout, seed=args.seed)
+    out = update_run(args.run_dir, args.events, args.output_dir, settings, overwrite=args.overwrite_output_dir)
+    print((out / "results.md").read_text())
+    print(f"run directory: {out}")
+    return 0
+
+
 COMMANDS = {"train": _train, "evaluate": _evaluate, "compare": _compare, "predict": _predict,
             "push": _push, "report": _report, "serve": _serve, "prepare": _prepare,
-            "ensemble": _ensemble, "search": _search}
+            "ensemble": _ensemble, "search": _search, "update": _update}
 
 
 def _is_main_process() -> bool:
@@ -251,13 +285,14 @@ def _is_main_process() -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: behavior-lm {train,prepare,evaluate,compare,search,ensemble,predict,push,report,serve} ...\n\n"
+        print("usage: behavior-lm {train,prepare,evaluate,compare,search,ensemble,update,predict,push,report,serve} ...\n\n"
               "  train RECIPE [--key value ...]   train + evaluate a recipe, write a run directory\n"
               "  prepare RECIPE [--key value ...] only prepare the data into the cache, print its counts\n"
               "  evaluate RUN_DIR [--split test]  score a finished run with the harness\n"
               "  compare RECIPE... --output_dir D train several recipes on one split, one table + chart\n"
               "  search RECIPE --space S.yaml --output_dir D  hyperparameter search (Optuna)\n"
               "  ensemble RUN_DIR... --output_dir D  fuse runs (and floors) into one model\n"
+              "  update RUN_DIR --events F --output_dir D  continue a run on new events and items\n"
               "  predict RUN_DIR --history \"...\"   rank the next event for one history\n"
               "  push RUN_DIR --repo-id ORG/NAME   upload model, tokenizer and model card to the Hub\n"
               "  report RUN_DIR                   regenerate the run's plots\n"

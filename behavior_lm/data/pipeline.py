@@ -71,6 +71,22 @@ def cache_folder_name(dataset: str, key: str) -> str:
     return f"{slug}-{key}"
 
 
+def clean_sequences(log: EventLog, args: DataArguments, report: dict | None = None) -> list[preprocess.UserSequence]:
+    """The recipe's cleaning of a log (first ``max_users``, dedupe, minimum rating, k-core, most
+    recent history), in time order per user: what a run's streams were built from."""
+    if args.max_users:
+        log = _first_users(log, args.max_users)
+    return preprocess.prepare(
+        log, dedupe=args.dedupe, min_value=args.min_rating, min_user_events=args.min_user_events,
+        min_item_events=args.min_item_events, max_history=args.max_history, report=report)
+
+
+def load_sequences(args: DataArguments) -> list[preprocess.UserSequence]:
+    """The cleaned user sequences of a recipe's dataset (no split, no tokenizer, no cache)."""
+    log = sources.load_events(args.dataset, args.data_path, reader_kwargs=args.reader_kwargs())
+    return clean_sequences(log, args)
+
+
 def prepare_data(args: DataArguments, template: str = "causal") -> PreparedData:
     """Build (or load from cache) the tokenizer and the train/validation/test streams."""
     path, src = sources.resolve(args.dataset, args.data_path)
@@ -92,12 +108,8 @@ def prepare_data(args: DataArguments, template: str = "causal") -> PreparedData:
     raw_summary = log.summary()
     progress.update()
     progress.set_postfix_str("cleaning (dedupe, k-core, time order)")
-    if args.max_users:
-        log = _first_users(log, args.max_users)
     dropped: dict = {"duplicates_dropped": 0}
-    sequences = preprocess.prepare(
-        log, dedupe=args.dedupe, min_value=args.min_rating, min_user_events=args.min_user_events,
-        min_item_events=args.min_item_events, max_history=args.max_history, report=dropped)
+    sequences = clean_sequences(log, args, report=dropped)
     progress.update()
     progress.set_postfix_str(f"splitting ({args.split}) and auditing for leakage")
     if args.target_behavior and args.split != "leave_one_out":

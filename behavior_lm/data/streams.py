@@ -140,8 +140,9 @@ def encode_texts(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_l
     return [encode_tokens(tokenizer, text.split(), max_length=max_length) for text in texts]
 
 
-def _examples_dataset(examples: Sequence[Example], tokenizer: PreTrainedTokenizerBase, *,
-                      max_length: int, fmt: StreamFormat) -> Dataset:
+def examples_dataset(examples: Sequence[Example], tokenizer: PreTrainedTokenizerBase, *,
+                     max_length: int, fmt: StreamFormat) -> Dataset:
+    """Ranking rows (history cut by :func:`context_slice`, target, seen items) for ``examples``."""
     vocab = tokenizer.get_vocab()
     unk = tokenizer.unk_token_id
     texts = [fmt.serialize(context_slice(ex.history, max_length, fmt)) for ex in examples]
@@ -176,5 +177,5 @@ def build_dataset_dict(split: Split, tokenizer: PreTrainedTokenizerBase, *, max_
     for name in ("validation", "test"):
         examples = getattr(split, name)
         if examples:
-            parts[name] = _examples_dataset(examples, tokenizer, max_length=max_length, fmt=fmt)
+            parts[name] = examples_dataset(examples, tokenizer, max_length=max_length, fmt=fmt)
     return DatasetDict(parts)
