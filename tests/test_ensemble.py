@@ -179,3 +179,28 @@ def test_vote_ensemble_on_a_classification_task(tmp_path):
     assert metrics["test"]["accuracy"] == pytest.approx(float((pred == labels).mean()))
     rescored, _ = evaluate_run(fused)
     assert rescored["ensemble"]["accuracy"] == pytest.approx(metrics["test"]["accuracy"])
+
+
+def test_floor_distributions_rank_as_the_floors_and_sum_to_one():
+    """What fusion mixes for a floor is a proper distribution with the floor's own order."""
+    from datasets import Dataset
+
+    from behavior_lm.evaluation.floors import FLOORS, build_floor
+
+    rng = np.random.default_rng(0)
+    vocab = 40
+    candidates = torch.zeros(vocab, dtype=torch.bool)
+    candidates[5:] = True
+    train = Dataset.from_dict({"input_ids": [[1, *rng.integers(5, vocab, size=rng.integers(3, 15)).tolist()]
+                                             for _ in range(60)]})
+    ids = torch.tensor([[1, *rng.integers(5, vocab, size=8).tolist()] for _ in range(6)])
+    ids[0, 1:] = 0                                     # one history with no items: pads only
+    mask = (ids != 0).long()
+    for name in FLOORS:
+        floor = build_floor(name, train, candidates)
+        scores, lp = floor(ids, mask)[:, 5:], floor.log_probs(ids, mask)
+        assert torch.allclose(lp.exp().sum(-1), torch.ones(6), atol=1e-5), name
+        assert torch.isinf(lp[:, :5]).all(), name
+        for b in range(6):
+            s, p = scores[b], lp[b, 5:]
+            assert torch.equal(torch.sign(s[:, None] - s[None, :]), torch.sign(p[:, None] - p[None, :])), name

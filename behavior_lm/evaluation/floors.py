@@ -5,8 +5,17 @@ A floor is built once from the training streams and then reads only token ids, e
 model: ``forward(input_ids, attention_mask) -> (batch, vocab)`` non-negative scores, zero off the
 item tokens. Being modules, they are scored by the same harness as the models, and an ensemble
 (:mod:`behavior_lm.evaluation.fusion`) saves them next to its models (safetensors) and serves
-them without the training data. A floor's *distribution* is its scores normalised over items
-(:meth:`Floor.log_probs`), which is what probability fusion averages.
+them without the training data.
+
+A floor's *distribution* (:meth:`Floor.log_probs`, what probability fusion mixes) is a proper
+probability model that ranks items exactly as the floor's scores do:
+
+- popularity: the items' training frequencies;
+- Markov: transitions out of the last item with one pseudo-transition spread by popularity,
+  ``(c(last -> i) + p_pop(i)) / (c(last) + 1)``;
+- repeat: ``(1 - eps)`` on the user's own items in proportion to their repeat scores, ``eps`` spread
+  by popularity over the rest; mixed with a model by fusion, this is a copy mechanism whose weight
+  is fitted on validation (the share of targets the user had touched).
 """
 from __future__ import annotations
 
@@ -43,9 +52,14 @@ class Floor(nn.Module):
 
     @torch.no_grad()
     def log_probs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """``log P(item)``: the scores normalised over item tokens (``-inf`` elsewhere)."""
-        scores = self(input_ids, attention_mask).float().masked_fill(~self.candidates, 0.0)
-        return (scores / scores.sum(dim=-1, keepdim=True).clamp(min=1e-30)).log()
+        """``log P(item)`` over the item tokens (``-inf`` elsewhere); by default the scores
+        normalised. Subclasses whose scores mix counts with tie-breaks define a proper model."""
+        return _normalised_log(self(input_ids, attention_mask), self.candidates)
+
+
+def _normalised_log(scores: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    scores = scores.float().masked_fill(~candidates, 0.0)
+    return (scores / scores.sum(dim=-1, keepdim=True).clamp(min=1e-30)).log()
 
 
 class PopularityFloor(Floor):
@@ -58,7 +72,7 @@ class PopularityFloor(Floor):
         self.register_buffer("counts", counts.float().clone())
 
     @classmethod
-    def from_train(cls, train: Dataset, candidates: torch.Tensor) -> "PopularityFloor":
+    def from_train(cls, train: Dataset, candidates: torch.Tensor) -> "PopularityFloor":  # noqa: D102
         return cls(torch.as_tensor(_item_counts(train, candidates)), candidates)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -101,6 +115,21 @@ class MarkovFloor(Floor):
         tie_break = popularity / (popularity.max(initial=0.0) + 1.0)
         return cls(*(torch.as_tensor(a) for a in (indptr, cols, counts, tie_break)), candidates)
 
+    @torch.no_grad()
+    def log_probs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """``(c(last -> i) + p_pop(i)) / (c(last) + 1)``: same order as the scores (the
+        popularity share is below one transition)."""
+        p_pop = self.tie_break / self.tie_break.sum().clamp(min=1e-30)
+        out = p_pop.unsqueeze(0).repeat(input_ids.size(0), 1)
+        for b in range(input_ids.size(0)):
+            real = self.real_items(input_ids[b], attention_mask[b])
+            if real.numel():
+                last = int(real[-1])
+                lo, hi = int(self.indptr[last]), int(self.indptr[last + 1])
+                out[b, self.next_items[lo:hi]] += self.counts[lo:hi]
+                out[b] /= 1.0 + float(self.counts[lo:hi].sum())
+        return out.masked_fill(~self.candidates, 0.0).log()
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         out = self.tie_break.unsqueeze(0).repeat(input_ids.size(0), 1)           # (B, V)
         for b in range(input_ids.size(0)):
@@ -128,6 +157,23 @@ class RepeatFloor(Floor):
     def from_train(cls, train: Dataset, candidates: torch.Tensor) -> "RepeatFloor":
         popularity = _item_counts(train, candidates)
         return cls(torch.as_tensor(popularity / (popularity.max(initial=0.0) + 1.0)), candidates)  # < 1
+
+    EPSILON = 1e-4
+
+    @torch.no_grad()
+    def log_probs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """``1 - eps`` on the user's own items in proportion to their scores, ``eps`` by popularity
+        elsewhere (all of it by popularity for an empty history): same order as the scores."""
+        scores = self(input_ids, attention_mask).float()
+        p_pop = self.base / self.base.sum().clamp(min=1e-30)
+        touched = scores >= 1.0                          # untouched items score below one
+        own = scores.masked_fill(~touched, 0.0)
+        own = own / own.sum(dim=-1, keepdim=True).clamp(min=1e-30)
+        rest = p_pop.unsqueeze(0).masked_fill(touched, 0.0)
+        rest = rest / rest.sum(dim=-1, keepdim=True).clamp(min=1e-30)
+        has = touched.any(dim=-1, keepdim=True)
+        probs = torch.where(has, (1 - self.EPSILON) * own + self.EPSILON * rest, p_pop.unsqueeze(0))
+        return probs.masked_fill(~self.candidates, 0.0).log()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         vocab = self.base.numel()
