@@ -121,6 +121,15 @@ def test_weighted_ensemble_scores_serves_and_reloads_the_same(tiny_run, tiny_gru
     assert "## Members" in (staged / "README.md").read_text()
     again = pipeline("next-behavior", model=str(staged))(history, top_k=10)
     assert [r["item"] for r in again] == expected
+    # and the HTTP server serves it like any run
+    from fastapi.testclient import TestClient
+
+    from behavior_lm.serving.app import create_app
+
+    client = TestClient(create_app(str(out)))
+    assert client.post("/events", json={"events": [{"user": "u", "item": i} for i in history]}).status_code == 200
+    served = client.post("/recommend", json={"user": "u", "top_k": 10}).json()["items"]
+    assert [r["item"] for r in served] == expected
 
 
 def test_rrf_ensemble_loads_in_the_pipeline(tiny_run, tiny_gru, tmp_path):

@@ -1,0 +1,168 @@
+"""Temporal benchmark of `behavior-lm update`: no update vs incremental updates vs full retrains.
+
+Usage:
+    python scripts/bench_update.py [--recipe recipes/quickstart/gpt2-ml-100k.yaml] [--dataset ml-100k]
+        [--chunks 5] [--base_fraction 0.8] [--epochs 30] [--update_epochs 3] [--out runs/bench/update]
+
+ML-100K's events in global time order: the first ``base_fraction`` train the base model, the rest
+arrive in ``chunks`` equal chunks. Before chunk k arrives, three models predict each returning
+user's *first* event of chunk k from everything the user did before it (items ranked over the
+catalogue, seen items filtered, through ``pipeline("next-behavior")`` on raw item ids, so models with
+different vocabularies are scored alike):
+
+- (a) no update: the base model;
+- (b) incremental: the base model updated with chunks 1..k-1, one ``update_run`` per chunk;
+- (c) full retrain: a new model trained with the recipe on everything before chunk k.
+
+A target item that first appears in chunk k is a miss for every model; one that first appeared in
+an earlier chunk is a miss for (a) only. Users without events before chunk k are left out (cold
+users). Prints a table, writes ``results.json`` and a PNG (``--plot``). The event files are written
+under ``--out`` (MovieLens may not be redistributed: keep them out of the repository).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from behavior_lm.data.sources import load_events  # noqa: E402
+from behavior_lm.reporting import new_figure  # noqa: E402
+from behavior_lm.training.recipes import parse_recipe  # noqa: E402
+from behavior_lm.training.run import train  # noqa: E402
+from behavior_lm.update import UpdateSettings, update_run  # noqa: E402
+
+
+def write_csv(path: Path, rows: list[tuple[str, str, int]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["user_id", "item_id", "timestamp"])
+        w.writerows(rows)
+    return path
+
+
+def train_on(recipe: str, data: Path, out: Path, epochs: int, label: str) -> tuple[Path, float]:
+    start = time.time()
+    if not (out / "metrics.json").is_file():
+        args = parse_recipe(recipe, ["--dataset", label, "--data_path", str(data), "--data_format", "csv",
+                                     "--output_dir", str(out), "--num_train_epochs", str(epochs),
+                                     "--disable_tqdm", "true", "--overwrite_output_dir", "true"])
+        train(*args)
+    return out, time.time() - start
+
+
+def score(run: Path, examples: list[tuple[list[str], str]], k: int = 10) -> dict[str, float]:
+    """HR@k / NDCG@k of the first chunk event, ranked by the run's pipeline (seen items filtered)."""
+    from transformers import pipeline
+
+    pipe = pipeline("next-behavior", model=str(run))
+    tops = pipe([h for h, _ in examples], top_k=k, exclude_seen=True, batch_size=64)
+    hits, gains = [], []
+    for (_, target), top in zip(examples, tops):
+        items = [r["item"] for r in top]
+        rank = items.index(target) if target in items else None
+        hits.append(rank is not None)
+        gains.append(0.0 if rank is None else 1.0 / math.log2(rank + 2))
+    return {"hr@10": float(np.mean(hits)), "ndcg@10": float(np.mean(gains)), "users": len(examples)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--recipe", default="recipes/quickstart/gpt2-ml-100k.yaml")
+    ap.add_argument("--dataset", default="ml-100k")
+    ap.add_argument("--chunks", type=int, default=5)
+    ap.add_argument("--base_fraction", type=float, default=0.8)
+    ap.add_argument("--epochs", type=int, default=30, help="epochs of the base model and of each retrain")
+    ap.add_argument("--update_epochs", type=float, default=3.0)
+    ap.add_argument("--out", default="runs/bench/update")
+    ap.add_argument("--plot", default=None, help="PNG path for the figure")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    logging.getLogger("behavior_lm").setLevel(logging.ERROR)
+    out = Path(args.out)
+
+    table = load_events(args.dataset).table.sort_by([("timestamp", "ascending"), ("line", "ascending")])
+    rows = list(zip(table.column("user_id").to_pylist(), table.column("item_id").to_pylist(),
+                    table.column("timestamp").to_pylist()))
+    cut = int(len(rows) * args.base_fraction)
+    bounds = np.linspace(cut, len(rows), args.chunks + 1).astype(int)
+    chunks = [rows[bounds[i]:bounds[i + 1]] for i in range(args.chunks)]
+    base_csv = write_csv(out / "data" / "base.csv", rows[:cut])
+    chunk_csvs = [write_csv(out / "data" / f"chunk{i + 1}.csv", c) for i, c in enumerate(chunks)]
+    print(f"{len(rows)} events; base {cut}; chunks of {[len(c) for c in chunks]}")
+
+    base, base_s = train_on(args.recipe, base_csv, out / "runs" / "base", args.epochs, "t-base")
+    incremental, retrained = base, base
+    results = []
+    for k, chunk in enumerate(chunks, start=1):
+        before = rows[: bounds[k - 1]]
+        history: dict[str, list[str]] = {}
+        for user, item, _ in before:
+            history.setdefault(user, []).append(item)
+        first: dict[str, str] = {}
+        for user, item, _ in chunk:
+            first.setdefault(user, item)
+        examples = [(history[u], item) for u, item in first.items() if u in history]
+        seen_items = {item for _, item, _ in before}
+        step = {"chunk": k, "users": len(examples), "cold_users": len(first) - len(examples),
+                "targets_never_seen_before": sum(t not in seen_items for _, t in examples)}
+        for name, run in (("no update", base), ("incremental", incremental), ("full retrain", retrained)):
+            step[name] = score(run, examples)
+        results.append(step)
+        print(json.dumps(step))
+        if k == len(chunks):
+            break
+        start = time.time()
+        incremental = update_run(incremental, chunk_csvs[k - 1], out / "runs" / f"incremental-{k}",
+                                 UpdateSettings(data_format="csv", holdout=False,
+                                                num_train_epochs=args.update_epochs), overwrite=True)
+        step["incremental_seconds"] = round(time.time() - start, 1)
+        upto = write_csv(out / "data" / f"upto{k}.csv", rows[: bounds[k]])
+        retrained, seconds = train_on(args.recipe, upto, out / "runs" / f"retrain-{k}", args.epochs, f"t-upto{k}")
+        step["retrain_seconds"] = round(seconds, 1)
+    summary = {"dataset": args.dataset, "recipe": args.recipe, "base_seconds": round(base_s, 1),
+               "epochs": args.epochs, "update_epochs": args.update_epochs, "steps": results}
+    (out / "results.json").write_text(json.dumps(summary, indent=2))
+
+    print("\n| chunk | users | new targets | no update | incremental | full retrain | update s | retrain s |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for s in results:
+        print(f"| {s['chunk']} | {s['users']} | {s['targets_never_seen_before']} | "
+              f"{s['no update']['ndcg@10']:.4f} | {s['incremental']['ndcg@10']:.4f} | "
+              f"{s['full retrain']['ndcg@10']:.4f} | {s.get('incremental_seconds', '')} | {s.get('retrain_seconds', '')} |")
+    if args.plot:
+        fig = new_figure(figsize=(10, 4), dpi=110)
+        ax1, ax2 = fig.subplots(1, 2)
+        xs = [s["chunk"] for s in results]
+        for name, style in (("no update", "o-"), ("incremental", "s-"), ("full retrain", "^-")):
+            ax1.plot(xs, [s[name]["ndcg@10"] for s in results], style, label=name)
+        ax1.set_xlabel("chunk predicted (time order)")
+        ax1.set_ylabel("NDCG@10 of each user's first event in the chunk")
+        ax1.set_title(f"{args.dataset}: quality over time")
+        ax1.legend(fontsize=8)
+        steps = [s for s in results if "incremental_seconds" in s]
+        width = 0.38
+        pos = np.arange(len(steps))
+        ax2.bar(pos - width / 2, [s["incremental_seconds"] for s in steps], width, label="incremental update")
+        ax2.bar(pos + width / 2, [s["retrain_seconds"] for s in steps], width, label="full retrain")
+        ax2.set_xticks(pos, [f"after {s['chunk']}" for s in steps])
+        ax2.set_ylabel("wall seconds (2 CPU cores)")
+        ax2.set_title("cost of keeping up")
+        ax2.legend(fontsize=8)
+        fig.tight_layout()
+        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(args.plot)
+        print(f"wrote {args.plot}")
+
+
+if __name__ == "__main__":
+    main()
