@@ -68,9 +68,9 @@ def load_runs(run_dirs: Sequence[str | Path]) -> list[Run]:
     if not runs:
         raise RecipeError("ensemble: give at least one run directory")
     names = [r.name for r in runs]
-    for r in runs:                              # unique member names: folder name, then a counter
-        if names.count(r.name) > 1:
-            r.name = f"{r.name}-{[x for x in runs if x.name == r.name].index(r) + 1}"
+    for i, r in enumerate(runs):                # unique member names: folder name, then a counter
+        if names.count(names[i]) > 1 or names[i] in FLOORS:
+            r.name = f"{names[i]}-{names[:i + 1].count(names[i])}"
     first = runs[0]
     base = dataclasses.asdict(first.data_args)
     for r in runs[1:]:
@@ -78,7 +78,7 @@ def load_runs(run_dirs: Sequence[str | Path]) -> list[Run]:
         if diff:
             raise RecipeError(f"{r.path}: data settings differ from {first.path} ({', '.join(diff)}); "
                               "an ensemble fuses runs trained on one split")
-        for key in ("filter_seen", "behavior_scoring", "split"):
+        for key in ("filter_seen", "behavior_scoring", "split", "max_length"):
             if r.metrics["protocol"].get(key) != first.metrics["protocol"].get(key):
                 raise RecipeError(f"{r.path}: protocol {key} is {r.metrics['protocol'].get(key)!r}, "
                                   f"{first.path} has {first.metrics['protocol'].get(key)!r}")

@@ -192,9 +192,9 @@ def stage_run(run_dir: str | Path, out_dir: str | Path, repo_id: str | None = No
     if (run / "members").is_dir():                  # an ensemble: its members' own model files
         for member in sorted((run / "members").iterdir()):
             (tmp / "members" / member.name).mkdir(parents=True)
-            for name in MODEL_FILES:
-                if (member / name).is_file():
-                    shutil.copy2(member / name, tmp / "members" / member.name / name)
+            for path in sorted(member.iterdir()):   # config, weights (sharded too), generation config
+                if path.is_file() and (path.name in MODEL_FILES or path.name.startswith("model")):
+                    shutil.copy2(path, tmp / "members" / member.name / path.name)
     # runs written before secrets were redacted may hold a hub_token: never upload it
     if (tmp / "recipe.yaml").is_file():
         recipe = yaml.safe_load((tmp / "recipe.yaml").read_text()) or {}

@@ -158,6 +158,10 @@ def search(recipe: str | Path, space_file: str | Path, output_dir: str | Path, *
     # every corner of the space must make a valid recipe before any training starts
     for corner in _corners(space):
         parse_recipe(recipe, [*overrides, *to_argv(corner), "--output_dir", str(out / "trials" / "check")])
+    task = parse_recipe(recipe, [*overrides, "--output_dir", str(out / "trials" / "check")])[0].task
+    if ("@" in metric) != (task == "next-item"):
+        raise RecipeError(f"--metric {metric!r} does not fit task {task} (ranking metrics such as ndcg@10 "
+                          "for next-item; accuracy, f1_macro, mae, ... for the others)")
     direction = "minimize" if metric.split("@")[0] in LOWER_IS_BETTER else "maximize"
     out.mkdir(parents=True, exist_ok=True)
     with writer_lock(out):
@@ -174,8 +178,13 @@ def search(recipe: str | Path, space_file: str | Path, output_dir: str | Path, *
         settings = {"recipe": str(recipe), "space": space, "sampler": sampler, "metric": metric,
                     "direction": direction, "seed": seed, "overrides": list(overrides)}
         saved = out / "search.json"
-        if saved.is_file() and json.loads(saved.read_text()).get("space") != space:
-            raise RecipeError(f"{out}: holds a search over another space; choose another --output_dir")
+        if saved.is_file():
+            before = json.loads(saved.read_text())
+            changed = [k for k in ("recipe", "space", "sampler", "metric", "direction", "overrides")
+                       if before.get(k) != settings[k]]
+            if changed:
+                raise RecipeError(f"{out}: holds a search with other settings ({', '.join(changed)}); "
+                                  "continue it with the same command or choose another --output_dir")
         atomic_write(saved, json.dumps(settings, indent=2))
 
         def objective(trial) -> float:
@@ -233,7 +242,8 @@ def _requeue_interrupted(study) -> None:
     optuna = _optuna()
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
-        study.enqueue_trial(trial.params, user_attrs={"requeued_from": trial.number})
+        study.enqueue_trial(trial.params, user_attrs={"requeued_from": trial.user_attrs.get("requeued_from",
+                                                                                            trial.number)})
         logger.warning("search: trial %d was interrupted; it runs again", trial.number)
 
 

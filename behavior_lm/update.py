@@ -55,6 +55,7 @@ from behavior_lm.reporting import metrics_table
 from behavior_lm.rundir import check_output_dir, partial_of, promote, writer_lock
 from behavior_lm.tokenization.behavior_tokenizer import SIDE_FILE, item_mask, item_token
 from behavior_lm.training.run import make_collator
+from behavior_lm.training.trainer import item_cloze_loss
 
 logger = logging.getLogger(__name__)
 UPDATE_FILE = "update.json"
@@ -221,7 +222,9 @@ def update_run(run_dir: str | Path, events: str | Path, output_dir: str | Path,
 
         # new items -> new tokens, initialised from their neighbours
         vocab = tokenizer.get_vocab()
-        fresh = list(dict.fromkeys(i for s in new for i in s.items if item_token(i) not in vocab))
+        # new items of the events trained on (a held-out target's item stays unknown if it is new)
+        trained_new = [m.slice(max(0, len(m) - len(s)), len(m)) for m, s in zip(train_new, new)]
+        fresh = list(dict.fromkeys(i for s in trained_new for i in s.items if item_token(i) not in vocab))
         old_size = len(tokenizer)
         tokenizer.add_tokens([item_token(i) for i in fresh])
         new_ids = {i: tokenizer.convert_tokens_to_ids(item_token(i)) for i in fresh}
@@ -247,16 +250,21 @@ def update_run(run_dir: str | Path, events: str | Path, output_dir: str | Path,
         lr = (settings.learning_rate if settings.learning_rate is not None
               else float(run_training.get("learning_rate", 1e-3)) / 5)
         batch = settings.per_device_train_batch_size or int(run_training.get("per_device_train_batch_size", 32))
+        kept = {k: run_training[k] for k in ("weight_decay", "max_grad_norm", "adam_beta1", "adam_beta2",
+                                              "adam_epsilon", "bf16", "fp16") if k in run_training}
         args = TrainingArguments(
             output_dir=str(partial / "checkpoints"), num_train_epochs=settings.num_train_epochs,
             learning_rate=lr, per_device_train_batch_size=batch, warmup_steps=0, save_strategy="no",
             report_to=[], logging_strategy="epoch", seed=settings.seed, disable_tqdm=True,
-            dataloader_num_workers=0, use_cpu=not torch.cuda.is_available())
+            dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(), **kept)
+        masked = type(model).__name__.endswith("ForMaskedLM")
+        loss = (item_cloze_loss(item_mask(tokenizer, model.get_output_embeddings().out_features))
+                if masked and run_training.get("cloze_loss") == "items" else None)
         if getattr(model, "loss_type", None) is None:         # as build_model: silences a warning
             model.loss_type = "ForMaskedLM" if type(model).__name__.endswith("ForMaskedLM") else "ForCausalLM"
         model.train()
-        trainer = Trainer(model=model, args=args, train_dataset=train,
-                          data_collator=make_collator(model_args, tokenizer))
+        trainer = Trainer(model=model, args=args, train_dataset=train, compute_loss_func=loss,
+                          data_collator=make_collator(model_args, tokenizer))   # the run's objective
         output = trainer.train()
         model.eval()
         new_ranks = _rank_rows(model, tokenizer, examples, protocol, max_length, fmt, 128)
@@ -280,6 +288,8 @@ def update_run(run_dir: str | Path, events: str | Path, output_dir: str | Path,
         before = {**ranking_metrics(old_ranks, protocol.ks), "num_examples": len(examples)}
         after = {**ranking_metrics(new_ranks, protocol.ks), "num_examples": len(examples)}
         out_metrics = {**metrics, "test": after, "validation": {},
+                       "protocol": {**metrics["protocol"],
+                                    "target": f"each updated user's last event of {events.name} (held out of the update)"},
                        "update": {"held_out": "each updated user's last new event", "before": before,
                                   "after": after, **chunk, "train_loss": output.training_loss},
                        "train": {**metrics.get("train", {}), "update_seconds": round(seconds, 1)},

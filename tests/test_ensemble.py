@@ -52,6 +52,9 @@ def test_fuse_matches_brute_force():
     # a tie (one vote each) goes to the higher mean probability
     tie = torch.log(torch.tensor([[[0.45, 0.55]], [[0.9, 0.1]]]))
     assert fuse(tie, torch.full((2,), 0.5), "vote").argmax(-1).item() == 0
+    # weighted votes: 0.33 + 0.33 outvote 0.34 however confident the 0.34 member is
+    three = torch.log(torch.tensor([[[0.01, 0.01, 0.98]], [[0.5, 0.3, 0.2]], [[0.5, 0.3, 0.2]]]))
+    assert fuse(three, torch.tensor([0.34, 0.33, 0.33]), "vote").argmax(-1).item() == 0
 
 
 def test_fitted_weights_are_the_likelihood_optimum():
@@ -160,6 +163,21 @@ def test_ensemble_refusals(tiny_run, tmp_path):
     with pytest.raises(RecipeError, match="data settings differ.*max_users"):
         build_ensemble([tiny_run, other], "mean", tmp_path / "e")
     assert not (tmp_path / "e").exists()
+
+
+def test_runs_with_one_folder_name_stay_separate_members(tiny_run, tiny_gru, tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    twins = []
+    for folder, run in (("a", tiny_run), ("b", tiny_gru)):
+        twin = tmp_path / folder / "model"
+        twin.symlink_to(run, target_is_directory=True)
+        twins.append(twin)
+    out = build_ensemble(twins, "mean", tmp_path / "twins")
+    names = [m["name"] for m in json.loads((out / "metrics.json").read_text())["ensemble"]["members"]]
+    assert names == ["model-1", "model-2"]
+    types = {json.loads((out / "members" / n / "config.json").read_text())["model_type"] for n in names}
+    assert types == {"gpt2", "behavior-rnn"} or len(types) == 2
 
 
 def test_vote_ensemble_on_a_classification_task(tmp_path):

@@ -58,6 +58,11 @@ def test_search_writes_the_best_validation_trial_as_a_recipe(tmp_path):
            overrides=FLAGS[:-1])
     assert len(study_of(out).trials) == 3
     assert (out / "trials" / "trial-000" / "metrics.json").stat().st_mtime_ns == stamp
+    with pytest.raises(RecipeError, match="other settings.*metric"):    # never mixes objectives
+        search(QUICKSTART, tmp_path / "space.yaml", out, n_trials=3, sampler="random", metric="hr@10",
+               prune=False, overrides=FLAGS[:-1])
+    with pytest.raises(RecipeError, match="does not fit task"):
+        search(QUICKSTART, tmp_path / "space.yaml", tmp_path / "other", metric="accuracy", overrides=FLAGS[:-1])
 
 
 def test_a_killed_search_continues(tmp_path):

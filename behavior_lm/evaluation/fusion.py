@@ -16,8 +16,8 @@ a floor's scores normalised). Methods (``FUSION_METHODS``):
   with one optimum; the test split is never looked at);
 - ``rrf``: reciprocal-rank fusion, ``sum_m w_m / (k + rank_m(item))`` with ``k = 60``; scale-free,
   so members whose probabilities are not calibrated against each other can still be combined;
-- ``vote`` (classification tasks): each member's most likely class is one vote; ties go to the
-  class with the higher mean probability.
+- ``vote`` (classification tasks): each member's most likely class is one (weighted) vote; ties go
+  to the class with the higher mean probability.
 
 For classification tasks ``mean`` is the soft vote and ``weighted`` fits the weights the same
 way; for the regression task (``next-rating``) ``mean`` averages the predicted ratings.
@@ -70,8 +70,9 @@ def fuse(log_probs: torch.Tensor, weights: torch.Tensor, method: str, rrf_k: int
     """Combine ``(members, batch, n)`` member log-probabilities into ``(batch, n)`` scores.
 
     ``mean`` / ``weighted``: ``log sum_m w_m P_m`` (a log-probability); ``rrf``: the fused
-    reciprocal-rank score (higher is better); ``vote``: the vote share plus the mean probability
-    scaled below one vote (ties broken by it)."""
+    reciprocal-rank score (higher is better); ``vote``: ``1 + mean probability`` for the classes with
+    the most (weighted) votes, ``mean probability - 1`` for the rest, so the vote decides and the
+    mean probability breaks ties, whatever the weights."""
     w = weights.to(log_probs.device, torch.float32).view(-1, *([1] * (log_probs.dim() - 1)))
     if method in ("mean", "weighted"):
         return torch.logsumexp(log_probs.float() + w.log(), dim=0)
@@ -85,7 +86,10 @@ def fuse(log_probs: torch.Tensor, weights: torch.Tensor, method: str, rrf_k: int
         votes = nn.functional.one_hot(log_probs.argmax(dim=-1), n).float()          # (M, B, C)
         share = (w * votes).sum(dim=0)
         mean_p = (w * log_probs.float().exp()).sum(dim=0)
-        return share + mean_p / (n + 1.0) * weights.min().clamp(min=1e-6)          # < any vote gap
+        # lexicographic: the vote share decides; the mean probability only among the classes that
+        # share the top vote (any weights); the others stay below them by at least 1
+        top = share >= share.max(dim=-1, keepdim=True).values - 1e-9
+        return torch.where(top, 1.0 + mean_p, mean_p - 1.0)
     raise ValueError(f"unknown fusion method {method!r}; known: {', '.join(FUSION_METHODS)}")
 
 
@@ -184,7 +188,8 @@ class BehaviorEnsembleModel(PreTrainedModel):
         out = []
         for member in self.members():
             if isinstance(member, Floor):
-                lp = member.log_probs(input_ids.cpu(), attention_mask.cpu()).to(input_ids.device)
+                dev = member.candidates.device            # floors live where the ensemble was moved
+                lp = member.log_probs(input_ids.to(dev), attention_mask.to(dev)).to(input_ids.device)
                 if lp.size(1) < width:                              # model vocab padded beyond it
                     lp = nn.functional.pad(lp, (0, width - lp.size(1)), value=float("-inf"))
             else:

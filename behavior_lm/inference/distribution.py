@@ -106,7 +106,8 @@ def ensemble_distributions(model: BehaviorEnsembleModel, tokenizer: PreTrainedTo
     for member in model.members():
         if isinstance(member, Floor):
             per_member.append(None)
-            lp = member.log_probs(input_ids.cpu(), attention_mask.cpu()).to(input_ids.device)
+            dev = member.candidates.device
+            lp = member.log_probs(input_ids.to(dev), attention_mask.to(dev)).to(input_ids.device)
             if lp.size(1) < candidates.numel():
                 lp = torch.nn.functional.pad(lp, (0, candidates.numel() - lp.size(1)), value=float("-inf"))
             log_items.append(lp[:, :candidates.numel()])

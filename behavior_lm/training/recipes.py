@@ -166,6 +166,9 @@ def parse_recipe(path: str | Path | None, overrides: Sequence[str] = ()) -> tupl
         for args in (data_args, model_args, training_args):
             if key in {f.name for f in dataclasses.fields(args)}:
                 value = getattr(args, key)
+                if isinstance(value, list) and not value:       # e.g. --report_to none -> []
+                    at = next(i for i, f in enumerate(overrides) if f.split("=")[0] == f"--{key}")
+                    value = overrides[at].split("=", 1)[1] if "=" in overrides[at] else overrides[at + 1]
                 effective[key] = value.value if isinstance(value, enum.Enum) else value
                 break
     return data_args, model_args, training_args, effective
