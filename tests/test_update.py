@@ -77,6 +77,10 @@ def test_updated_run_serves_new_items_and_updates_again(tiny_run, tmp_path, caps
     chain = json.loads((out / "update.json").read_text())
     assert [Path(c["events"]).name for c in chain["chunks"]] == ["a.csv", "b.csv"]
     assert chain["chunks"][1]["new_items"] == 1                           # fresh-1 is known by now
+    from behavior_lm.evaluation.run_eval import evaluate_run
+
+    with pytest.raises(RecipeError, match="continued on new events"):
+        evaluate_run(out)
     vocab1 = AutoTokenizer.from_pretrained(tmp_path / "u1").get_vocab()
     vocab2 = AutoTokenizer.from_pretrained(out).get_vocab()
     assert all(vocab2[t] == i for t, i in vocab1.items())

@@ -35,6 +35,10 @@ def evaluate_run(run_dir: str | Path, *, split: str = "test", batch_size: int = 
     for name in ("recipe.yaml", "metrics.json", "config.json"):
         if not (run / name).is_file():
             raise RecipeError(f"{run}: not a finished run directory (no {name})")
+    if (run / "update.json").is_file():
+        raise RecipeError(f"{run}: was continued on new events (behavior-lm update); its split is no longer "
+                          "the recipe's, so it is not re-scored here: its held-out scores are in "
+                          "metrics.json['update'] (before and after)")
     data_args = DataArguments.of_run(run)
     saved = json.loads((run / "metrics.json").read_text())
     protocol = EvalProtocol.from_dict(saved["protocol"])
