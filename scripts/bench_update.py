@@ -4,12 +4,13 @@ Usage:
     python scripts/bench_update.py [--recipe recipes/quickstart/gpt2-ml-100k.yaml] [--dataset ml-100k]
         [--chunks 5] [--base_fraction 0.8] [--epochs 30] [--update_epochs 3] [--out runs/bench/update]
 
-ML-100K's events in global time order: the first ``base_fraction`` train the base model, the rest
-arrive in ``chunks`` equal chunks. Before chunk k is trained on, three models predict every event
-of chunk k from everything its user did before it (earlier events of the chunk are context, not
-training; ``--max_examples`` of them, a fixed sample) (items ranked over the
-catalogue, seen items filtered, through ``pipeline("next-behavior")`` on raw item ids, so models with
-different vocabularies are scored alike):
+The log's events in global time order (ML-100K by default; Taobao with its recipe): the first
+``base_fraction`` train the base model, the rest arrive in ``chunks`` equal chunks. Before chunk k
+is trained on, three models predict every event of chunk k from everything its user did before it
+(earlier events of the chunk are context, not training; ``--max_examples`` of them, a fixed
+sample). Items are ranked over the catalogue (seen items filtered where the run filtered them)
+through ``pipeline("next-behavior")`` on raw (item, behavior) events, so models with different
+vocabularies are scored alike:
 
 - (a) no update: the base model;
 - (b) incremental: the base model updated with chunks 1..k-1, one ``update_run`` per chunk;
@@ -42,11 +43,11 @@ from behavior_lm.training.run import train  # noqa: E402
 from behavior_lm.update import UpdateSettings, update_run  # noqa: E402
 
 
-def write_csv(path: Path, rows: list[tuple[str, str, int]]) -> Path:
+def write_csv(path: Path, rows: list[tuple[str, str, int, str]]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["user_id", "item_id", "timestamp"])
+        w.writerow(["user_id", "item_id", "timestamp", "behavior"])
         w.writerows(rows)
     return path
 
@@ -67,7 +68,7 @@ def score(run: Path, examples: list[tuple[list[str], str]], k: int = 10) -> dict
     from transformers import pipeline
 
     pipe = pipeline("next-behavior", model=str(run))
-    tops = pipe([h for h, _ in examples], top_k=k, exclude_seen=True, batch_size=64)
+    tops = pipe([h for h, _ in examples], top_k=k, batch_size=64)   # seen filtered as the run was
     hits, gains = [], []
     for (_, target), top in zip(examples, tops):
         items = [r["item"] for r in top]
@@ -95,7 +96,7 @@ def main() -> None:
 
     table = load_events(args.dataset).table.sort_by([("timestamp", "ascending"), ("line", "ascending")])
     rows = list(zip(table.column("user_id").to_pylist(), table.column("item_id").to_pylist(),
-                    table.column("timestamp").to_pylist()))
+                    table.column("timestamp").to_pylist(), table.column("behavior").to_pylist()))
     cut = int(len(rows) * args.base_fraction)
     bounds = np.linspace(cut, len(rows), args.chunks + 1).astype(int)
     chunks = [rows[bounds[i]:bounds[i + 1]] for i in range(args.chunks)]
@@ -108,23 +109,23 @@ def main() -> None:
     results = []
     for k, chunk in enumerate(chunks, start=1):
         before = rows[: bounds[k - 1]]
-        history: dict[str, list[str]] = {}
-        for user, item, _ in before:
-            history.setdefault(user, []).append(item)
+        history: dict[str, list[tuple[str, str]]] = {}
+        for user, item, _, behavior in before:
+            history.setdefault(user, []).append((item, behavior))
         # every event of the chunk, predicted from everything its user did before it (events of the
         # chunk included as context: they arrived, but no model has trained on them yet)
         examples, cold_users = [], set()
-        for user, item, _ in chunk:
+        for user, item, _, behavior in chunk:
             past = history.setdefault(user, [])
             if past:
                 examples.append((list(past), item))
             elif user not in cold_users:
                 cold_users.add(user)
-            past.append(item)
+            past.append((item, behavior))
         if args.max_examples and len(examples) > args.max_examples:
             pick = np.random.default_rng(k).choice(len(examples), args.max_examples, replace=False)
             examples = [examples[i] for i in sorted(pick)]
-        seen_items = {item for _, item, _ in before}
+        seen_items = {item for _, item, _, _ in before}
         step = {"chunk": k, "events": len(examples), "cold_users": len(cold_users),
                 "targets_never_seen_before": sum(t not in seen_items for _, t in examples)}
         for name, run in (("no update", base), ("incremental", incremental), ("full retrain", retrained)):
