@@ -3,8 +3,8 @@
 Hyperparameter search with Optuna over any recipe keys. Each trial is an ordinary
 ``behavior-lm train`` run (``<search_dir>/trials/trial-NNN``, scored by the same harness, honouring
 ``max_train_minutes``); its objective is a *validation* metric (default NDCG@10), never test.
-Bad trials are pruned from the per-epoch validation (``MedianPruner``: a trial below the median
-of earlier trials at the same epoch stops). The study lives in ``<search_dir>/study.db`` (Optuna's
+Bad trials are pruned from the per-epoch validation (``MedianPruner``: after
+``prune_warmup_epochs`` epochs, a trial below the median of earlier trials at the same epoch stops). The study lives in ``<search_dir>/study.db`` (Optuna's
 SQLite storage), so a killed search started again with the same command continues: finished
 trials are kept, a trial that was running is run again (its run resumes from its checkpoints).
 
@@ -143,7 +143,7 @@ class PruningCallback(TrainerCallback):
 
 def search(recipe: str | Path, space_file: str | Path, output_dir: str | Path, *, n_trials: int = 20,
            sampler: str = "tpe", metric: str = "ndcg@10", seed: int = 0, prune: bool = True,
-           overrides: Sequence[str] = ()) -> Path:
+           prune_warmup_epochs: int = 5, overrides: Sequence[str] = ()) -> Path:
     """Run (or continue) a search; returns the search directory."""
     optuna = _optuna()
     if sampler not in SAMPLERS:
@@ -168,15 +168,18 @@ def search(recipe: str | Path, space_file: str | Path, output_dir: str | Path, *
         samplers = {"grid": lambda: optuna.samplers.GridSampler(grid_of(space), seed=seed),
                     "random": lambda: optuna.samplers.RandomSampler(seed=seed),
                     "tpe": lambda: optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(5, n_trials))}
-        pruner = (optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1) if prune
-                  else optuna.pruners.NopPruner())
+        # no pruning in the first epochs: next-item models sit at the popularity level for a few
+        # epochs (longer with a long warm-up), and pruning there removes slow starters, not bad ones
+        pruner = (optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=prune_warmup_epochs)
+                  if prune else optuna.pruners.NopPruner())
         storage = f"sqlite:///{(out / 'study.db').resolve()}"
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = optuna.create_study(study_name=STUDY_NAME, storage=storage, sampler=samplers[sampler](),
                                     pruner=pruner, direction=direction, load_if_exists=True)
         _requeue_interrupted(study)
         settings = {"recipe": str(recipe), "space": space, "sampler": sampler, "metric": metric,
-                    "direction": direction, "seed": seed, "overrides": list(overrides)}
+                    "direction": direction, "seed": seed, "overrides": list(overrides),
+                    "pruning": {"median": prune, "warmup_epochs": prune_warmup_epochs}}
         saved = out / "search.json"
         if saved.is_file():
             before = json.loads(saved.read_text())
@@ -295,7 +298,7 @@ def write_report(study, out: Path, base: dict, recipe: str | Path, space: dict, 
         lines += ["", f"Best: trial {best.number}, validation {metric} {best.value:.4f}: "
                   + ", ".join(f"{k}={_fmt(v)}" for k, v in best.params.items())
                   + ". Recipe: `best_recipe.yaml`.", ""]
-        _history_plot(study, complete, metric, out / "optimization_history.png")
+        _history_plot(study, trials, metric, out / "optimization_history.png")
         lines += ["![optimization history](optimization_history.png)", ""]
         if len(complete) >= 2 and len(keys) >= 1:
             try:   # PED-ANOVA: no scikit-learn needed (fANOVA, Optuna's default, needs it)
@@ -312,14 +315,21 @@ def write_report(study, out: Path, base: dict, recipe: str | Path, space: dict, 
     atomic_write(out / "trials.md", "\n".join(lines) + "\n")
 
 
-def _history_plot(study, complete, metric: str, path: Path) -> None:
+def _history_plot(study, trials, metric: str, path: Path) -> None:
+    """Complete trials (dots, with the best so far) and pruned ones (crosses, at their last
+    reported epoch's value)."""
     fig = new_figure(figsize=(7, 4), dpi=110)
     ax = fig.subplots()
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    pruned = [t for t in trials if t.state.name == "PRUNED" and t.intermediate_values]
     xs = [t.number for t in complete]
     ys = [t.value for t in complete]
     better = min if study.direction.name == "MINIMIZE" else max
     best = [better(ys[: i + 1]) for i in range(len(ys))]
-    ax.scatter(xs, ys, color="tab:blue", s=18, label=f"trial (validation {metric})")
+    ax.scatter(xs, ys, color="tab:blue", s=18, label=f"complete (validation {metric})")
+    if pruned:
+        ax.scatter([t.number for t in pruned], [t.intermediate_values[max(t.intermediate_values)] for t in pruned],
+                   color="tab:gray", marker="x", s=18, label="pruned (at the epoch it stopped)")
     ax.step(xs, best, where="post", color="tab:red", label="best so far")
     ax.set_xlabel("trial")
     ax.set_ylabel(f"validation {metric}")
@@ -334,7 +344,7 @@ def _importance_plot(importances: dict[str, float], path: Path) -> None:
     ax = fig.subplots()
     names = list(importances)[::-1]
     ax.barh(names, [importances[n] for n in names], color="tab:green")
-    ax.set_xlabel("importance (PED-ANOVA: how much each parameter separates the top trials)")
+    ax.set_xlabel("importance (PED-ANOVA, top trials vs the rest)")
     ax.set_title("parameter importances")
     fig.tight_layout()
     fig.savefig(path)

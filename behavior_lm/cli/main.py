@@ -228,11 +228,14 @@ def _search(argv: Sequence[str]) -> int:
     parser.add_argument("--metric", default="ndcg@10", help="validation metric to optimise (mae/rmse: minimised)")
     parser.add_argument("--search_seed", type=int, default=0, help="the sampler's seed")
     parser.add_argument("--no_pruning", action="store_true", help="run every trial to its end")
+    parser.add_argument("--prune_warmup_epochs", type=int, default=5,
+                        help="epochs before a trial can be pruned (models start at the popularity level)")
     args, overrides = parser.parse_known_args(argv)
     from behavior_lm.search import search
 
     out = search(args.recipe, args.space, args.output_dir, n_trials=args.n_trials, sampler=args.sampler,
-                 metric=args.metric, seed=args.search_seed, prune=not args.no_pruning, overrides=overrides)
+                 metric=args.metric, seed=args.search_seed, prune=not args.no_pruning,
+                 prune_warmup_epochs=args.prune_warmup_epochs, overrides=overrides)
     if _is_main_process():
         print((out / "trials.md").read_text())
         print(f"search directory: {out}")
