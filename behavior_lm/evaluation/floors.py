@@ -115,30 +115,31 @@ class MarkovFloor(Floor):
         tie_break = popularity / (popularity.max(initial=0.0) + 1.0)
         return cls(*(torch.as_tensor(a) for a in (indptr, cols, counts, tie_break)), candidates)
 
+    def _transitions(self, base: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                     normalise: bool) -> torch.Tensor:
+        """``base`` plus the counts of the transitions out of each row's last item (divided by
+        one more than their total when ``normalise``)."""
+        out = base.unsqueeze(0).repeat(input_ids.size(0), 1)                    # (B, V)
+        for b in range(input_ids.size(0)):
+            real = self.real_items(input_ids[b], attention_mask[b])
+            if real.numel():
+                last = int(real[-1])
+                lo, hi = int(self.indptr[last]), int(self.indptr[last + 1])
+                out[b, self.next_items[lo:hi]] += self.counts[lo:hi]
+                if normalise:
+                    out[b] /= 1.0 + float(self.counts[lo:hi].sum())
+        return out
+
     @torch.no_grad()
     def log_probs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """``(c(last -> i) + p_pop(i)) / (c(last) + 1)``: same order as the scores (the
         popularity share is below one transition)."""
         p_pop = self.tie_break / self.tie_break.sum().clamp(min=1e-30)
-        out = p_pop.unsqueeze(0).repeat(input_ids.size(0), 1)
-        for b in range(input_ids.size(0)):
-            real = self.real_items(input_ids[b], attention_mask[b])
-            if real.numel():
-                last = int(real[-1])
-                lo, hi = int(self.indptr[last]), int(self.indptr[last + 1])
-                out[b, self.next_items[lo:hi]] += self.counts[lo:hi]
-                out[b] /= 1.0 + float(self.counts[lo:hi].sum())
+        out = self._transitions(p_pop, input_ids, attention_mask, normalise=True)
         return out.masked_fill(~self.candidates, 0.0).log()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        out = self.tie_break.unsqueeze(0).repeat(input_ids.size(0), 1)           # (B, V)
-        for b in range(input_ids.size(0)):
-            real = self.real_items(input_ids[b], attention_mask[b])
-            if real.numel():
-                last = int(real[-1])
-                lo, hi = int(self.indptr[last]), int(self.indptr[last + 1])
-                out[b, self.next_items[lo:hi]] += self.counts[lo:hi]
-        return out
+        return self._transitions(self.tie_break, input_ids, attention_mask, normalise=False)
 
 
 class RepeatFloor(Floor):
