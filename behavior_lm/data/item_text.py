@@ -1,0 +1,107 @@
+"""Item text (titles, genres, categories) from item tables, for pretrained text encoders.
+
+Formats:
+
+- MovieLens ``movies.dat`` (ML-1M: ``MovieID::Title::Genres``, Latin-1): fields ``title``, ``genres``;
+- MovieLens ``u.item`` (ML-100K: ``id|title|release date|video release|url|19 genre flags``):
+  fields ``title``, ``release_date``, ``genres``;
+- a generic table (CSV, TSV, JSON lines, Parquet) with an id column (``item_id`` unless told) and
+  any text columns.
+
+An item's text joins the chosen fields with ". " (``Toy Story (1995). Animation, Children's,
+Comedy``); list-like genre strings (``A|B``) become ``A, B``. Errors name the file and the field.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from behavior_lm.errors import DataError
+
+ML100K_GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
+                 "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
+                 "Romance", "Sci-Fi", "Thriller", "War", "Western")
+ITEM_FORMATS = ("movies.dat", "u.item", "csv", "tsv", "jsonl", "parquet")
+
+
+def _guess(path: Path) -> str:
+    name = path.name.lower()
+    if name.endswith("movies.dat"):
+        return "movies.dat"
+    if name.endswith("u.item"):
+        return "u.item"
+    for suffix, fmt in ((".csv", "csv"), (".tsv", "tsv"), (".jsonl", "jsonl"), (".json", "jsonl"),
+                        (".parquet", "parquet")):
+        if name.endswith(suffix):
+            return fmt
+    raise DataError(f"{path}: cannot tell the item table's format from its name; pass --format "
+                    f"({', '.join(ITEM_FORMATS)})")
+
+
+def read_item_table(path: str | Path, fmt: str | None = None, id_field: str = "item_id") -> pd.DataFrame:
+    """The item table as strings, one row per item, with an ``item_id`` column."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: item table not found")
+    fmt = fmt or _guess(path)
+    if fmt == "movies.dat":
+        rows = []
+        with open(path, encoding="latin-1") as fh:
+            for line_no, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                parts = line.rstrip("\n").split("::")
+                if len(parts) != 3:
+                    raise DataError(f"{path}:{line_no}: expected MovieID::Title::Genres, got {len(parts)} field(s)")
+                rows.append(parts)
+        frame = pd.DataFrame(rows, columns=["item_id", "title", "genres"])
+    elif fmt == "u.item":
+        rows = []
+        with open(path, encoding="latin-1") as fh:
+            for line_no, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                parts = line.rstrip("\n").split("|")
+                if len(parts) != 5 + len(ML100K_GENRES):
+                    raise DataError(f"{path}:{line_no}: expected {5 + len(ML100K_GENRES)} '|' fields, got {len(parts)}")
+                genres = "|".join(g for g, flag in zip(ML100K_GENRES, parts[5:]) if flag == "1")
+                rows.append([parts[0], parts[1], parts[2], genres])
+        frame = pd.DataFrame(rows, columns=["item_id", "title", "release_date", "genres"])
+    elif fmt in ("csv", "tsv"):
+        frame = pd.read_csv(path, sep="," if fmt == "csv" else "\t", dtype=str, keep_default_na=False)
+    elif fmt == "jsonl":
+        frame = pd.read_json(path, lines=True, dtype=False).astype(str)
+    elif fmt == "parquet":
+        frame = pd.read_parquet(path).astype(str)
+    else:
+        raise DataError(f"{path}: unknown item table format {fmt!r}; known: {', '.join(ITEM_FORMATS)}")
+    if fmt not in ("movies.dat", "u.item"):
+        if id_field not in frame.columns:
+            raise DataError(f"{path}: no id column {id_field!r} (columns: {', '.join(map(str, frame.columns))}); "
+                            "pass --id_field")
+        frame = frame.rename(columns={id_field: "item_id"})
+    frame["item_id"] = frame["item_id"].astype(str).str.strip()
+    if (frame["item_id"] == "").any():
+        raise DataError(f"{path}: row {int((frame['item_id'] == '').to_numpy().argmax()) + 1} has an empty item id")
+    duplicated = frame["item_id"].duplicated()
+    if duplicated.any():
+        raise DataError(f"{path}: item id {frame['item_id'][duplicated].iloc[0]!r} appears more than once")
+    return frame
+
+
+def item_texts(path: str | Path, text_fields: Sequence[str], fmt: str | None = None,
+               id_field: str = "item_id") -> dict[str, str]:
+    """``{item id: text}`` from the chosen fields of the item table."""
+    frame = read_item_table(path, fmt, id_field)
+    if not text_fields:
+        raise DataError(f"{path}: name at least one text field (columns: {', '.join(frame.columns[1:])})")
+    missing = [f for f in text_fields if f not in frame.columns]
+    if missing:
+        raise DataError(f"{path}: no field {missing[0]!r} (fields: {', '.join(frame.columns[1:])})")
+    texts = {}
+    for row in frame[["item_id", *text_fields]].itertuples(index=False):
+        parts = [str(v).replace("|", ", ").strip() for v in row[1:]]
+        texts[row[0]] = ". ".join(p for p in parts if p and p.lower() != "nan")
+    return texts
