@@ -73,6 +73,7 @@ def load_runs(run_dirs: Sequence[str | Path]) -> list[Run]:
             r.name = f"{names[i]}-{names[:i + 1].count(names[i])}"
     first = runs[0]
     base = dataclasses.asdict(first.data_args)
+    first_vocab = AutoTokenizer.from_pretrained(first.path).get_vocab()
     for r in runs[1:]:
         diff = sorted(k for k, v in dataclasses.asdict(r.data_args).items() if k != "cache" and base[k] != v)
         if diff:
@@ -82,7 +83,7 @@ def load_runs(run_dirs: Sequence[str | Path]) -> list[Run]:
             if r.metrics["protocol"].get(key) != first.metrics["protocol"].get(key):
                 raise RecipeError(f"{r.path}: protocol {key} is {r.metrics['protocol'].get(key)!r}, "
                                   f"{first.path} has {first.metrics['protocol'].get(key)!r}")
-        if AutoTokenizer.from_pretrained(r.path).get_vocab() != AutoTokenizer.from_pretrained(first.path).get_vocab():
+        if AutoTokenizer.from_pretrained(r.path).get_vocab() != first_vocab:
             raise RecipeError(f"{r.path}: its vocabulary differs from {first.path}'s")
     return runs
 

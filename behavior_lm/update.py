@@ -245,7 +245,8 @@ def update_run(run_dir: str | Path, events: str | Path, output_dir: str | Path,
         train = Dataset.from_dict({"input_ids": encode_texts(tokenizer, texts, max_length)})
         partial = partial_of(final)
         shutil.rmtree(partial, ignore_errors=True)
-        model_args = ModelArguments(**{k: v for k, v in yaml.safe_load((run / "recipe.yaml").read_text()).items()
+        recipe = yaml.safe_load((run / "recipe.yaml").read_text()) or {}
+        model_args = ModelArguments(**{k: v for k, v in recipe.items()
                                        if k in {f.name for f in dataclasses.fields(ModelArguments)}})
         lr = (settings.learning_rate if settings.learning_rate is not None
               else float(run_training.get("learning_rate", 1e-3)) / 5)
@@ -273,7 +274,7 @@ def update_run(run_dir: str | Path, events: str | Path, output_dir: str | Path,
         model.config.behavior_lm = {**info, "updated": True}
         model.save_pretrained(partial)
         tokenizer.save_pretrained(partial)
-        for name in ("recipe.yaml", "training_args.json", SIDE_FILE):
+        for name in ("training_args.json", SIDE_FILE):
             if (run / name).is_file():
                 shutil.copy2(run / name, partial / name)
         chunk = {"events": str(events.resolve()), "data_format": settings.data_format, "columns": settings.columns,
@@ -303,7 +304,6 @@ def update_run(run_dir: str | Path, events: str | Path, output_dir: str | Path,
             f"Held out: each updated user's last new event ({len(examples)}), {protocol.describe()}; "
             "a target the old model does not know counts as a miss for it.\n\n"
             + metrics_table({"before the update": before, "after the update": after}, protocol.ks) + "\n")
-        (partial / "recipe.yaml").write_text(yaml.safe_dump(redacted(
-            yaml.safe_load((run / "recipe.yaml").read_text()) or {}), sort_keys=False))
+        (partial / "recipe.yaml").write_text(yaml.safe_dump(redacted(recipe), sort_keys=False))
         promote(partial, final)
     return final

@@ -40,6 +40,20 @@ def _guess(path: Path) -> str:
                     f"({', '.join(ITEM_FORMATS)})")
 
 
+def _split_lines(path: Path, sep: str, n_fields: int, layout: str) -> list[list[str]]:
+    """The non-empty lines of a Latin-1 MovieLens file, each split into exactly ``n_fields``."""
+    rows = []
+    with open(path, encoding="latin-1") as fh:
+        for line_no, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            parts = line.rstrip("\n").split(sep)
+            if len(parts) != n_fields:
+                raise DataError(f"{path}:{line_no}: expected {layout} ({n_fields} '{sep}' fields), got {len(parts)}")
+            rows.append(parts)
+    return rows
+
+
 def read_item_table(path: str | Path, fmt: str | None = None, id_field: str = "item_id") -> pd.DataFrame:
     """The item table as strings, one row per item, with an ``item_id`` column."""
     path = Path(path)
@@ -47,27 +61,11 @@ def read_item_table(path: str | Path, fmt: str | None = None, id_field: str = "i
         raise DataError(f"{path}: item table not found")
     fmt = fmt or _guess(path)
     if fmt == "movies.dat":
-        rows = []
-        with open(path, encoding="latin-1") as fh:
-            for line_no, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                parts = line.rstrip("\n").split("::")
-                if len(parts) != 3:
-                    raise DataError(f"{path}:{line_no}: expected MovieID::Title::Genres, got {len(parts)} field(s)")
-                rows.append(parts)
+        rows = _split_lines(path, "::", 3, "MovieID::Title::Genres")
         frame = pd.DataFrame(rows, columns=["item_id", "title", "genres"])
     elif fmt == "u.item":
-        rows = []
-        with open(path, encoding="latin-1") as fh:
-            for line_no, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                parts = line.rstrip("\n").split("|")
-                if len(parts) != 5 + len(ML100K_GENRES):
-                    raise DataError(f"{path}:{line_no}: expected {5 + len(ML100K_GENRES)} '|' fields, got {len(parts)}")
-                genres = "|".join(g for g, flag in zip(ML100K_GENRES, parts[5:]) if flag == "1")
-                rows.append([parts[0], parts[1], parts[2], genres])
+        rows = [[p[0], p[1], p[2], "|".join(g for g, flag in zip(ML100K_GENRES, p[5:]) if flag == "1")]
+                for p in _split_lines(path, "|", 5 + len(ML100K_GENRES), "id|title|...|19 genre flags")]
         frame = pd.DataFrame(rows, columns=["item_id", "title", "release_date", "genres"])
     elif fmt in ("csv", "tsv"):
         frame = pd.read_csv(path, sep="," if fmt == "csv" else "\t", dtype=str, keep_default_na=False)

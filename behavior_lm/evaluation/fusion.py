@@ -130,6 +130,17 @@ def log_likelihood(target_log_probs: np.ndarray, weights: np.ndarray) -> float:
     return float(np.mean(top[:, 0] + np.log(np.exp(joint - top).sum(axis=1))))
 
 
+def floor_log_probs(floor: Floor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    width: int) -> torch.Tensor:
+    """A floor's ``log P(item)`` on ``width`` columns (a model's vocabulary may be padded beyond
+    the tokenizer's), computed where the floor's buffers live and returned on the ids' device."""
+    dev = floor.candidates.device
+    lp = floor.log_probs(input_ids.to(dev), attention_mask.to(dev)).to(input_ids.device)
+    if lp.size(1) < width:
+        lp = nn.functional.pad(lp, (0, width - lp.size(1)), value=float("-inf"))
+    return lp[:, :width]
+
+
 class BehaviorEnsembleModel(PreTrainedModel):
     """Trained runs and floors fused into one model (see the module docstring)."""
 
@@ -188,10 +199,7 @@ class BehaviorEnsembleModel(PreTrainedModel):
         out = []
         for member in self.members():
             if isinstance(member, Floor):
-                dev = member.candidates.device            # floors live where the ensemble was moved
-                lp = member.log_probs(input_ids.to(dev), attention_mask.to(dev)).to(input_ids.device)
-                if lp.size(1) < width:                              # model vocab padded beyond it
-                    lp = nn.functional.pad(lp, (0, width - lp.size(1)), value=float("-inf"))
+                lp = floor_log_probs(member, input_ids, attention_mask, width)
             else:
                 lp = item_log_softmax(next_item_scores(member, input_ids, attention_mask, candidates,
                                                        behavior_ids, given), candidates)

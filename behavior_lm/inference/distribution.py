@@ -20,7 +20,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from behavior_lm.evaluation.floors import Floor
-from behavior_lm.evaluation.fusion import BehaviorEnsembleModel, fuse
+from behavior_lm.evaluation.fusion import BehaviorEnsembleModel, floor_log_probs, fuse
 from behavior_lm.evaluation.scoring import (item_log_softmax, behavior_log_probs, item_log_probs_given,
                                             next_token_scores)
 from behavior_lm.tokenization.behavior_tokenizer import behavior_token_ids, item_mask
@@ -106,11 +106,7 @@ def ensemble_distributions(model: BehaviorEnsembleModel, tokenizer: PreTrainedTo
     for member in model.members():
         if isinstance(member, Floor):
             per_member.append(None)
-            dev = member.candidates.device
-            lp = member.log_probs(input_ids.to(dev), attention_mask.to(dev)).to(input_ids.device)
-            if lp.size(1) < candidates.numel():
-                lp = torch.nn.functional.pad(lp, (0, candidates.numel() - lp.size(1)), value=float("-inf"))
-            log_items.append(lp[:, :candidates.numel()])
+            log_items.append(floor_log_probs(member, input_ids, attention_mask, candidates.numel()))
         else:
             dists = next_event_distributions(member, tokenizer, input_ids, attention_mask, behavior,
                                              behavior_ids=behavior_ids, candidates=candidates)
