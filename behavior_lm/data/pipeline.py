@@ -21,7 +21,7 @@ from datasets import DatasetDict, load_from_disk
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from behavior_lm.data import preprocess, sources, splits, tasks
+from behavior_lm.data import cold_start, preprocess, sources, splits, tasks
 from behavior_lm.data.events import EventLog
 from behavior_lm.data.streams import StreamFormat, build_dataset_dict
 from behavior_lm.errors import RecipeError
@@ -114,6 +114,15 @@ def prepare_data(args: DataArguments, template: str = "causal") -> PreparedData:
     progress.set_postfix_str(f"splitting ({args.split}) and auditing for leakage")
     if args.target_behavior and args.split != "leave_one_out":
         raise RecipeError(f"target_behavior needs split: leave_one_out, got {args.split!r}")
+    catalogue_sequences, cold_report = sequences, None
+    if args.cold_items:
+        if args.split != "leave_one_out" or args.task != "next-item" or args.target_behavior:
+            raise RecipeError("cold_items needs split: leave_one_out and task: next-item "
+                              "(without target_behavior)")
+        cold = cold_start.pick_cold_items({i for s in sequences for i in s.items}, args.cold_items,
+                                          args.cold_seed)
+        sequences, cold_report = cold_start.withhold_cold_items(sequences, cold)
+        cold_report["items"] = sorted(cold)
     if args.split == "leave_one_out":
         split = splits.leave_one_out(sequences, source=log.source,
                                      target_behavior=args.target_behavior)
@@ -139,7 +148,7 @@ def prepare_data(args: DataArguments, template: str = "causal") -> PreparedData:
         side_values = {i: v for i, v in side_values.items() if i in kept}
     fmt = StreamFormat(behaviors=with_behaviors, time_gaps=args.time_gaps, session_gap=args.session_gap,
                        item_side=args.item_side, side_values=side_values)
-    catalogue = (item for s in sequences for item in s.items)
+    catalogue = (item for s in catalogue_sequences for item in s.items)   # cold items are candidates
     tokenizer = build_tokenizer(catalogue, behaviors if with_behaviors else (),
                                 template=template, max_length=args.max_length,
                                 extra_tokens=fmt.extra_tokens())
@@ -174,7 +183,7 @@ def prepare_data(args: DataArguments, template: str = "causal") -> PreparedData:
         "dataset": args.dataset, "source": str(path), "terms": src.terms if src else "",
         "raw": raw_summary,
         "prepared": {"events": n_events, "users": len(sequences),
-                     "items": len(set(i for s in sequences for i in s.items)),
+                     "items": len(set(i for s in catalogue_sequences for i in s.items)),
                      "behaviors": behaviors, **dropped},
         "split": task_summary if task_summary is not None else split.summary(),
         "with_behaviors": with_behaviors, "cache_key": key,
@@ -183,6 +192,8 @@ def prepare_data(args: DataArguments, template: str = "causal") -> PreparedData:
                                                                    args.intent_behavior),
         "rows": {name: ds.num_rows for name, ds in dsd.items()}, "cache_hit": False,
     }
+    if cold_report is not None:
+        info["cold_start"] = cold_report
     if args.cache:
         _save_atomically(cached, dsd, tokenizer, info, fmt)
     progress.update()

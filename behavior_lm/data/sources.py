@@ -41,6 +41,8 @@ ML100K_URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
 RECBOLE_WHEEL = "recbole==1.2.1"
 RECBOLE_ML100K_MEMBER = "recbole/dataset_example/ml-100k/ml-100k.inter"
 RECBOLE_ML100K_SHA256 = "4edb74e2a81178c2ba9ff381495f754f996c4aea351b1272ca36b43da0935eff"
+RECBOLE_ML100K_ITEM_MEMBER = "recbole/dataset_example/ml-100k/ml-100k.item"
+RECBOLE_ML100K_ITEM_SHA256 = "51d7cdf777ce5c0f5b32c1d947a4a81fe07d75e78abbe761e0cd4d0756064532"
 
 
 def cache_dir() -> Path:
@@ -69,8 +71,9 @@ def _download_official_ml100k(dest: Path) -> Path:
     return atomic_write(dest / "u.data", data)
 
 
-def _extract_ml100k_from_recbole_wheel(dest: Path) -> Path:
-    """Fetch the recbole wheel with ``pip download --no-deps`` and unzip its ml-100k copy."""
+def _recbole_member(member: str, sha256: str, dest: Path) -> Path:
+    """Fetch the recbole wheel with ``pip download --no-deps``, unzip one member into ``dest`` and
+    check its hash (RecBole itself is never installed)."""
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
                RECBOLE_WHEEL, "-d", tmp]
@@ -81,12 +84,22 @@ def _extract_ml100k_from_recbole_wheel(dest: Path) -> Path:
         if not wheels:
             raise DataError(f"`pip download {RECBOLE_WHEEL}` produced no wheel")
         with zipfile.ZipFile(wheels[0]) as zf:
-            data = zf.read(RECBOLE_ML100K_MEMBER)
+            data = zf.read(member)
+    name = member.rsplit("/", 1)[-1]
     digest = hashlib.sha256(data).hexdigest()
-    if digest != RECBOLE_ML100K_SHA256:
-        raise DataError(f"ml-100k.inter from {RECBOLE_WHEEL} has sha256 {digest}, "
-                        f"expected {RECBOLE_ML100K_SHA256}")
-    return atomic_write(dest / "ml-100k.inter", data)
+    if digest != sha256:
+        raise DataError(f"{name} from {RECBOLE_WHEEL} has sha256 {digest}, expected {sha256}")
+    return atomic_write(dest / name, data)
+
+
+def _extract_ml100k_from_recbole_wheel(dest: Path) -> Path:
+    """The ml-100k ratings that the recbole wheel bundles (``ml-100k.inter``)."""
+    return _recbole_member(RECBOLE_ML100K_MEMBER, RECBOLE_ML100K_SHA256, dest)
+
+
+def _extract_ml100k_items_from_recbole_wheel(dest: Path) -> Path:
+    """The ml-100k item table (title, year, genres) that the recbole wheel bundles (``ml-100k.item``)."""
+    return _recbole_member(RECBOLE_ML100K_ITEM_MEMBER, RECBOLE_ML100K_ITEM_SHA256, dest)
 
 
 def _generate_synthetic_social(dest: Path) -> Path:
@@ -194,3 +207,51 @@ def load_item_side(name: str, column: str, data_path: str | os.PathLike | None =
         raise RecipeError(f"item_side needs a generic table (data_format: table), not data_format: {reader}")
     kwargs.pop("behavior_map", None)
     return readers.read_item_side(path, column, **kwargs)
+
+
+@dataclass(frozen=True)
+class ItemTextSource:
+    """Where a named dataset's item text lives (next to its events), and how its ids map.
+
+    ``id_map``: a file of ``<event item id> <table item id>`` lines, for event files whose item ids
+    were renumbered (the SASRec ML-1M file: ``sas_to_original_items.txt``)."""
+
+    files: tuple[str, ...]
+    id_map: str | None = None
+    downloaders: tuple[Callable[[Path], Path], ...] = ()
+
+
+ITEM_TEXT_SOURCES: dict[str, ItemTextSource] = {
+    "ml-100k": ItemTextSource(("u.item", "ml-100k.item"),
+                              downloaders=(_extract_ml100k_items_from_recbole_wheel,)),
+    "ml-1m": ItemTextSource(("movies.dat",), id_map="sas_to_original_items.txt"),
+}
+
+
+def resolve_item_text(name: str) -> tuple[Path, Path | None]:
+    """``(item table, id map or None)`` of a named dataset: looked up where its events are (the
+    cache, then ``$BEHAVIOR_LM_DATA/<name>``), fetched at run time where that is allowed (ml-100k:
+    the recbole wheel's ``ml-100k.item``)."""
+    if name not in ITEM_TEXT_SOURCES:
+        raise RecipeError(f"item_text: dataset {name!r} has no known item table (known: "
+                          f"{', '.join(sorted(ITEM_TEXT_SOURCES))}); give the item file's path")
+    src = ITEM_TEXT_SOURCES[name]
+    roots = [cache_dir() / "datasets" / name]
+    if os.environ.get("BEHAVIOR_LM_DATA"):
+        roots.append(Path(os.environ["BEHAVIOR_LM_DATA"]).expanduser() / name)
+    for root in roots:
+        for fname in src.files:
+            if (root / fname).is_file():
+                id_map = root / src.id_map if src.id_map else None
+                if id_map is not None and not id_map.is_file():
+                    raise DataError(f"item_text: {root / fname} needs its id map {id_map}, which is missing")
+                return root / fname, id_map
+    errors = []
+    for download in src.downloaders:
+        try:
+            return download(roots[0]), None
+        except Exception as exc:  # noqa: BLE001 - report every way tried
+            errors.append(f"{download.__name__}: {exc}")
+    looked = ", ".join(str(r) for r in roots)
+    raise DataError(f"item_text: no item table for {name!r} ({'/'.join(src.files)}) in {looked}"
+                    + (f"; downloads failed: {'; '.join(errors)}" if errors else ""))

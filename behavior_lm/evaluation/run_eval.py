@@ -25,8 +25,9 @@ from behavior_lm.evaluation.protocol import EvalProtocol
 from behavior_lm.data.tasks import TOKEN_TASKS
 from behavior_lm.evaluation.task_metrics import floor_metrics, score_predictions
 from behavior_lm.models.auto import MASKED_MODEL_TYPES, template_for
+from behavior_lm.models.pretrained import is_adapter_run, load_pretrained_classifier, text_rows_for_run
 from behavior_lm.data.collators import IGNORE_INDEX, BehaviorCollator
-from behavior_lm.arguments import DataArguments
+from behavior_lm.arguments import DataArguments, ModelArguments
 
 
 def evaluate_run(run_dir: str | Path, *, split: str = "test", batch_size: int = 256,
@@ -49,6 +50,13 @@ def evaluate_run(run_dir: str | Path, *, split: str = "test", batch_size: int = 
     model_type = saved.get("model_type", "gpt2")
     task = saved.get("task", "next-item")
     data = prepare_data(data_args, template=template_for(model_type, task))
+    if model_type == "pretrained":           # the same examples as text, as training wrote them
+        text_dsd, text_tok, _ = text_rows_for_run(data.datasets, data.tokenizer, ModelArguments.of_run(run),
+                                                  data_args.dataset)
+        if text_tok.get_vocab() != tokenizer.get_vocab():
+            raise RecipeError(f"{run}: the pretrained model's tokenizer differs from the run's")
+        return _evaluate_task_run(run, task, model_type, data, split, batch_size, data_args.intent_behavior,
+                                  model_data=dataclasses.replace(data, datasets=text_dsd, tokenizer=text_tok)), protocol
     if data.tokenizer.get_vocab() != tokenizer.get_vocab():
         raise RecipeError(f"{run}: the data prepared from recipe.yaml has a different vocabulary "
                           "than the saved tokenizer (did the dataset file change?)")
@@ -90,6 +98,8 @@ def task_logits(model, data, split: str, task: str, batch_size: int = 256) -> tu
 
 
 def load_task_model(run: Path, task: str):
+    if is_adapter_run(run) or json.loads((run / "metrics.json").read_text()).get("model_type") == "pretrained":
+        return load_pretrained_classifier(run)
     if json.loads((run / "config.json").read_text()).get("model_type") == BehaviorEnsembleConfig.model_type:
         return BehaviorEnsembleModel.from_pretrained(run)
     auto = AutoModelForTokenClassification if task in TOKEN_TASKS else AutoModelForSequenceClassification
@@ -97,9 +107,10 @@ def load_task_model(run: Path, task: str):
 
 
 def _evaluate_task_run(run: Path, task: str, model_type: str, data, split: str,
-                       batch_size: int, intent_behavior: str = "buy") -> dict[str, dict]:
-    """Classification / regression / token-labelling runs: the model's logits, the task metrics."""
-    logits, labels = task_logits(load_task_model(run, task), data, split, task, batch_size)
+                       batch_size: int, intent_behavior: str = "buy", model_data=None) -> dict[str, dict]:
+    """Classification / regression / token-labelling runs: the model's logits, the task metrics
+    (``model_data``: the rows the model reads when they differ from the floors', e.g. text)."""
+    logits, labels = task_logits(load_task_model(run, task), model_data or data, split, task, batch_size)
     num_classes = len(data.info["class_names"])
     results = {model_type: score_predictions(task, logits, labels, num_classes)}
     dataset = data.datasets[split]

@@ -20,7 +20,7 @@ MASKED_MODEL_TYPES = ("bert4rec",)
 MODEL_TYPES = CAUSAL_MODEL_TYPES + MASKED_MODEL_TYPES
 
 
-CLASSIFIER_MODEL_TYPES = ("bert", "gru", "lstm")
+CLASSIFIER_MODEL_TYPES = ("bert", "gru", "lstm", "pretrained")
 
 
 def template_for(model_type: str, task: str = "next-item") -> str:
@@ -39,6 +39,8 @@ def effective_dropout(args: ModelArguments) -> dict[str, float]:
     probabilities. Stock ``LlamaForCausalLM`` has attention dropout only, so a llama recipe with
     hidden dropout is refused instead of silently training without it.
     """
+    if args.model_type == "pretrained":       # the checkpoint's own config decides
+        return {"embedding": None, "layer_output": None, "attention": None}
     attention = args.dropout if args.attention_dropout is None else args.attention_dropout
     for name, value in (("dropout", args.dropout), ("attention_dropout", attention)):
         if not 0.0 <= value < 1.0:
@@ -90,7 +92,18 @@ def build_model(args: ModelArguments, tokenizer: PreTrainedTokenizerBase, max_le
     """A freshly initialised model for the tokenizer's vocabulary and the task:
     ``AutoModelForCausalLM`` (GPT-2, Llama, GRU/LSTM) or ``AutoModelForMaskedLM`` (BERT4Rec) for
     next-item ranking; ``AutoModelForSequenceClassification`` (BERT, GRU/LSTM) for ``next-class``
-    and ``next-rating``; ``AutoModelForTokenClassification`` (BERT) for ``event-class`` and ``conversion-tag``."""
+    and ``next-rating``; ``AutoModelForTokenClassification`` (BERT) for ``event-class`` and ``conversion-tag``;
+    a pretrained checkpoint (``model_type: pretrained``, :mod:`behavior_lm.models.pretrained`) for
+    the sequence tasks, reading histories as text."""
+    if args.model_type == "pretrained":
+        from behavior_lm.data.tasks import SEQUENCE_TASKS
+        from behavior_lm.models.pretrained import build_pretrained_classifier
+
+        if task not in SEQUENCE_TASKS:
+            raise RecipeError(f"model_type pretrained is for the sequence tasks ({', '.join(SEQUENCE_TASKS)}), "
+                              f"not {task!r}")
+        regression = task == "next-rating"
+        return build_pretrained_classifier(args, 1 if regression else num_labels, regression)
     config = build_config(args, tokenizer, max_length)
     if task != "next-item":
         if args.model_type not in CLASSIFIER_MODEL_TYPES:

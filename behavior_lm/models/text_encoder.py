@@ -77,12 +77,13 @@ def embed_texts(encoder: str, texts: Sequence[str], *, batch_size: int = 64, max
     return torch.cat(out)
 
 
-def embed_items(items_file: str | Path, text_fields: Sequence[str], output: str | Path, *,
-                encoder: str = MINILM, fmt: str | None = None, id_field: str = "item_id",
-                batch_size: int = 64, max_length: int = 128) -> dict:
-    """Write the item-embedding table for ``items_file``; returns a summary (cache hit, time)."""
-    start = time.time()
-    texts = item_texts(items_file, text_fields, fmt, id_field)
+def cached_item_embeddings(items_file: str | Path, text_fields: Sequence[str], *,
+                           encoder: str = MINILM, fmt: str | None = None, id_field: str = "item_id",
+                           id_map: str | Path | None = None, batch_size: int = 64,
+                           max_length: int = 128) -> tuple[Path, bool, int]:
+    """The item-embedding table of ``items_file`` in the cache, encoded on the first call;
+    returns ``(path, cache hit, items)``."""
+    texts = item_texts(items_file, text_fields, fmt, id_field, id_map)
     path = resolve_encoder(encoder)
     settings = {"encoder": encoder, "pooling": "mean", "normalized": True, "max_length": max_length,
                 "text_fields": list(text_fields)}
@@ -95,6 +96,17 @@ def embed_items(items_file: str | Path, text_fields: Sequence[str], output: str 
         table = embed_texts(encoder, [texts[i] for i in ids], batch_size=batch_size, max_length=max_length)
         metadata = {"items": json.dumps(ids), "settings": json.dumps(settings), "source": str(items_file)}
         atomic_write(cached, save({"embeddings": table.contiguous()}, metadata=metadata))
+    return cached, hit, len(texts)
+
+
+def embed_items(items_file: str | Path, text_fields: Sequence[str], output: str | Path, *,
+                encoder: str = MINILM, fmt: str | None = None, id_field: str = "item_id",
+                id_map: str | Path | None = None, batch_size: int = 64, max_length: int = 128) -> dict:
+    """Write the item-embedding table for ``items_file``; returns a summary (cache hit, time)."""
+    start = time.time()
+    cached, hit, n = cached_item_embeddings(items_file, text_fields, encoder=encoder, fmt=fmt,
+                                            id_field=id_field, id_map=id_map, batch_size=batch_size,
+                                            max_length=max_length)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.name}.partial")
@@ -102,8 +114,45 @@ def embed_items(items_file: str | Path, text_fields: Sequence[str], output: str 
     tmp.replace(output)
     with safe_open(str(output), "pt") as fh:
         dim = fh.get_slice("embeddings").get_shape()[1]
-    return {"items": len(texts), "dim": dim, "encoder": encoder, "cache_hit": hit,
+    return {"items": n, "dim": dim, "encoder": encoder, "cache_hit": hit,
             "seconds": round(time.time() - start, 2), "output": str(output)}
+
+
+def check_item_text(spec: str, dataset: str, mode: str) -> None:
+    """Refuse a recipe's ``item_text`` that cannot work, before any heavy work."""
+    from behavior_lm.data.sources import ITEM_TEXT_SOURCES
+    from behavior_lm.models.item_text_init import ITEM_TEXT_MODES
+
+    if mode not in ITEM_TEXT_MODES:
+        raise RecipeError(f"item_text_mode must be one of {', '.join(ITEM_TEXT_MODES)}, got {mode!r}")
+    if spec == "dataset":
+        if dataset not in ITEM_TEXT_SOURCES:
+            raise RecipeError(f"item_text: dataset {dataset!r} has no known item table (known: "
+                              f"{', '.join(sorted(ITEM_TEXT_SOURCES))}); give the item file's path")
+    elif not Path(spec).is_file():
+        raise RecipeError(f"item_text: {spec}: item table not found")
+
+
+def item_text_table(spec: str, *, dataset: str, text_fields: Sequence[str], encoder: str = MINILM,
+                    id_map: str | None = None) -> tuple[list[str], torch.Tensor, str]:
+    """The recipe's ``item_text`` as ``(item ids, (items, dim) vectors, description)``:
+    ``dataset`` (the named dataset's own item table, e.g. ml-100k's, ml-1m's movies.dat with its id
+    map), a table written by ``embed-items`` (``.safetensors``), or an item file to embed."""
+    from behavior_lm.data.sources import resolve_item_text
+
+    if spec.endswith(".safetensors"):
+        if not Path(spec).is_file():
+            raise RecipeError(f"item_text: {spec} not found")
+        ids, vectors = load_item_embeddings(spec)
+        return ids, vectors, spec
+    if spec == "dataset":
+        items_file, found_map = resolve_item_text(dataset)
+        id_map = id_map or found_map
+    else:
+        items_file = Path(spec)
+    cached, _, _ = cached_item_embeddings(items_file, text_fields, encoder=encoder, id_map=id_map)
+    ids, vectors = load_item_embeddings(cached)
+    return ids, vectors, f"{items_file} ({', '.join(text_fields)}) through {encoder}"
 
 
 def load_item_embeddings(path: str | Path) -> tuple[list[str], torch.Tensor]:

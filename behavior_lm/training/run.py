@@ -33,15 +33,18 @@ from behavior_lm.evaluation.protocol import EvalProtocol
 from behavior_lm.evaluation.task_metrics import floor_metrics, make_task_metrics, tuned_threshold_metrics
 from behavior_lm.models.auto import (MASKED_MODEL_TYPES, build_model, count_parameters, effective_dropout,
                                      template_for)
+from behavior_lm.models.item_text_init import attach_item_text, bake_item_text, save_item_text
+from behavior_lm.models.pretrained import is_peft_model, text_rows_for_run
+from behavior_lm.models.text_encoder import check_item_text, item_text_table
 from behavior_lm.reporting import results_table, task_description, training_curves
 from behavior_lm.rundir import (check_output_dir, check_writable, last_complete_checkpoint, partial_of,
                                 promote, writer_lock)
-from behavior_lm.tokenization.behavior_tokenizer import behavior_token_ids, item_mask
+from behavior_lm.tokenization.behavior_tokenizer import behavior_token_ids, item_mask, item_token
 from behavior_lm.arguments import (BehaviorTrainingArguments, DataArguments, ModelArguments,
                                              redacted)
 from behavior_lm.training.budget import TimeBudgetCallback, spent_seconds
 from behavior_lm.data.collators import BehaviorCollator
-from behavior_lm.training.trainer import BehaviorTrainer, item_cloze_loss, make_compute_metrics
+from behavior_lm.training.trainer import BehaviorTrainer, make_compute_metrics, restricted_loss
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +112,8 @@ def _train(data_args: DataArguments, model_args: ModelArguments,
                           f"in eval_ks {training_args.eval_ks}")
     if training_args.cloze_loss not in ("items", "vocabulary"):
         raise RecipeError(f"cloze_loss must be 'items' or 'vocabulary', got {training_args.cloze_loss!r}")
+    if model_args.item_text:
+        check_item_text(model_args.item_text, data_args.dataset, model_args.item_text_mode)
     if training_args.max_train_minutes is not None and training_args.max_train_minutes <= 0:
         raise RecipeError(f"max_train_minutes must be positive, got {training_args.max_train_minutes}")
     training_args.output_dir = str(partial / "checkpoints")
@@ -122,6 +127,10 @@ def _train(data_args: DataArguments, model_args: ModelArguments,
     with training_args.main_process_first(desc="preparing token streams"):
         data = prepare_data(data_args, template=template_for(model_args.model_type, data_args.task))
     tokenizer, dsd = data.tokenizer, data.datasets
+    id_tokenizer, id_dsd = tokenizer, dsd               # what the floors read
+    serialization = None
+    if model_args.model_type == "pretrained":           # the same examples, written as text
+        dsd, tokenizer, serialization = text_rows_for_run(dsd, tokenizer, model_args, data_args.dataset)
     validation = dsd["validation"]
     if training_args.max_eval_users and validation.num_rows > training_args.max_eval_users:
         validation = validation.shuffle(seed=training_args.seed).select(range(training_args.max_eval_users))
@@ -129,7 +138,12 @@ def _train(data_args: DataArguments, model_args: ModelArguments,
     num_classes = len(data.info["class_names"])
     model = build_model(model_args, tokenizer, data_args.max_length, task=data_args.task,
                         num_labels=num_classes)
-    describe_run_in_config(model.config, data_args, model_args, training_args, data.info)
+    text_info = (attach_text(model, tokenizer, model_args, data_args)          # pretrained: item_text is
+                 if model_args.item_text and model_args.model_type != "pretrained" else None)   # what it reads
+    cold_ids = cold_token_ids(tokenizer, data.info)
+    describe_run_in_config(model.config, data_args, model_args, training_args, data.info, text_info)
+    if serialization is not None:
+        model.config.behavior_lm["text_serialization"] = serialization
     checkpoint = None
     if training_args.resume and Path(training_args.output_dir).is_dir():
         checkpoint = last_complete_checkpoint(Path(training_args.output_dir))
@@ -145,9 +159,7 @@ def _train(data_args: DataArguments, model_args: ModelArguments,
             data_collator=make_collator(model_args, tokenizer, data_args.task), processing_class=tokenizer,
             compute_metrics=(make_compute_metrics(training_args.eval_ks) if ranking
                              else make_task_metrics(data_args.task, num_classes)),
-            compute_loss_func=(item_cloze_loss(item_mask(tokenizer, model.get_output_embeddings().out_features))
-                               if ranking and model_args.model_type in MASKED_MODEL_TYPES
-                               and training_args.cloze_loss == "items" else None),
+            compute_loss_func=training_loss(model, model_args, training_args, tokenizer, ranking, cold_ids),
             callbacks=callbacks, filter_seen=training_args.filter_seen,
             behavior_ids=torch.tensor(list(behavior_token_ids(tokenizer).values()), dtype=torch.long),
             condition_on_behavior=training_args.condition_on_behavior,
@@ -157,6 +169,7 @@ def _train(data_args: DataArguments, model_args: ModelArguments,
     train_seconds = budget.spent()                     # all segments of a resumed run
     stopped_by = _stop_reason(trainer, budget, training_args)
     _sync_weights_from_main(trainer)
+    projection = bake_item_text(trainer.model)        # a stock model again, scored and saved as such
     trainer.remove_callback(EarlyStoppingCallback)  # final scoring is not a selection step
     if ranking or data_args.task == "next-rating" or num_classes != 2:
         val_metrics = trainer.evaluate(validation, metric_key_prefix="validation")
@@ -171,14 +184,27 @@ def _train(data_args: DataArguments, model_args: ModelArguments,
     val_metrics.setdefault("validation_num_examples", validation.num_rows)   # token tasks: tokens
     test_metrics.setdefault("test_num_examples", dsd["test"].num_rows)
 
+    subsets = cold_start_subsets(dsd["test"], cold_ids)
+    subset_metrics = {name: {**_strip(trainer.evaluate(part, metric_key_prefix=name), f"{name}_"),
+                             "num_examples": part.num_rows} for name, part in subsets.items()}
+
     trainer.save_model(str(partial))  # model (safetensors) + tokenizer; writes on the main process
     if trainer.is_world_process_zero():
+        if is_peft_model(model):            # the adapter's folder: add our config, drop peft's blank card
+            model.config.save_pretrained(partial)
+            (partial / "README.md").unlink(missing_ok=True)
+        if projection is not None:
+            save_item_text(partial, projection, text_info)
         protocol = protocol_for(data_args, training_args, data.info["with_behaviors"])
         if ranking:
             baselines = evaluate_baselines(training_args.baselines, dsd["train"], dsd["test"], tokenizer,
                                            protocol, batch_size=training_args.per_device_eval_batch_size)
+            for name, part in subsets.items():
+                subset_metrics[name] = {"model": subset_metrics[name], "baselines": evaluate_baselines(
+                    training_args.baselines, dsd["train"], part, tokenizer, protocol,
+                    batch_size=training_args.per_device_eval_batch_size)}
         else:
-            baselines = floor_metrics(data_args.task, dsd["train"], dsd["test"], num_classes, tokenizer,
+            baselines = floor_metrics(data_args.task, id_dsd["train"], id_dsd["test"], num_classes, id_tokenizer,
                                       data_args.intent_behavior)
         next_behavior = None
         if (ranking and data.info["with_behaviors"] and not data_args.target_behavior
@@ -187,7 +213,8 @@ def _train(data_args: DataArguments, model_args: ModelArguments,
                                                    training_args.per_device_eval_batch_size)
         _write_run_files(partial, data_args, model_args, training_args, recipe, data.info, protocol,
                          trainer, train_output.metrics, train_seconds, val_metrics, test_metrics,
-                         baselines, count_parameters(model), next_behavior, stopped_by)
+                         baselines, count_parameters(model), next_behavior, stopped_by, text_info,
+                         subset_metrics, serialization, sum(p.numel() for p in model.parameters()))
         if data_args.item_side and data.side_values:
             write_item_side(partial, data_args.item_side, data.side_values)
         if not training_args.keep_checkpoints:
@@ -211,8 +238,62 @@ def _tensorboard_logs(folder: Path):
         os.environ.pop("TENSORBOARD_LOGGING_DIR", None)
 
 
+def attach_text(model, tokenizer, model_args: ModelArguments, data_args: DataArguments) -> dict:
+    """Parametrize the model's item rows by item text (``item_text``); returns what the run
+    records about it (source, encoder, coverage)."""
+    fields = [f.strip() for entry in model_args.item_text_fields for f in str(entry).split(",") if f.strip()]
+    ids, vectors, source = item_text_table(model_args.item_text, dataset=data_args.dataset,
+                                           text_fields=fields,
+                                           encoder=model_args.text_encoder, id_map=model_args.item_text_id_map)
+    info = attach_item_text(model, tokenizer, ids, vectors, model_args.item_text_mode,
+                            model_args.initializer_range)
+    logger.warning("item_text: %d of %d items have text (%s); mode %s", info["items_with_text"],
+                   info["items"], source, info["mode"])
+    return {**info, "source": source, "encoder": model_args.text_encoder,
+            "fields": fields}
+
+
+def cold_token_ids(tokenizer, data_info: dict) -> torch.Tensor | None:
+    """Token ids of the cold items of a cold-start run (``cold_items``), else None."""
+    cold = data_info.get("cold_start")
+    if not cold:
+        return None
+    vocab = tokenizer.get_vocab()
+    return torch.tensor(sorted(vocab[item_token(i)] for i in cold["items"]), dtype=torch.long)
+
+
+def cold_start_subsets(test, cold_ids: torch.Tensor | None) -> dict:
+    """``{"test_warm": rows, "test_cold": rows}``: test users by whether their target is cold."""
+    if cold_ids is None:
+        return {}
+    cold = set(cold_ids.tolist())
+    return {"test_warm": test.filter(lambda t: t not in cold, input_columns="target"),
+            "test_cold": test.filter(lambda t: t in cold, input_columns="target")}
+
+
+def training_loss(model, model_args: ModelArguments, training_args: BehaviorTrainingArguments,
+                  tokenizer, ranking: bool, cold_ids: torch.Tensor | None):
+    """The Trainer's ``compute_loss_func``: None (the model's stock loss) unless the softmax must
+    leave tokens out: non-items for a masked model with ``cloze_loss: items``, cold items in the
+    cold-start protocol."""
+    if not ranking:
+        return None
+    n = model.get_output_embeddings().out_features
+    masked = model_args.model_type in MASKED_MODEL_TYPES
+    if masked and training_args.cloze_loss == "items":
+        keep = item_mask(tokenizer, n)
+    elif cold_ids is not None:
+        keep = torch.ones(n, dtype=torch.bool)
+    else:
+        return None
+    if cold_ids is not None:
+        keep[cold_ids] = False
+    return restricted_loss(keep, shift=not masked)
+
+
 def describe_run_in_config(config, data_args: DataArguments, model_args: ModelArguments,
-                           training_args: BehaviorTrainingArguments, data_info: dict) -> None:
+                           training_args: BehaviorTrainingArguments, data_info: dict,
+                           text_info: dict | None = None) -> None:
     """Store what inference needs in ``config.json`` (it travels with the weights to the Hub):
     the behaviors of the log, whether the run ranked with seen items filtered, and class names."""
     from behavior_lm.version import __version__
@@ -226,6 +307,8 @@ def describe_run_in_config(config, data_args: DataArguments, model_args: ModelAr
         "max_length": data_args.max_length, "stream": dict(data_info["stream"]),
         "dropout": effective_dropout(model_args),
     }
+    if text_info:
+        config.behavior_lm["item_text"] = text_info
     if data_args.task in ("next-class", "purchase-intent", *TOKEN_TASKS):
         names = list(data_info["class_names"])
         config.id2label = dict(enumerate(names))
@@ -258,6 +341,10 @@ def _sync_weights_from_main(trainer: BehaviorTrainer) -> None:
         dist.broadcast(tensor.data, src=0)
 
 
+_SUBSET_TITLES = {"test_warm": "Cold-start protocol, test users whose target is a warm item",
+                  "test_cold": "Cold-start protocol, test users whose target is a cold item (never in training)"}
+
+
 def _strip(metrics: dict, prefix: str) -> dict:
     return {k.removeprefix(prefix): v for k, v in metrics.items()}
 
@@ -275,7 +362,9 @@ def _stop_reason(trainer, budget: TimeBudgetCallback, training_args) -> str:
 
 def _write_run_files(run: Path, data_args, model_args, training_args, recipe, data_info, protocol,
                      trainer, train_metrics, train_seconds, val_metrics, test_metrics, baselines,
-                     n_params, next_behavior: dict | None = None, stopped_by: str = "epoch cap") -> None:
+                     n_params, next_behavior: dict | None = None, stopped_by: str = "epoch cap",
+                     text_info: dict | None = None, subset_metrics: dict | None = None,
+                     serialization: dict | None = None, total_params: int | None = None) -> None:
     history = trainer.state.log_history
     best_epoch = None
     metric = "eval_" + training_args.metric_for_best_model.removeprefix("eval_")
@@ -284,6 +373,10 @@ def _write_run_files(run: Path, data_args, model_args, training_args, recipe, da
         pick = max if training_args.greater_is_better is not False else min
         best_epoch = pick(evals, key=lambda h: h[metric])["epoch"]
     model_name = f"{model_args.model_type} ({n_params / 1e6:.2f}M params)"
+    if serialization is not None:
+        lora = serialization["lora"]
+        model_name = (f"{serialization['base_model']} {'LoRA r=' + str(lora['r']) if lora else 'fine-tuned'} "
+                      f"({n_params / 1e6:.2f}M of {total_params / 1e6:.1f}M params trained)")
     metrics = {
         "protocol": protocol.to_dict(),
         "test": _strip(test_metrics, "test_"),
@@ -293,13 +386,18 @@ def _write_run_files(run: Path, data_args, model_args, training_args, recipe, da
                   "best_epoch": best_epoch, "global_steps": trainer.state.global_step,
                   "stopped_by": stopped_by,
                   "world_size": training_args.world_size,
-                  "parameters": n_params, **{k: v for k, v in train_metrics.items()
+                  "parameters": n_params, "total_parameters": total_params,
+                  **{k: v for k, v in train_metrics.items()
                                              if k in ("train_loss", "train_runtime")}},
         "data": data_info,
         "model_type": model_args.model_type,
-        "model": {"dropout": effective_dropout(model_args)},
+        "model": {"dropout": effective_dropout(model_args), **({"item_text": text_info} if text_info else {}),
+                  **({"text_serialization": serialization} if serialization else {})},
         "task": data_args.task,
     }
+    for name, part in (subset_metrics or {}).items():
+        metrics[name] = part["model"]
+        metrics["baselines"][name] = part["baselines"]
     if next_behavior is not None:
         metrics["next_behavior"] = next_behavior
     (run / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
@@ -325,6 +423,9 @@ def _write_run_files(run: Path, data_args, model_args, training_args, recipe, da
         f"{metrics['test'].get('num_examples', '')}; "
         f"{prep['users']} users, {prep['items']} items, {prep['events']} events after preprocessing.\n\n"
         f"{table}\n\n"
+        + "".join(f"{_SUBSET_TITLES[name]} ({metrics[name].get('num_examples', '')} users):\n\n"
+                  f"{results_table({**metrics, 'test': metrics[name], 'baselines': {'test': metrics['baselines'][name]}}, model_name)}\n\n"
+                  for name in (subset_metrics or {}))
         + (f"Next behavior type on the same test events (P(b | history) from the model):\n\n"
            f"{next_behavior_table(next_behavior)}\n\n" if next_behavior else "")
         + f"Training: {metrics['train']['epochs_run']:g} epochs in {train_seconds:.0f} s, stopped by "

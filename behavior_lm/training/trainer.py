@@ -20,6 +20,7 @@ from transformers import EvalPrediction, Trainer
 from behavior_lm.evaluation.metrics import ranking_metrics
 from behavior_lm.evaluation.scoring import next_item_scores, score_ranks
 from behavior_lm.data.collators import IGNORE_INDEX
+from behavior_lm.models.item_text_init import has_item_text, untied_state_dict
 
 
 class BehaviorTrainer(Trainer):
@@ -42,6 +43,13 @@ class BehaviorTrainer(Trainer):
         self.behavior_ids = behavior_ids
         self.condition_on_behavior = condition_on_behavior
 
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        # checkpoints of a model whose item rows are parametrized by text (item_text): its input
+        # and output layers share the parametrization's tensors, which safetensors refuses
+        if state_dict is None and has_item_text(self.accelerator.unwrap_model(self.model)):
+            state_dict = untied_state_dict(self.accelerator.unwrap_model(self.model))
+        super()._save(output_dir, state_dict)
+
     def prediction_step(self, model: nn.Module, inputs: dict[str, torch.Tensor | Any],
                         prediction_loss_only: bool, ignore_keys: list[str] | None = None):
         if "target" not in inputs:
@@ -59,18 +67,24 @@ class BehaviorTrainer(Trainer):
         return loss, ranks.float(), inputs["target"]
 
 
-def item_cloze_loss(item_mask: torch.Tensor):
-    """``compute_loss_func`` for masked-item models: the cloze cross-entropy normalised over item
-    tokens only, as ranking scores them. With the stock loss over the whole vocabulary, the
-    ``[MASK]`` token's own output row (tied to its input embedding, which dominates the hidden state
-    at every masked position) takes a large share of the probability at initialisation, and its
-    gradient competes with the signal that context carries."""
+def restricted_loss(keep: torch.Tensor, shift: bool = False):
+    """``compute_loss_func``: cross-entropy whose softmax covers only the tokens where ``keep`` is
+    True (``shift``: causal next-token labels, as ``ForCausalLM`` shifts them).
+
+    Two uses. Masked-item models (``cloze_loss: items``) normalise over item tokens, as ranking
+    does: with the stock loss over the whole vocabulary, the ``[MASK]`` token's own output row (tied
+    to its input embedding, which dominates the hidden state at every masked position) takes a
+    large share of the probability at initialisation, and its gradient competes with the signal
+    that context carries. The cold-start protocol leaves cold items out: they do not exist yet when
+    the model trains, so they must not be pushed down as negatives either."""
 
     def loss(outputs, labels: torch.Tensor, num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
         logits = outputs.logits if hasattr(outputs, "logits") else outputs["logits"]
+        if shift:
+            logits, labels = logits[:, :-1], labels[:, 1:]
         where = labels != IGNORE_INDEX
         picked = logits[where].float()                                                  # (N, V)
-        mask = item_mask.to(picked.device)
+        mask = keep.to(picked.device)
         if mask.numel() < picked.size(1):
             mask = F.pad(mask, (0, picked.size(1) - mask.numel()), value=False)
         picked = picked.masked_fill(~mask[: picked.size(1)], float("-inf"))
@@ -79,6 +93,12 @@ def item_cloze_loss(item_mask: torch.Tensor):
         return total / count
 
     return loss
+
+
+def item_cloze_loss(item_mask: torch.Tensor):
+    """The cloze cross-entropy of masked-item models normalised over item tokens only
+    (:func:`restricted_loss`)."""
+    return restricted_loss(item_mask)
 
 
 def make_compute_metrics(ks: Sequence[int]):
