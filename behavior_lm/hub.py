@@ -26,6 +26,10 @@ from behavior_lm.arguments import redacted
 # weights, config and tokenizer first; then the run's own records
 MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
                "tokenizer_config.json", "special_tokens_map.json", "item_side.json")
+# a LoRA run (model_type pretrained, lora_r > 0) holds an adapter over its base model instead of
+# model.safetensors; runs trained with item_text keep their text projection (for update)
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+EXTRA_FILES = ("floors.safetensors", "item_text.safetensors")
 RUN_FILES = ("metrics.json", "recipe.yaml", "training_args.json", "log_history.json", "results.md",
              "training_curves.png")
 TRAINING_ARGS_SHOWN = ("learning_rate", "num_train_epochs", "per_device_train_batch_size",
@@ -36,8 +40,9 @@ TRAINING_ARGS_SHOWN = ("learning_rate", "num_train_epochs", "per_device_train_ba
 
 def _load_run(run: Path) -> tuple[dict, dict, dict]:
     ensemble = (run / "members").is_dir()          # weights in members/<name>/ (behavior-lm ensemble)
-    for name in ("config.json", "tokenizer.json", "metrics.json", "recipe.yaml",
-                 *(() if ensemble else ("model.safetensors",))):
+    adapter = (run / ADAPTER_FILES[0]).is_file()   # weights = adapter_model.safetensors over the base
+    weights = () if ensemble else ADAPTER_FILES if adapter else ("model.safetensors",)
+    for name in ("config.json", "tokenizer.json", "metrics.json", "recipe.yaml", *weights):
         if not (run / name).is_file():
             raise RecipeError(f"{run}: not a finished run directory (no {name})")
     metrics = json.loads((run / "metrics.json").read_text())
@@ -60,16 +65,37 @@ def _card_metadata(metrics: dict, repo_id: str | None) -> str:
                 task_type=task, task_name=task, dataset_type=dataset, dataset_name=dataset,
                 dataset_split="test", metric_type=name, metric_name=name.upper(),
                 metric_value=round(float(metrics["test"][name]), 4)))
+    text = metrics.get("model", {}).get("text_serialization")
+    lora = bool(text and text.get("lora"))
     data = ModelCardData(
-        library_name="transformers", license="other",
+        library_name="peft" if lora else "transformers", license="other",
+        base_model=text["base_model"] if text else None,
         tags=["behavior-lm", "recommendation", "sequential-recommendation", task,
-              metrics.get("model_type", "model")],
+              metrics.get("model_type", "model"), *(["lora"] if lora else [])],
         model_name=repo_id or f"{metrics.get('model_type')}-{dataset}",
         eval_results=results or None)
     return data.to_yaml()
 
 
-def _usage(task: str, repo_id: str) -> str:
+def _usage(task: str, repo_id: str, text: dict | None = None) -> str:
+    if text:                                        # a pretrained model reading histories as text
+        auto = "AutoPeftModelForSequenceClassification" if text.get("lora") else "AutoModelForSequenceClassification"
+        module = "peft" if text.get("lora") else "transformers"
+        return (
+            "```python\n"
+            f"from {module} import {auto}\n"
+            "from transformers import AutoTokenizer\n\n"
+            f'model = {auto}.from_pretrained("{repo_id}")\n'
+            f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")  # truncates from the left\n'
+            f'text = "{text.get("example", "")[:160]}..."\n'
+            "model(**tokenizer(text, truncation=True, return_tensors=\"pt\")).logits\n"
+            "```\n\n"
+            f"Histories are written as text from the items' {', '.join(text.get('fields', []))} "
+            f"(`{text.get('verb', 'watched')}: A; B; ... || next: C`), at most {text.get('max_length')} "
+            f"tokens, the oldest events cut first. Base model: `{text.get('base_model')}`"
+            + (f"; LoRA r={text['lora']['r']}, alpha={text['lora']['alpha']} on "
+               f"{', '.join(text['lora']['target_modules'])} (the adapter and the classification head are "
+               "what this repository holds)" if text.get("lora") else "") + ".\n")
     if task == "next-item":
         return (
             "```python\n"
@@ -171,7 +197,7 @@ def model_card(run_dir: str | Path, repo_id: str | None = None) -> str:
         "## Results (test split)", "", results_table(metrics), "",
         "Floors are scored by the same harness on the same split; a model is useful only above them.", "",
         *training,
-        "## Usage", "", _usage(task, repo_id),
+        "## Usage", "", _usage(task, repo_id, metrics.get("model", {}).get("text_serialization")),
         "Weights are safetensors; the model classes are stock transformers classes or "
         "behavior-lm's own (registered with the Auto classes on `import behavior_lm`), so no "
         "`trust_remote_code` is needed.", "",
@@ -186,9 +212,15 @@ def stage_run(run_dir: str | Path, out_dir: str | Path, repo_id: str | None = No
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    for name in MODEL_FILES + RUN_FILES + ("floors.safetensors",):
+    for name in MODEL_FILES + ADAPTER_FILES + RUN_FILES + EXTRA_FILES:
         if (run / name).is_file():
             shutil.copy2(run / name, tmp / name)
+    text = json.loads((run / "metrics.json").read_text()).get("model", {}).get("text_serialization")
+    if text and (tmp / ADAPTER_FILES[0]).is_file():
+        # the base model by its Hub name (a local path, e.g. the packaged MiniLM, means nothing there)
+        adapter = json.loads((tmp / ADAPTER_FILES[0]).read_text())
+        adapter["base_model_name_or_path"] = text["base_model"]
+        (tmp / ADAPTER_FILES[0]).write_text(json.dumps(adapter, indent=2))
     if (run / "members").is_dir():                  # an ensemble: its members' own model files
         for member in sorted((run / "members").iterdir()):
             (tmp / "members" / member.name).mkdir(parents=True)

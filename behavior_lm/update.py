@@ -92,6 +92,9 @@ def _run_settings(run: Path) -> tuple[DataArguments, dict, dict, dict]:
     if metrics.get("task", "next-item") != "next-item" or metrics.get("model_type") == "ensemble":
         raise RecipeError(f"{run}: update continues next-item model runs (this is "
                           f"{metrics.get('model_type')} for {metrics.get('task')})")
+    if metrics.get("data", {}).get("cold_start"):
+        raise RecipeError(f"{run}: trained under the cold-start protocol (cold_items), which withheld items "
+                          "from its training; update a run trained on the whole log")
     chain = json.loads((run / UPDATE_FILE).read_text()) if (run / UPDATE_FILE).is_file() else {"chunks": []}
     args_file = run / "training_args.json"
     training = json.loads(args_file.read_text()) if args_file.is_file() else {}

@@ -205,8 +205,27 @@ def test_cold_items_never_train_and_keep_their_text_rows(cold_text_run):
     assert not torch.allclose(model.get_input_embeddings().weight[rows], want, atol=1e-5)   # trained
 
 
-def test_update_gives_new_items_their_text_rows(cold_text_run, tmp_path):
-    run, table, encoder = cold_text_run
+def test_cold_start_runs_evaluate_by_target_and_refuse_update(cold_text_run, tmp_path, capsys):
+    run, _, _ = cold_text_run
+    metrics = json.loads((run / "metrics.json").read_text())
+    capsys.readouterr()
+    assert main(["evaluate", str(run)]) == 0
+    rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| gpt2")}
+    for part in ("warm", "cold"):                         # HR@5, NDCG@5, MRR@5, HR@10, NDCG@10, ...
+        assert float(rows[f"gpt2, {part} targets"][4]) == pytest.approx(metrics[f"test_{part}"]["ndcg@10"], abs=1e-4)
+    events = tmp_path / "new.csv"
+    events.write_text("user_id,item_id,timestamp\n196,50,999000001\n196,100,999000002\n")
+    with pytest.raises(Exception, match="cold-start protocol"):
+        update_run(run, events, tmp_path / "updated", UpdateSettings(data_format="csv"))
+
+
+def test_update_gives_new_items_their_text_rows(tmp_path):
+    encoder = tiny_encoder(tmp_path / "enc")
+    table = _item_table(tmp_path / "items.csv")
+    run = tmp_path / "run"
+    assert main(["train", str(QUICKSTART), *TINY, "--output_dir", str(run), "--item_text", str(table),
+                 "--text_encoder", str(encoder), "--num_train_epochs", "1"]) == 0
     events = tmp_path / "new.csv"
     events.write_text("user_id,item_id,timestamp\n196,fresh-1,999000001\n196,50,999000002\n"
                       "186,fresh-1,999000001\n186,100,999000002\n")

@@ -87,6 +87,12 @@ def test_pretrained_run_scores_and_reloads(encoder_and_table, tmp_path, lora, ca
         assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == str(encoder)
         assert train["parameters"] < 0.5 * train["total_parameters"]
         assert metrics["model"]["text_serialization"]["lora"]["r"] == 2
+        from behavior_lm.hub import stage_run
+        staged = stage_run(out, tmp_path / "push", "me/lora")          # what push uploads
+        assert (staged / "adapter_model.safetensors").is_file() and not (staged / "model.safetensors").exists()
+        assert json.loads((staged / "adapter_config.json").read_text())["base_model_name_or_path"] == str(encoder)
+        card = (staged / "README.md").read_text()
+        assert "library_name: peft" in card and "AutoPeftModelForSequenceClassification" in card
     else:
         assert (out / "model.safetensors").is_file()
         assert train["parameters"] == train["total_parameters"]

@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import hashlib
 
+import torch
+
 from behavior_lm.data.preprocess import UserSequence
 from behavior_lm.errors import RecipeError
+from behavior_lm.tokenization.behavior_tokenizer import item_token
 
 
 def pick_cold_items(catalogue: set[str], share: float, seed: int) -> set[str]:
@@ -48,3 +51,22 @@ def withhold_cold_items(sequences: list[UserSequence], cold: set[str]) -> tuple[
                                 [seq.values[i] for i in keep], [seq.lines[i] for i in keep]))
     return out, {"cold_items": len(cold), "events_removed": removed, "users_dropped": dropped,
                  "test_users_with_cold_target": cold_targets}
+
+
+def cold_token_ids(tokenizer, data_info: dict) -> torch.Tensor | None:
+    """Token ids of the cold items of a cold-start run (``cold_items``), else None."""
+    cold = data_info.get("cold_start")
+    if not cold:
+        return None
+    vocab = tokenizer.get_vocab()
+    return torch.tensor(sorted(vocab[item_token(i)] for i in cold["items"]), dtype=torch.long)
+
+
+def cold_start_subsets(test, cold_ids: torch.Tensor | None) -> dict:
+    """``{"test_warm": rows, "test_cold": rows}``: test users by whether their target is cold."""
+    if cold_ids is None:
+        return {}
+    cold = set(cold_ids.tolist())
+    parts = {"test_warm": test.filter(lambda t: t not in cold, input_columns="target"),
+             "test_cold": test.filter(lambda t: t in cold, input_columns="target")}
+    return {name: part for name, part in parts.items() if part.num_rows}

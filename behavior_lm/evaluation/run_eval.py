@@ -17,6 +17,7 @@ from transformers import (AutoModelForCausalLM, AutoModelForMaskedLM,
                           AutoModelForSequenceClassification, AutoModelForTokenClassification,
                           AutoTokenizer)
 
+from behavior_lm.data.cold_start import cold_start_subsets, cold_token_ids
 from behavior_lm.data.pipeline import prepare_data
 from behavior_lm.errors import RecipeError
 from behavior_lm.evaluation.fusion import BehaviorEnsembleConfig, BehaviorEnsembleModel
@@ -69,12 +70,16 @@ def evaluate_run(run_dir: str | Path, *, split: str = "test", batch_size: int = 
         auto = AutoModelForMaskedLM if model_type in MASKED_MODEL_TYPES else AutoModelForCausalLM
         model = auto.from_pretrained(run)
     dataset = data.datasets[split]
-    results = {saved.get("model_type", "model"): evaluate_model(model, dataset, tokenizer, protocol,
-                                                               batch_size=batch_size)}
-    for name, m in evaluate_baselines(saved.get("baselines", {}).get("test", {}).keys() or ["popularity"],
-                                      data.datasets["train"], dataset, tokenizer, protocol,
-                                      batch_size=batch_size).items():
-        results[f"{name} (floor)"] = m
+    name = saved.get("model_type", "model")
+    floors = saved.get("baselines", {}).get("test", {}).keys() or ["popularity"]
+    results = {name: evaluate_model(model, dataset, tokenizer, protocol, batch_size=batch_size)}
+    for floor, m in evaluate_baselines(floors, data.datasets["train"], dataset, tokenizer, protocol,
+                                       batch_size=batch_size).items():
+        results[f"{floor} (floor)"] = m
+    if split == "test":                       # the cold-start protocol: also by warm / cold target
+        for part, rows in cold_start_subsets(dataset, cold_token_ids(tokenizer, data.info)).items():
+            results[f"{name}, {part.removeprefix('test_')} targets"] = evaluate_model(
+                model, rows, tokenizer, protocol, batch_size=batch_size)
     return results, protocol
 
 

@@ -118,13 +118,17 @@ def embed_items(items_file: str | Path, text_fields: Sequence[str], output: str 
             "seconds": round(time.time() - start, 2), "output": str(output)}
 
 
-def check_item_text(spec: str, dataset: str, mode: str) -> None:
-    """Refuse a recipe's ``item_text`` that cannot work, before any heavy work."""
+def check_item_text(spec: str, dataset: str, mode: str, needs_text: bool = False) -> None:
+    """Refuse a recipe's ``item_text`` that cannot work, before any heavy work (``needs_text``:
+    the model reads the text itself, so an embedding table will not do)."""
     from behavior_lm.data.sources import ITEM_TEXT_SOURCES
     from behavior_lm.models.item_text_init import ITEM_TEXT_MODES
 
     if mode not in ITEM_TEXT_MODES:
         raise RecipeError(f"item_text_mode must be one of {', '.join(ITEM_TEXT_MODES)}, got {mode!r}")
+    if needs_text and spec.endswith(".safetensors"):
+        raise RecipeError("model_type pretrained reads item text, not an embedding table: give the item "
+                          "file (or 'dataset') as item_text")
     if spec == "dataset":
         if dataset not in ITEM_TEXT_SOURCES:
             raise RecipeError(f"item_text: dataset {dataset!r} has no known item table (known: "

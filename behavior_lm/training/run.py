@@ -24,6 +24,7 @@ import yaml
 from transformers import EarlyStoppingCallback, TrainerCallback, set_seed
 
 from behavior_lm.data.tasks import TOKEN_TASKS
+from behavior_lm.data.cold_start import cold_start_subsets, cold_token_ids
 from behavior_lm.data.pipeline import prepare_data, write_item_side
 from behavior_lm.data.sources import cache_dir
 from behavior_lm.errors import RecipeError
@@ -112,8 +113,9 @@ def _train(data_args: DataArguments, model_args: ModelArguments,
                           f"in eval_ks {training_args.eval_ks}")
     if training_args.cloze_loss not in ("items", "vocabulary"):
         raise RecipeError(f"cloze_loss must be 'items' or 'vocabulary', got {training_args.cloze_loss!r}")
-    if model_args.item_text:
-        check_item_text(model_args.item_text, data_args.dataset, model_args.item_text_mode)
+    if model_args.item_text or model_args.model_type == "pretrained":
+        check_item_text(model_args.item_text or "dataset", data_args.dataset, model_args.item_text_mode,
+                        needs_text=model_args.model_type == "pretrained")
     if training_args.max_train_minutes is not None and training_args.max_train_minutes <= 0:
         raise RecipeError(f"max_train_minutes must be positive, got {training_args.max_train_minutes}")
     training_args.output_dir = str(partial / "checkpoints")
@@ -251,24 +253,6 @@ def attach_text(model, tokenizer, model_args: ModelArguments, data_args: DataArg
                    info["items"], source, info["mode"])
     return {**info, "source": source, "encoder": model_args.text_encoder,
             "fields": fields}
-
-
-def cold_token_ids(tokenizer, data_info: dict) -> torch.Tensor | None:
-    """Token ids of the cold items of a cold-start run (``cold_items``), else None."""
-    cold = data_info.get("cold_start")
-    if not cold:
-        return None
-    vocab = tokenizer.get_vocab()
-    return torch.tensor(sorted(vocab[item_token(i)] for i in cold["items"]), dtype=torch.long)
-
-
-def cold_start_subsets(test, cold_ids: torch.Tensor | None) -> dict:
-    """``{"test_warm": rows, "test_cold": rows}``: test users by whether their target is cold."""
-    if cold_ids is None:
-        return {}
-    cold = set(cold_ids.tolist())
-    return {"test_warm": test.filter(lambda t: t not in cold, input_columns="target"),
-            "test_cold": test.filter(lambda t: t in cold, input_columns="target")}
 
 
 def training_loss(model, model_args: ModelArguments, training_args: BehaviorTrainingArguments,
