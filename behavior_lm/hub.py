@@ -77,7 +77,7 @@ def _card_metadata(metrics: dict, repo_id: str | None) -> str:
     return data.to_yaml()
 
 
-def _usage(task: str, repo_id: str, text: dict | None = None) -> str:
+def _usage(task: str, repo_id: str, text: dict | None = None, labels: int = 2) -> str:
     if text:                                        # a pretrained model reading histories as text
         auto = "AutoPeftModelForSequenceClassification" if text.get("lora") else "AutoModelForSequenceClassification"
         module = "peft" if text.get("lora") else "transformers"
@@ -85,9 +85,10 @@ def _usage(task: str, repo_id: str, text: dict | None = None) -> str:
             "```python\n"
             f"from {module} import {auto}\n"
             "from transformers import AutoTokenizer\n\n"
-            f'model = {auto}.from_pretrained("{repo_id}")\n'
-            f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")  # truncates from the left\n'
-            f'text = "{text.get("example", "")[:160]}..."\n'
+            f'model = {auto}.from_pretrained("{repo_id}", num_labels={labels}'
+            + (', problem_type="regression")\n' if task == "next-rating" else ")\n")
+            + f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")  # truncates from the left\n'
+            f'text = {text.get("example", "")[:160] + "..."!r}\n'
             "model(**tokenizer(text, truncation=True, return_tensors=\"pt\")).logits\n"
             "```\n\n"
             f"Histories are written as text from the items' {', '.join(text.get('fields', []))} "
@@ -197,7 +198,8 @@ def model_card(run_dir: str | Path, repo_id: str | None = None) -> str:
         "## Results (test split)", "", results_table(metrics), "",
         "Floors are scored by the same harness on the same split; a model is useful only above them.", "",
         *training,
-        "## Usage", "", _usage(task, repo_id, metrics.get("model", {}).get("text_serialization")),
+        "## Usage", "", _usage(task, repo_id, metrics.get("model", {}).get("text_serialization"),
+                               1 if task == "next-rating" else max(2, len(data.get("class_names", [])))),
         "Weights are safetensors; the model classes are stock transformers classes or "
         "behavior-lm's own (registered with the Auto classes on `import behavior_lm`), so no "
         "`trust_remote_code` is needed.", "",

@@ -166,30 +166,41 @@ def _neighbour_init(model, tokenizer, new_ids: dict[str, int], sequences: list[U
 
 def _text_init(run: Path, recipe: dict, settings: UpdateSettings, model, new_ids: dict[str, int]) -> int:
     """New items' rows from their text through the run's learned projection (runs trained with
-    ``item_text``), overriding the neighbour init where the item table has the item. Returns how
-    many new items got a text row."""
+    ``item_text``), overriding the neighbour init where the item table has the item. The text is
+    encoded as training encoded it (the run's recorded encoder and fields); the run's own item
+    table must be the file it trained with (same sha256). An untied output layer had its own
+    projection, which is not kept: its new rows keep the neighbour init. Returns how many new items
+    got a text row."""
     loaded = load_item_text(run)
     spec = settings.item_text or recipe.get("item_text")
     if loaded is None or not spec or not new_ids:
         if settings.item_text and loaded is None:
             raise RecipeError(f"--item_text: {run} was not trained with item text (no item_text.safetensors)")
         return 0
-    proj, mean, text_settings = loaded
-    ids, vectors, _ = item_text_table(spec, dataset=recipe.get("dataset", ""), text_fields=text_settings["fields"],
-                                      encoder=text_settings["encoder"], id_map=recipe.get("item_text_id_map"))
+    proj, mean, trained = loaded
+    if not spec.endswith(".safetensors") and not trained.get("encoder"):
+        raise RecipeError(f"--item_text {spec}: {run} trained on an embedding table of unknown encoder; "
+                          "give an embed-items table made with the same encoder")
+    ids, vectors, record = item_text_table(spec, dataset=recipe.get("dataset", ""),
+                                           text_fields=trained.get("fields") or ["title", "genres"],
+                                           encoder=trained.get("encoder") or "minilm",
+                                           id_map=recipe.get("item_text_id_map"))
+    if (record["source"] == trained.get("source") and trained.get("sha256")
+            and record["sha256"] != trained["sha256"]):
+        raise RecipeError(f"item_text: {record['source']} changed since {run} was trained (sha256 differs); "
+                          "pass the new items' text with --item_text")
+    if vectors.shape[1] != proj.shape[1]:
+        raise RecipeError(f"item_text: vectors of size {vectors.shape[1]} from {record['source']}, but {run} "
+                          f"projects size {proj.shape[1]} (another encoder?)")
     index = {i: n for n, i in enumerate(ids)}
     have = [(tid, index[i]) for i, tid in new_ids.items() if i in index]
     if not have:
         return 0
     rows = rows_from_text(proj, mean, vectors[[n for _, n in have]])
     targets = torch.tensor([tid for tid, _ in have])
-    matrices = [model.get_input_embeddings().weight]
-    out = model.get_output_embeddings()
-    if out is not None and out.weight.data_ptr() != matrices[0].data_ptr():
-        matrices.append(out.weight)
+    weight = model.get_input_embeddings().weight       # a tied output layer is the same matrix
     with torch.no_grad():
-        for w in matrices:
-            w[targets] = rows.to(w.dtype)
+        weight[targets] = rows.to(weight.dtype)
     return len(have)
 
 

@@ -83,3 +83,44 @@ def test_real_minilm_places_sequels_together():
                                  "Heat (1995). Action, Crime, Thriller"], progress=False)
     assert emb.shape == (3, 384)
     assert float(emb[0] @ emb[1]) > float(emb[0] @ emb[2]) + 0.2
+
+
+def test_ml100k_item_table_comes_from_the_recbole_wheel():
+    from behavior_lm.data.sources import resolve_item_text
+
+    try:
+        path, id_map = resolve_item_text("ml-100k")   # fetched at run time, hash-checked, cached
+    except DataError as exc:
+        pytest.skip(f"ml-100k's item table needs PyPI (the recbole wheel) or a cached copy: {exc}")
+    assert id_map is None and path.name in ("u.item", "ml-100k.item")
+    texts = item_texts(path, ["title", "year", "genres"])
+    assert len(texts) == 1682
+    assert texts["1"] == "Toy Story. 1995. Animation, Children's, Comedy"
+
+
+def test_u_item_reads_as_the_recbole_copy(tmp_path):
+    """GroupLens' u.item and RecBole's ml-100k.item give the same fields and text."""
+    flags = ["0"] * 19
+    flags[3] = flags[4] = flags[5] = "1"                 # Animation, Children's, Comedy
+    (tmp_path / "u.item").write_text("1|Toy Story (1995)|01-Jan-1995||http://x|" + "|".join(flags) + "\n"
+                                     "2|Untitled|01-Jan-1995||http://x|" + "|".join(["1"] + ["0"] * 18) + "\n",
+                                     encoding="latin-1")
+    (tmp_path / "ml-100k.item").write_text("item_id:token\tmovie_title:token_seq\trelease_year:token\t"
+                                           "class:token_seq\n1\tToy Story\t1995\tAnimation Children's Comedy\n"
+                                           "2\tUntitled\t\tunknown\n")
+    fields = ["title", "year", "genres"]
+    assert item_texts(tmp_path / "u.item", fields) == item_texts(tmp_path / "ml-100k.item", fields) == {
+        "1": "Toy Story. 1995. Animation, Children's, Comedy", "2": "Untitled. unknown"}
+
+
+def test_ml1m_sasrec_ids_through_the_id_map():
+    from behavior_lm.data.sources import resolve_item_text
+
+    shared_dataset("ml-1m", "movies.dat")
+    path, id_map = resolve_item_text("ml-1m")
+    texts = item_texts(path, ["title", "genres"], id_map=id_map)
+    assert len(texts) == 3416
+    pairs = dict(line.split() for line in id_map.read_text().splitlines() if line.strip())
+    movies = {p[0]: p[1] for p in (line.split("::") for line in path.read_text(encoding="latin-1").splitlines())}
+    for sas in ("1", "2", "3416"):                      # brute force: the map, then movies.dat
+        assert texts[sas].startswith(movies[pairs[sas]])

@@ -43,10 +43,10 @@ from test_item_text import WORDS, tiny_encoder
 ITEMS = [str(i) for i in range(40)]
 
 
-def _model(model_type: str, mode: str, text_items: list[str]):
+def _model(model_type: str, mode: str, text_items: list[str], tie: bool = True):
     tok = build_tokenizer(ITEMS, template=template_for(model_type), max_length=16)
     args = ModelArguments(model_type=model_type, hidden_size=8, num_layers=1, num_heads=1,
-                          dropout=0.0, initializer_range=0.05)
+                          dropout=0.0, initializer_range=0.05, tie_word_embeddings=tie)
     model = build_model(args, tok, 16)
     torch.manual_seed(1)
     vectors = torch.nn.functional.normalize(torch.randn(len(text_items), 12), dim=-1)
@@ -76,6 +76,11 @@ def test_parametrized_rows_train_save_and_bake(model_type, mode, tmp_path):
     model.train()
     model(input_ids=ids, labels=labels).loss.backward()
     assert proj.proj.grad is not None and proj.proj.grad.abs().sum() > 0
+    original = model.get_input_embeddings().parametrizations["weight"].original
+    if mode == "frozen":                                    # the rows are their text, nothing else
+        assert original.grad[rows].abs().sum() == 0
+    else:                                                   # the offsets learn too
+        assert original.grad[rows].abs().sum() > 0
     model.eval()
     with torch.no_grad():
         before = model(input_ids=ids).logits
@@ -101,11 +106,30 @@ def test_parametrized_rows_train_save_and_bake(model_type, mode, tmp_path):
         assert torch.allclose(loaded(input_ids=ids).logits, before, atol=1e-5)
 
 
+@pytest.mark.parametrize("model_type", ["gpt2", "gru"])
+def test_untied_output_layer_gets_its_own_projection(model_type, tmp_path):
+    model, tok, vectors, info = _model(model_type, "trainable", ITEMS[:30], tie=False)
+    assert not info["tied"]
+    inputs, outputs = model.get_input_embeddings(), model.get_output_embeddings()
+    assert inputs.parametrizations["weight"][0] is not outputs.parametrizations["weight"][0]
+    ids = torch.tensor([[tok.bos_token_id, *tok.convert_tokens_to_ids([item_token(i) for i in ITEMS[:5]])]])
+    model.eval()
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+    bake_item_text(model)
+    assert not has_item_text(model) and not parametrize.is_parametrized(model.get_output_embeddings())
+    assert model.get_output_embeddings().weight is not model.get_input_embeddings().weight
+    with torch.no_grad():
+        assert torch.allclose(model(input_ids=ids).logits, before, atol=1e-5)
+
+
 def test_cold_items_are_a_seeded_share_and_withheld_as_brute_force():
     catalogue = {f"m{i}" for i in range(200)}
     cold = pick_cold_items(catalogue, 0.1, 0)
-    assert len(cold) == 20 and cold == pick_cold_items(set(sorted(catalogue, reverse=True)), 0.1, 0)
+    assert len(cold) == 20 and cold <= catalogue
     assert cold != pick_cold_items(catalogue, 0.1, 1)
+    with pytest.raises(Exception, match="rounds to no cold item"):
+        pick_cold_items(catalogue, 0.001, 0)
     rng = random.Random(0)
     seqs = []
     for u in range(50):
@@ -144,6 +168,14 @@ def test_causal_loss_without_cold_items_matches_brute_force():
             row[~keep] = float("-inf")
             terms.append(-torch.log_softmax(row, -1)[y])
     assert torch.allclose(got, torch.stack(terms).mean(), atol=1e-6)
+    # nothing left out: the stock causal-LM loss, also when the Trainer gives the token count
+    from transformers.loss.loss_utils import ForCausalLMLoss
+    everything = torch.ones(vocab, dtype=torch.bool)
+    stock = ForCausalLMLoss(logits, labels, vocab_size=vocab)
+    assert torch.allclose(restricted_loss(everything, shift=True)(SimpleNamespace(logits=logits), labels), stock, atol=1e-6)
+    n = (labels[:, 1:] != -100).sum()
+    assert torch.allclose(restricted_loss(everything, shift=True)(SimpleNamespace(logits=logits), labels, n),
+                          ForCausalLMLoss(logits, labels, vocab_size=vocab, num_items_in_batch=n), atol=1e-6)
 
 
 def _item_table(path: Path) -> Path:

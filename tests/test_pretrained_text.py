@@ -93,6 +93,7 @@ def test_pretrained_run_scores_and_reloads(encoder_and_table, tmp_path, lora, ca
         assert json.loads((staged / "adapter_config.json").read_text())["base_model_name_or_path"] == str(encoder)
         card = (staged / "README.md").read_text()
         assert "library_name: peft" in card and "AutoPeftModelForSequenceClassification" in card
+        assert 'from_pretrained("me/lora", num_labels=2)' in card
     else:
         assert (out / "model.safetensors").is_file()
         assert train["parameters"] == train["total_parameters"]
@@ -102,6 +103,14 @@ def test_pretrained_run_scores_and_reloads(encoder_and_table, tmp_path, lora, ca
     scored = json.loads(printed[printed.index("{"):])["pretrained"]
     for key in ("accuracy", "f1_macro", "roc_auc"):
         assert scored[key] == pytest.approx(metrics["test"][key], abs=1e-6)
+    if not lora:                                         # the text must be what training read
+        with open(table, "a") as fh:
+            fh.write("extra-item,heat,crime\n")
+        try:
+            assert main(["evaluate", str(out)]) != 0
+            assert "sha256 differs" in capsys.readouterr().err
+        finally:
+            table.write_text("".join(table.read_text().splitlines(keepends=True)[:-1]))
 
 
 def test_real_minilm_takes_lora_adapters():

@@ -28,6 +28,8 @@ def pick_cold_items(catalogue: set[str], share: float, seed: int) -> set[str]:
     if not 0.0 < share < 1.0:
         raise RecipeError(f"cold_items must be a share in (0, 1), got {share}")
     n = round(share * len(catalogue))
+    if n == 0:
+        raise RecipeError(f"cold_items {share} of {len(catalogue)} items rounds to no cold item; raise the share")
     ranked = sorted(catalogue, key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).hexdigest())
     return set(ranked[:n])
 

@@ -4,7 +4,9 @@ Formats:
 
 - MovieLens ``movies.dat`` (ML-1M: ``MovieID::Title::Genres``, Latin-1): fields ``title``, ``genres``;
 - MovieLens ``u.item`` (ML-100K: ``id|title|release date|video release|url|19 genre flags``):
-  fields ``title``, ``release_date``, ``genres``;
+  fields ``title`` (without the year), ``year``, ``release_date``, ``genres``, the same fields
+  and text as RecBole's copy of the table below, so ml-100k's item text is one thing whichever
+  of the two files is found;
 - RecBole's atomic ``.item`` file (``item_id:token<TAB>movie_title:token_seq ...``; the ml-100k copy
   that the recbole wheel bundles): the type suffixes are dropped and MovieLens' ``movie_title`` /
   ``class`` / ``release_year`` become ``title`` / ``genres`` / ``year``;
@@ -19,6 +21,7 @@ Comedy``); list-like genre strings (``A|B``) become ``A, B``. Errors name the fi
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -63,6 +66,12 @@ def _split_lines(path: Path, sep: str, n_fields: int, layout: str) -> list[list[
     return rows
 
 
+def _title_and_year(title: str) -> tuple[str, str]:
+    """``"Toy Story (1995)"`` -> ``("Toy Story", "1995")``; a title without a year keeps it empty."""
+    match = re.match(r"^(.*?)\s*\((\d{4})\)\s*$", title)
+    return (match.group(1), match.group(2)) if match else (title.strip(), "")
+
+
 def read_item_table(path: str | Path, fmt: str | None = None, id_field: str = "item_id") -> pd.DataFrame:
     """The item table as strings, one row per item, with an ``item_id`` column."""
     path = Path(path)
@@ -73,9 +82,11 @@ def read_item_table(path: str | Path, fmt: str | None = None, id_field: str = "i
         rows = _split_lines(path, "::", 3, "MovieID::Title::Genres")
         frame = pd.DataFrame(rows, columns=["item_id", "title", "genres"])
     elif fmt == "u.item":
-        rows = [[p[0], p[1], p[2], "|".join(g for g, flag in zip(ML100K_GENRES, p[5:]) if flag == "1")]
-                for p in _split_lines(path, "|", 5 + len(ML100K_GENRES), "id|title|...|19 genre flags")]
-        frame = pd.DataFrame(rows, columns=["item_id", "title", "release_date", "genres"])
+        rows = []
+        for p in _split_lines(path, "|", 5 + len(ML100K_GENRES), "id|title|...|19 genre flags"):
+            title, year = _title_and_year(p[1])
+            rows.append([p[0], title, year, p[2], "|".join(g for g, flag in zip(ML100K_GENRES, p[5:]) if flag == "1")])
+        frame = pd.DataFrame(rows, columns=["item_id", "title", "year", "release_date", "genres"])
     elif fmt == "recbole":
         frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, quoting=3)
         frame.columns = [RECBOLE_ALIASES.get(c.split(":")[0], c.split(":")[0]) for c in frame.columns]
@@ -102,6 +113,17 @@ def read_item_table(path: str | Path, fmt: str | None = None, id_field: str = "i
     if duplicated.any():
         raise DataError(f"{path}: item id {frame['item_id'][duplicated].iloc[0]!r} appears more than once")
     return frame
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file (an item table's identity, recorded with the runs that read it)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def read_id_map(path: str | Path) -> dict[str, str]:

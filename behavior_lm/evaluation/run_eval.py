@@ -52,8 +52,12 @@ def evaluate_run(run_dir: str | Path, *, split: str = "test", batch_size: int = 
     task = saved.get("task", "next-item")
     data = prepare_data(data_args, template=template_for(model_type, task))
     if model_type == "pretrained":           # the same examples as text, as training wrote them
-        text_dsd, text_tok, _ = text_rows_for_run(data.datasets, data.tokenizer, ModelArguments.of_run(run),
-                                                  data_args.dataset)
+        text_dsd, text_tok, now = text_rows_for_run(data.datasets, data.tokenizer, ModelArguments.of_run(run),
+                                                    data_args.dataset)
+        then = saved.get("model", {}).get("text_serialization", {})
+        if then.get("sha256") and then["sha256"] != now["sha256"]:
+            raise RecipeError(f"{run}: the item table {now['source']} is not the one the run was trained "
+                              "with (sha256 differs), so its histories would read differently")
         if text_tok.get_vocab() != tokenizer.get_vocab():
             raise RecipeError(f"{run}: the pretrained model's tokenizer differs from the run's")
         return _evaluate_task_run(run, task, model_type, data, split, batch_size, data_args.intent_behavior,

@@ -87,12 +87,16 @@ class ItemTextProjection(nn.Module):
 
 def principal_init(centred: torch.Tensor, hidden: int, init_std: float) -> torch.Tensor:
     """``(hidden, d)``: the top principal directions of the centred table (orthonormal rows;
-    zero rows past the table's rank), scaled so projected rows have ``init_std`` per entry."""
-    _, _, vh = torch.linalg.svd(centred, full_matrices=False)
-    k = min(hidden, vh.shape[0])
+    zero rows past the table's rank), scaled so projected rows have ``init_std`` per entry along
+    those directions. A table without spread (one item, identical texts) is refused."""
+    _, singular, vh = torch.linalg.svd(centred, full_matrices=False)
+    k = min(hidden, int((singular > 1e-6 * max(float(singular.max()), 1e-30)).sum()))
+    if k == 0 or float(singular.max()) < 1e-6:
+        raise RecipeError("item_text: the items' text vectors are (nearly) identical, nothing to project; "
+                          "use more items or more telling text fields")
     proj = torch.zeros(hidden, centred.shape[1])
     proj[:k] = vh[:k]
-    rms = (centred @ proj.T).pow(2).mean().sqrt().clamp(min=1e-12)
+    rms = (centred @ proj[:k].T).pow(2).mean().sqrt()     # over the directions the table has
     return proj * (init_std / rms)
 
 

@@ -60,7 +60,7 @@ def text_rows_for_run(dsd, tokenizer: PreTrainedTokenizerBase, args: ModelArgume
     """A sequence task's id rows as the pretrained model's text rows:
     ``(datasets, text tokenizer, serialization record)``. The item text is ``item_text``
     (default: the named dataset's item table, e.g. ml-100k's, ml-1m's movies.dat)."""
-    from behavior_lm.data.item_text import item_texts
+    from behavior_lm.data.item_text import file_digest, item_texts
     from behavior_lm.data.sources import resolve_item_text
     from behavior_lm.data.text_histories import text_task_datasets
 
@@ -77,7 +77,7 @@ def text_rows_for_run(dsd, tokenizer: PreTrainedTokenizerBase, args: ModelArgume
     texts = item_texts(path, fields, id_map=id_map)
     tok = text_tokenizer(args)
     rows, info = text_task_datasets(dsd, tokenizer, texts, tok, args.text_max_length, args.history_verb)
-    return rows, tok, {**info, "source": str(path), "fields": fields, "base_model": base_model_reference(args),
+    return rows, tok, {**info, "source": str(path), "sha256": file_digest(path), "fields": fields, "base_model": base_model_reference(args),
                        "lora": ({"r": args.lora_r, "alpha": args.lora_alpha, "dropout": args.lora_dropout,
                                  "target_modules": list(args.lora_target_modules)} if args.lora_r > 0 else None)}
 

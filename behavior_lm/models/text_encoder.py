@@ -138,17 +138,22 @@ def check_item_text(spec: str, dataset: str, mode: str, needs_text: bool = False
 
 
 def item_text_table(spec: str, *, dataset: str, text_fields: Sequence[str], encoder: str = MINILM,
-                    id_map: str | None = None) -> tuple[list[str], torch.Tensor, str]:
-    """The recipe's ``item_text`` as ``(item ids, (items, dim) vectors, description)``:
-    ``dataset`` (the named dataset's own item table, e.g. ml-100k's, ml-1m's movies.dat with its id
-    map), a table written by ``embed-items`` (``.safetensors``), or an item file to embed."""
+                    id_map: str | None = None) -> tuple[list[str], torch.Tensor, dict]:
+    """The recipe's ``item_text`` as ``(item ids, (items, dim) vectors, record)``: ``dataset`` (the
+    named dataset's own item table, e.g. ml-100k's, ml-1m's movies.dat with its id map), a table
+    written by ``embed-items`` (``.safetensors``), or an item file to embed. The record says what
+    the vectors are (source file and its sha256, encoder, fields: for a table, its own metadata)."""
+    from behavior_lm.data.item_text import file_digest
     from behavior_lm.data.sources import resolve_item_text
 
     if spec.endswith(".safetensors"):
         if not Path(spec).is_file():
             raise RecipeError(f"item_text: {spec} not found")
         ids, vectors = load_item_embeddings(spec)
-        return ids, vectors, spec
+        with safe_open(spec, "pt") as fh:
+            settings = json.loads(fh.metadata().get("settings", "{}"))
+        return ids, vectors, {"source": spec, "sha256": file_digest(spec), "encoder": settings.get("encoder"),
+                              "fields": settings.get("text_fields")}
     if spec == "dataset":
         items_file, found_map = resolve_item_text(dataset)
         id_map = id_map or found_map
@@ -156,7 +161,8 @@ def item_text_table(spec: str, *, dataset: str, text_fields: Sequence[str], enco
         items_file = Path(spec)
     cached, _, _ = cached_item_embeddings(items_file, text_fields, encoder=encoder, id_map=id_map)
     ids, vectors = load_item_embeddings(cached)
-    return ids, vectors, f"{items_file} ({', '.join(text_fields)}) through {encoder}"
+    return ids, vectors, {"source": str(items_file), "sha256": file_digest(items_file), "encoder": encoder,
+                          "fields": list(text_fields)}
 
 
 def load_item_embeddings(path: str | Path) -> tuple[list[str], torch.Tensor]:

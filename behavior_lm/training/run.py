@@ -132,7 +132,8 @@ def _train(data_args: DataArguments, model_args: ModelArguments,
     id_tokenizer, id_dsd = tokenizer, dsd               # what the floors read
     serialization = None
     if model_args.model_type == "pretrained":           # the same examples, written as text
-        dsd, tokenizer, serialization = text_rows_for_run(dsd, tokenizer, model_args, data_args.dataset)
+        with training_args.main_process_first(desc="writing histories as text"):
+            dsd, tokenizer, serialization = text_rows_for_run(dsd, tokenizer, model_args, data_args.dataset)
     validation = dsd["validation"]
     if training_args.max_eval_users and validation.num_rows > training_args.max_eval_users:
         validation = validation.shuffle(seed=training_args.seed).select(range(training_args.max_eval_users))
@@ -140,8 +141,10 @@ def _train(data_args: DataArguments, model_args: ModelArguments,
     num_classes = len(data.info["class_names"])
     model = build_model(model_args, tokenizer, data_args.max_length, task=data_args.task,
                         num_labels=num_classes)
-    text_info = (attach_text(model, tokenizer, model_args, data_args)          # pretrained: item_text is
-                 if model_args.item_text and model_args.model_type != "pretrained" else None)   # what it reads
+    text_info = None
+    if model_args.item_text and model_args.model_type != "pretrained":     # pretrained: what it reads
+        with training_args.main_process_first(desc="embedding item text"):   # one process encodes
+            text_info = attach_text(model, tokenizer, model_args, data_args)
     cold_ids = cold_token_ids(tokenizer, data.info)
     describe_run_in_config(model.config, data_args, model_args, training_args, data.info, text_info)
     if serialization is not None:
@@ -165,13 +168,15 @@ def _train(data_args: DataArguments, model_args: ModelArguments,
             callbacks=callbacks, filter_seen=training_args.filter_seen,
             behavior_ids=torch.tensor(list(behavior_token_ids(tokenizer).values()), dtype=torch.long),
             condition_on_behavior=training_args.condition_on_behavior,
-            item_mask=item_mask(tokenizer, model.get_output_embeddings().out_features) if ranking else None)
+            item_mask=_candidates(tokenizer, model, cold_ids) if ranking else None)
 
     train_output = trainer.train(resume_from_checkpoint=checkpoint)
     train_seconds = budget.spent()                     # all segments of a resumed run
     stopped_by = _stop_reason(trainer, budget, training_args)
     _sync_weights_from_main(trainer)
     projection = bake_item_text(trainer.model)        # a stock model again, scored and saved as such
+    if ranking:                                       # final scoring: the whole catalogue, cold items too
+        trainer.item_mask = item_mask(tokenizer, model.get_output_embeddings().out_features)
     trainer.remove_callback(EarlyStoppingCallback)  # final scoring is not a selection step
     if ranking or data_args.task == "next-rating" or num_classes != 2:
         val_metrics = trainer.evaluate(validation, metric_key_prefix="validation")
@@ -242,17 +247,25 @@ def _tensorboard_logs(folder: Path):
 
 def attach_text(model, tokenizer, model_args: ModelArguments, data_args: DataArguments) -> dict:
     """Parametrize the model's item rows by item text (``item_text``); returns what the run
-    records about it (source, encoder, coverage)."""
+    records about it (source and its sha256, encoder, fields, coverage)."""
     fields = [f.strip() for entry in model_args.item_text_fields for f in str(entry).split(",") if f.strip()]
-    ids, vectors, source = item_text_table(model_args.item_text, dataset=data_args.dataset,
-                                           text_fields=fields,
+    ids, vectors, record = item_text_table(model_args.item_text, dataset=data_args.dataset, text_fields=fields,
                                            encoder=model_args.text_encoder, id_map=model_args.item_text_id_map)
     info = attach_item_text(model, tokenizer, ids, vectors, model_args.item_text_mode,
                             model_args.initializer_range)
     logger.warning("item_text: %d of %d items have text (%s); mode %s", info["items_with_text"],
-                   info["items"], source, info["mode"])
-    return {**info, "source": source, "encoder": model_args.text_encoder,
-            "fields": fields}
+                   info["items"], record["source"], info["mode"])
+    return {**info, **record}
+
+
+def _candidates(tokenizer, model, cold_ids: torch.Tensor | None) -> torch.Tensor:
+    """The items validation ranks while training: all, except cold items in the cold-start
+    protocol (they do not exist yet; early stopping and the best checkpoint must not depend on
+    them). The final validation and test scores rank the whole catalogue."""
+    mask = item_mask(tokenizer, model.get_output_embeddings().out_features)
+    if cold_ids is not None:
+        mask[cold_ids] = False
+    return mask
 
 
 def training_loss(model, model_args: ModelArguments, training_args: BehaviorTrainingArguments,
