@@ -5,7 +5,9 @@ next-item run on events that arrived after it, without starting over.
   recipe says (:func:`~behavior_lm.data.pipeline.load_sequences`), plus the events of earlier
   updates (``update.json``). New events are appended after it (deduplicated, time order; no
   k-core: a new item with one event is still a new item).
-- **New items** become new tokens (``tokenizer.add_tokens`` + ``model.resize_token_embeddings``);
+- **New items** become new tokens (``tokenizer.add_tokens`` + ``model.resize_token_embeddings``)
+  when they have at least the recipe's ``min_item_events`` events (its k-core; rarer ones are
+  dropped from the windows, as a retrain on the same events would drop them);
   old items keep their ids, so the old model's scores of old items are untouched by the resize.
   A new item's embedding (and output row and bias where not tied) starts as the mean of the items
   it co-occurs with (within ``COOCCURRENCE_WINDOW`` events in the users' sequences), so it is
@@ -32,7 +34,7 @@ import math
 import random
 import shutil
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +84,7 @@ class UpdateSettings:
     holdout: bool = True
     seed: int = 42
     item_text: str | None = None            # new items' text (default: the run's item_text source)
+    min_item_events: int | None = None      # a new item needs this many events (default: the recipe's k-core)
 
 
 def _run_settings(run: Path) -> tuple[DataArguments, dict, dict, dict]:
@@ -131,6 +134,13 @@ def _concat(old: UserSequence | None, new: UserSequence) -> UserSequence:
         return new
     return UserSequence(old.user_id, old.items + new.items, old.behaviors + new.behaviors,
                         old.timestamps + new.timestamps, old.values + new.values, old.lines + new.lines)
+
+
+def _without_items(seq: UserSequence, items: set[str]) -> UserSequence:
+    keep = [k for k, i in enumerate(seq.items) if i not in items]
+    return UserSequence(seq.user_id, [seq.items[k] for k in keep], [seq.behaviors[k] for k in keep],
+                        [seq.timestamps[k] for k in keep], [seq.values[k] for k in keep],
+                        [seq.lines[k] for k in keep])
 
 
 def _neighbour_init(model, tokenizer, new_ids: dict[str, int], sequences: list[UserSequence],
@@ -272,7 +282,16 @@ def update_run(run_dir: str | Path, events: str | Path, output_dir: str | Path,
         vocab = tokenizer.get_vocab()
         # new items of the events trained on (a held-out target's item stays unknown if it is new)
         trained_new = [m.slice(max(0, len(m) - len(s)), len(m)) for m, s in zip(train_new, new)]
-        fresh = list(dict.fromkeys(i for s in trained_new for i in s.items if item_token(i) not in vocab))
+        candidates = list(dict.fromkeys(i for s in trained_new for i in s.items if item_token(i) not in vocab))
+        # as the recipe's k-core: a new item needs min_item_events events (in the updated users'
+        # histories) to become a token; rarer ones are dropped from the windows, as a retrain drops them
+        need = max(1, settings.min_item_events if settings.min_item_events is not None
+                   else data_args.min_item_events)
+        counts = Counter(i for m in train_new for i in m.items)
+        fresh = [i for i in candidates if counts[i] >= need]
+        rare = set(candidates) - set(fresh)
+        if rare:
+            train_new = [_without_items(m, rare) for m in train_new]
         old_size = len(tokenizer)
         tokenizer.add_tokens([item_token(i) for i in fresh])
         new_ids = {i: tokenizer.convert_tokens_to_ids(item_token(i)) for i in fresh}
@@ -328,6 +347,7 @@ def update_run(run_dir: str | Path, events: str | Path, output_dir: str | Path,
         chunk = {"events": str(events.resolve()), "data_format": settings.data_format, "columns": settings.columns,
                  "column_names": settings.column_names, "behavior_map": settings.behavior_map,
                  "users": len(new), "new_events": sum(len(s) for s in new), "new_items": len(fresh),
+                 "new_items_too_rare": len(rare), "min_item_events": need,
                  "new_item_init": init, "train_windows": len(new_texts), "replay_windows": len(replay_texts),
                  "held_out": len(examples), "epochs": settings.num_train_epochs, "learning_rate": lr,
                  "seconds": round(seconds, 1)}

@@ -262,7 +262,8 @@ def test_update_gives_new_items_their_text_rows(tmp_path):
     events.write_text("user_id,item_id,timestamp\n196,fresh-1,999000001\n196,50,999000002\n"
                       "186,fresh-1,999000001\n186,100,999000002\n")
     out = update_run(run, events, tmp_path / "updated",
-                     UpdateSettings(data_format="csv", learning_rate=0.0, num_train_epochs=1, holdout=False))
+                     UpdateSettings(data_format="csv", learning_rate=0.0, num_train_epochs=1, holdout=False,
+                                    min_item_events=1))
     tok = AutoTokenizer.from_pretrained(out)
     model = AutoModelForCausalLM.from_pretrained(out)
     chunk = json.loads((out / "update.json").read_text())["chunks"][-1]

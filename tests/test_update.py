@@ -96,3 +96,20 @@ def test_update_refusals(tiny_run, tmp_path):
     with pytest.raises(Exception, match="bad.csv"):
         update_run(tiny_run, bad, tmp_path / "z", UpdateSettings(data_format="csv"))
     assert not (tmp_path / "z").exists()
+
+
+def test_rare_new_items_follow_the_recipes_k_core(tiny_run, tmp_path):
+    """The quickstart recipe keeps items with >= 5 events: a new item seen 5 times becomes a token,
+    one seen once does not (its event is dropped from training, as a retrain would drop it)."""
+    events = write_events(tmp_path / "new.csv", ["50", "fresh-1", "100"])
+    with open(events, "a") as fh:
+        fh.write("196,rare-1,900009999\n")
+    out = update_run(tiny_run, events, tmp_path / "updated",
+                     UpdateSettings(data_format="csv", num_train_epochs=1, holdout=False))
+    vocab = AutoTokenizer.from_pretrained(out).get_vocab()
+    assert "i:fresh-1" in vocab and "i:rare-1" not in vocab
+    chunk = json.loads((out / "update.json").read_text())["chunks"][0]
+    assert (chunk["new_items"], chunk["new_items_too_rare"], chunk["min_item_events"]) == (1, 1, 5)
+    out = update_run(tiny_run, events, tmp_path / "updated-all",
+                     UpdateSettings(data_format="csv", num_train_epochs=1, holdout=False, min_item_events=1))
+    assert "i:rare-1" in AutoTokenizer.from_pretrained(out).get_vocab()

@@ -264,6 +264,8 @@ def _update(argv: Sequence[str]) -> int:
     parser.add_argument("--item_text", default=None,
                         help="runs trained with item_text: the new items' text (item file or embed-items "
                              "table; default: the run's own item_text source)")
+    parser.add_argument("--min_item_events", type=int, default=None,
+                        help="events a new item needs to become a token (default: the recipe's min_item_events)")
     parser.add_argument("--overwrite_output_dir", action="store_true")
     args = parser.parse_args(argv)
     from behavior_lm.update import UpdateSettings, update_run
@@ -272,7 +274,8 @@ def _update(argv: Sequence[str]) -> int:
         data_format=args.data_format, columns=args.columns, column_names=args.column_names,
         behavior_map=args.behavior_map, num_train_epochs=args.num_train_epochs,
         learning_rate=args.learning_rate, per_device_train_batch_size=args.per_device_train_batch_size,
-        replay=args.replay, holdout=not args.no_holdout, seed=args.seed, item_text=args.item_text)
+        replay=args.replay, holdout=not args.no_holdout, seed=args.seed, item_text=args.item_text,
+        min_item_events=args.min_item_events)
     out = update_run(args.run_dir, args.events, args.output_dir, settings, overwrite=args.overwrite_output_dir)
     print((out / "results.md").read_text())
     print(f"run directory: {out}")
