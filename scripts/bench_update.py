@@ -86,10 +86,16 @@ def main() -> None:
     ap.add_argument("--base_fraction", type=float, default=0.8)
     ap.add_argument("--epochs", type=int, default=30, help="epochs of the base model and of each retrain")
     ap.add_argument("--update_epochs", type=float, default=3.0)
+    ap.add_argument("--update_learning_rate", type=float, default=None, help="default: update's (a fifth of the run's)")
     ap.add_argument("--max_examples", type=int, default=2000, help="events scored per chunk (a fixed sample)")
     ap.add_argument("--out", default="runs/bench/update")
     ap.add_argument("--plot", default=None, help="PNG path for the figure")
+    ap.add_argument("--replot", nargs="+", default=None, metavar="LABEL=RESULTS_JSON",
+                    help="only draw --plot from earlier results.json files (one incremental line each)")
     args = ap.parse_args()
+    if args.replot:
+        replot(args.replot, args.plot or "update.png")
+        return
     logging.basicConfig(level=logging.ERROR)
     logging.getLogger("behavior_lm").setLevel(logging.ERROR)
     out = Path(args.out)
@@ -136,14 +142,15 @@ def main() -> None:
             break
         start = time.time()
         incremental = update_run(incremental, chunk_csvs[k - 1], out / "runs" / f"incremental-{k}",
-                                 UpdateSettings(data_format="csv", holdout=False,
-                                                num_train_epochs=args.update_epochs), overwrite=True)
+                                 UpdateSettings(data_format="csv", holdout=False, num_train_epochs=args.update_epochs,
+                                                learning_rate=args.update_learning_rate), overwrite=True)
         step["incremental_seconds"] = round(time.time() - start, 1)
         upto = write_csv(out / "data" / f"upto{k}.csv", rows[: bounds[k]])
         retrained, seconds = train_on(args.recipe, upto, out / "runs" / f"retrain-{k}", args.epochs, f"t-upto{k}")
         step["retrain_seconds"] = round(seconds, 1)
     summary = {"dataset": args.dataset, "recipe": args.recipe, "base_seconds": round(base_s, 1),
-               "epochs": args.epochs, "update_epochs": args.update_epochs, "steps": results}
+               "epochs": args.epochs, "update_epochs": args.update_epochs,
+               "update_learning_rate": args.update_learning_rate, "steps": results}
     (out / "results.json").write_text(json.dumps(summary, indent=2))
 
     print("\n| chunk | events scored | new targets | no update | incremental | full retrain | update s | retrain s |")
@@ -153,29 +160,49 @@ def main() -> None:
               f"{s['no update']['ndcg@10']:.4f} | {s['incremental']['ndcg@10']:.4f} | "
               f"{s['full retrain']['ndcg@10']:.4f} | {s.get('incremental_seconds', '')} | {s.get('retrain_seconds', '')} |")
     if args.plot:
-        fig = new_figure(figsize=(10, 4), dpi=110)
-        ax1, ax2 = fig.subplots(1, 2)
-        xs = [s["chunk"] for s in results]
-        for name, style in (("no update", "o-"), ("incremental", "s-"), ("full retrain", "^-")):
-            ax1.plot(xs, [s[name]["ndcg@10"] for s in results], style, label=name)
-        ax1.set_xlabel("chunk predicted (time order)")
-        ax1.set_ylabel("NDCG@10 of the chunk's events")
-        ax1.set_title(f"{args.dataset}: quality over time")
-        ax1.legend(fontsize=8)
-        steps = [s for s in results if "incremental_seconds" in s]
-        width = 0.38
-        pos = np.arange(len(steps))
-        ax2.bar(pos - width / 2, [s["incremental_seconds"] for s in steps], width, label="incremental update")
-        ax2.bar(pos + width / 2, [s["retrain_seconds"] for s in steps], width, label="full retrain")
-        ax2.set_xticks(pos, [f"after {s['chunk']}" for s in steps])
-        ax2.set_ylabel("wall seconds (2 CPU cores)")
-        ax2.set_title("cost of keeping up")
-        ax2.legend(fontsize=8)
-        fig.tight_layout()
-        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(args.plot)
-        print(f"wrote {args.plot}")
+        plot({"incremental": results}, args.dataset, args.plot)
 
+
+def plot(variants: dict[str, list[dict]], dataset: str, path: str) -> None:
+    """Quality per chunk (no update and full retrain from the first variant; one incremental line
+    per variant) and the cost of keeping up (first variant's update vs retrain seconds)."""
+    first = next(iter(variants.values()))
+    fig = new_figure(figsize=(10, 4), dpi=110)
+    ax1, ax2 = fig.subplots(1, 2)
+    xs = [s["chunk"] for s in first]
+    ax1.plot(xs, [s["no update"]["ndcg@10"] for s in first], "o-", label="no update")
+    for n, (label, steps) in enumerate(variants.items()):
+        ax1.plot([s["chunk"] for s in steps], [s["incremental"]["ndcg@10"] for s in steps],
+                 ["s-", "s--", "s:", "d-."][n % 4], label=label)
+    ax1.plot(xs, [s["full retrain"]["ndcg@10"] for s in first], "^-", label="full retrain")
+    ax1.set_xlabel("chunk predicted (time order)")
+    ax1.set_ylabel("NDCG@10 of the chunk's events")
+    ax1.set_title(f"{dataset}: quality over time")
+    ax1.legend(fontsize=8)
+    steps = [s for s in first if "incremental_seconds" in s]
+    width = 0.38
+    pos = np.arange(len(steps))
+    ax2.bar(pos - width / 2, [s["incremental_seconds"] for s in steps], width, label="incremental update")
+    ax2.bar(pos + width / 2, [s["retrain_seconds"] for s in steps], width, label="full retrain")
+    ax2.set_xticks(pos, [f"after {s['chunk']}" for s in steps])
+    ax2.set_ylabel("wall seconds (2 CPU cores)")
+    ax2.set_title("cost of keeping up")
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    print(f"wrote {path}")
+
+
+def replot(pairs: list[str], path: str) -> None:
+    """``--replot LABEL=results.json ...``: one figure from earlier runs of this script (e.g.
+    update settings compared on the same base and retrains)."""
+    variants, dataset = {}, ""
+    for pair in pairs:
+        label, _, file = pair.partition("=")
+        summary = json.loads(Path(file).read_text())
+        variants[label], dataset = summary["steps"], summary["dataset"]
+    plot(variants, dataset, path)
 
 if __name__ == "__main__":
     main()

@@ -373,7 +373,7 @@ def _write_run_files(run: Path, data_args, model_args, training_args, recipe, da
     if serialization is not None:
         lora = serialization["lora"]
         model_name = (f"{serialization['base_model']} {'LoRA r=' + str(lora['r']) if lora else 'fine-tuned'} "
-                      f"({n_params / 1e6:.2f}M of {total_params / 1e6:.1f}M params trained)")
+                      f"({n_params / 1e6:.2f}M of {total_params / 1e6:.2f}M params trained)")
     metrics = {
         "protocol": protocol.to_dict(),
         "test": _strip(test_metrics, "test_"),
