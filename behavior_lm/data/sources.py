@@ -143,6 +143,24 @@ SOURCES: dict[str, NamedSource] = {
 }
 
 
+def dataset_roots(name: str) -> list[Path]:
+    """Where a named dataset's files are looked for, in order: the cache, then
+    ``$BEHAVIOR_LM_DATA/<name>``."""
+    roots = [cache_dir() / "datasets" / name]
+    if os.environ.get("BEHAVIOR_LM_DATA"):
+        roots.append(Path(os.environ["BEHAVIOR_LM_DATA"]).expanduser() / name)
+    return roots
+
+
+def first_file(roots: list[Path], names: tuple[str, ...]) -> Path | None:
+    """The first ``root / name`` that is a file (roots first, then names), else None."""
+    for root in roots:
+        for fname in names:
+            if (root / fname).is_file():
+                return root / fname
+    return None
+
+
 def resolve(name: str, data_path: str | os.PathLike | None = None) -> tuple[Path, NamedSource | None]:
     """Find the file for a dataset name (or an explicit path). Returns (path, source or None)."""
     if data_path:
@@ -160,13 +178,10 @@ def resolve(name: str, data_path: str | os.PathLike | None = None) -> tuple[Path
         raise DataError(f"unknown dataset {name!r}; known: {', '.join(sorted(SOURCES))}, "
                         "or give data_path")
     src = SOURCES[name]
-    roots = [cache_dir() / "datasets" / name]
-    if os.environ.get("BEHAVIOR_LM_DATA"):
-        roots.append(Path(os.environ["BEHAVIOR_LM_DATA"]).expanduser() / name)
-    for root in roots:
-        for fname in src.files:
-            if (root / fname).is_file():
-                return root / fname, src
+    roots = dataset_roots(name)
+    found = first_file(roots, src.files)
+    if found is not None:
+        return found, src
     errors = []
     for download in src.downloaders:
         try:
@@ -236,16 +251,13 @@ def resolve_item_text(name: str) -> tuple[Path, Path | None]:
         raise RecipeError(f"item_text: dataset {name!r} has no known item table (known: "
                           f"{', '.join(sorted(ITEM_TEXT_SOURCES))}); give the item file's path")
     src = ITEM_TEXT_SOURCES[name]
-    roots = [cache_dir() / "datasets" / name]
-    if os.environ.get("BEHAVIOR_LM_DATA"):
-        roots.append(Path(os.environ["BEHAVIOR_LM_DATA"]).expanduser() / name)
-    for root in roots:
-        for fname in src.files:
-            if (root / fname).is_file():
-                id_map = root / src.id_map if src.id_map else None
-                if id_map is not None and not id_map.is_file():
-                    raise DataError(f"item_text: {root / fname} needs its id map {id_map}, which is missing")
-                return root / fname, id_map
+    roots = dataset_roots(name)
+    found = first_file(roots, src.files)
+    if found is not None:
+        id_map = found.parent / src.id_map if src.id_map else None
+        if id_map is not None and not id_map.is_file():
+            raise DataError(f"item_text: {found} needs its id map {id_map}, which is missing")
+        return found, id_map
     errors = []
     for download in src.downloaders:
         try:
