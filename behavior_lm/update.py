@@ -41,7 +41,7 @@ import numpy as np
 import torch
 import yaml
 from datasets import Dataset
-from transformers import AutoConfig, AutoTokenizer, Trainer, TrainingArguments, set_seed
+from transformers import AutoTokenizer, Trainer, TrainingArguments, set_seed
 
 from behavior_lm.arguments import DataArguments, ModelArguments, redacted
 from behavior_lm.data import preprocess

@@ -40,7 +40,7 @@ from behavior_lm.models.text_encoder import check_item_text, item_text_table
 from behavior_lm.reporting import results_table, task_description, training_curves
 from behavior_lm.rundir import (check_output_dir, check_writable, last_complete_checkpoint, partial_of,
                                 promote, writer_lock)
-from behavior_lm.tokenization.behavior_tokenizer import behavior_token_ids, item_mask, item_token
+from behavior_lm.tokenization.behavior_tokenizer import behavior_token_ids, item_mask
 from behavior_lm.arguments import (BehaviorTrainingArguments, DataArguments, ModelArguments,
                                              redacted)
 from behavior_lm.training.budget import TimeBudgetCallback, spent_seconds
