@@ -170,6 +170,10 @@ class ModelArguments:
     tie_word_embeddings: bool = field(default=True, metadata={
         "help": "Share input item embeddings with the output layer (as SASRec does)."})
 
+    def text_fields(self) -> list[str]:
+        """``item_text_fields`` as a list of names (a flag may give them comma-separated)."""
+        return [f.strip() for entry in self.item_text_fields for f in str(entry).split(",") if f.strip()]
+
     @classmethod
     def of_run(cls, run_dir: str | Path) -> "ModelArguments":
         """The model settings a finished run was trained with (its ``recipe.yaml``)."""

@@ -136,13 +136,6 @@ def _concat(old: UserSequence | None, new: UserSequence) -> UserSequence:
                         old.timestamps + new.timestamps, old.values + new.values, old.lines + new.lines)
 
 
-def _without_items(seq: UserSequence, items: set[str]) -> UserSequence:
-    keep = [k for k, i in enumerate(seq.items) if i not in items]
-    return UserSequence(seq.user_id, [seq.items[k] for k in keep], [seq.behaviors[k] for k in keep],
-                        [seq.timestamps[k] for k in keep], [seq.values[k] for k in keep],
-                        [seq.lines[k] for k in keep])
-
-
 def _neighbour_init(model, tokenizer, new_ids: dict[str, int], sequences: list[UserSequence],
                     old_size: int) -> dict[str, int]:
     """Each new item's input (and untied output) row = mean of the rows of the old items within
@@ -291,7 +284,7 @@ def update_run(run_dir: str | Path, events: str | Path, output_dir: str | Path,
         fresh = [i for i in candidates if counts[i] >= need]
         rare = set(candidates) - set(fresh)
         if rare:
-            train_new = [_without_items(m, rare) for m in train_new]
+            train_new = [m.pick([k for k, i in enumerate(m.items) if i not in rare]) for m in train_new]
         old_size = len(tokenizer)
         tokenizer.add_tokens([item_token(i) for i in fresh])
         new_ids = {i: tokenizer.convert_tokens_to_ids(item_token(i)) for i in fresh}

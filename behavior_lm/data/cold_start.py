@@ -48,9 +48,7 @@ def withhold_cold_items(sequences: list[UserSequence], cold: set[str]) -> tuple[
             dropped += 1
             continue
         cold_targets += seq.items[last] in cold
-        out.append(UserSequence(seq.user_id, [seq.items[i] for i in keep],
-                                [seq.behaviors[i] for i in keep], [seq.timestamps[i] for i in keep],
-                                [seq.values[i] for i in keep], [seq.lines[i] for i in keep]))
+        out.append(seq.pick(keep))
     return out, {"cold_items": len(cold), "events_removed": removed, "users_dropped": dropped,
                  "test_users_with_cold_target": cold_targets}
 

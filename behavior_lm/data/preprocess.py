@@ -63,6 +63,17 @@ class UserSequence:
     def __len__(self) -> int:
         return len(self.items)
 
+    def pick(self, indices: list[int]) -> "UserSequence":
+        """Events at ``indices`` (in the given order) as a new sequence of the same user."""
+        return UserSequence(
+            user_id=self.user_id,
+            items=[self.items[i] for i in indices],
+            behaviors=[self.behaviors[i] for i in indices],
+            timestamps=[self.timestamps[i] for i in indices],
+            values=[self.values[i] for i in indices],
+            lines=[self.lines[i] for i in indices],
+        )
+
     def slice(self, start: int | None, stop: int | None) -> "UserSequence":
         """Events ``[start:stop]`` (Python slice semantics) as a new sequence of the same user."""
         s = slice(start, stop)

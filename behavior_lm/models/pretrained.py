@@ -73,7 +73,7 @@ def text_rows_for_run(dsd, tokenizer: PreTrainedTokenizerBase, args: ModelArgume
         id_map = args.item_text_id_map or id_map
     else:
         path, id_map = Path(spec), args.item_text_id_map
-    fields = [f.strip() for entry in args.item_text_fields for f in str(entry).split(",") if f.strip()]
+    fields = args.text_fields()
     texts = item_texts(path, fields, id_map=id_map)
     tok = text_tokenizer(args)
     rows, info = text_task_datasets(dsd, tokenizer, texts, tok, args.text_max_length, args.history_verb)

@@ -248,7 +248,7 @@ def _tensorboard_logs(folder: Path):
 def attach_text(model, tokenizer, model_args: ModelArguments, data_args: DataArguments) -> dict:
     """Parametrize the model's item rows by item text (``item_text``); returns what the run
     records about it (source and its sha256, encoder, fields, coverage)."""
-    fields = [f.strip() for entry in model_args.item_text_fields for f in str(entry).split(",") if f.strip()]
+    fields = model_args.text_fields()
     ids, vectors, record = item_text_table(model_args.item_text, dataset=data_args.dataset, text_fields=fields,
                                            encoder=model_args.text_encoder, id_map=model_args.item_text_id_map)
     info = attach_item_text(model, tokenizer, ids, vectors, model_args.item_text_mode,
