@@ -204,6 +204,17 @@ class ModelArguments:
     lora_dropout: float = field(default=0.1, metadata={"help": "Dropout on the LoRA branch."})
     lora_target_modules: list[str] = field(default_factory=lambda: ["query", "value"], metadata={
         "help": "Module names that get LoRA adapters (BERT-style encoders: query, key, value, dense)."})
+    semantic_ids: bool = field(default=False, metadata={
+        "help": "Generative retrieval (TIGER-style): items become codes of semantic_id_levels cluster indices "
+                "of their text embeddings (item_text) + a collision index; a causal model (gpt2, llama) generates "
+                "the next item's code and constrained beam search ranks items. See "
+                "behavior_lm/tokenization/semantic_ids.py and behavior_lm/evaluation/generative.py."})
+    semantic_id_levels: int = field(default=3, metadata={"help": "semantic_ids: residual k-means levels."})
+    semantic_id_codebook_size: int = field(default=256, metadata={
+        "help": "semantic_ids: clusters per level (capped at the number of items)."})
+    semantic_id_seed: int = field(default=0, metadata={"help": "semantic_ids: the k-means seed."})
+    semantic_id_beams: int = field(default=20, metadata={
+        "help": "semantic_ids: beams of the constrained beam search (the ranking's length; >= the largest eval_ks)."})
     item_text_mode: str = field(default="trainable", metadata={
         "help": "item_text: 'trainable' (row = projection of the text + a trainable offset that starts "
                 "at 0) or 'frozen' (row = projection of the text; only the projection learns)."})

@@ -29,7 +29,8 @@ MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "to
 # a LoRA run (model_type pretrained, lora_r > 0) holds an adapter over its base model instead of
 # model.safetensors; runs trained with item_text keep their text projection (for update)
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-EXTRA_FILES = ("floors.safetensors", "item_text.safetensors")
+EXTRA_FILES = ("floors.safetensors", "item_text.safetensors", "semantic_ids.json",
+               "ranker_items.safetensors", "item_texts.json")
 RUN_FILES = ("metrics.json", "recipe.yaml", "training_args.json", "log_history.json", "results.md",
              "training_curves.png")
 TRAINING_ARGS_SHOWN = ("learning_rate", "num_train_epochs", "per_device_train_batch_size",
@@ -78,6 +79,25 @@ def _card_metadata(metrics: dict, repo_id: str | None) -> str:
 
 
 def _usage(task: str, repo_id: str, text: dict | None = None, labels: int = 2) -> str:
+    if text and task == "next-item":                # a pretrained LM ranking the catalogue by item text
+        lora = text.get("lora")
+        return (
+            "```python\n"
+            "import behavior_lm  # registers the next-behavior pipeline and the text ranker\n"
+            "from transformers import pipeline\n\n"
+            f'recommend = pipeline("next-behavior", model="{repo_id}")\n'
+            'recommend(["1", "50", "260"], top_k=10)   # item ids of one history\n\n'
+            "from behavior_lm.models.text_ranker import load_text_ranker\n"
+            f'model = load_text_ranker("{repo_id}")   # '
+            + ("the adapter over its base encoder" if lora else "the whole checkpoint") + "\n```\n\n"
+            f"The history is written as text from the items' {', '.join(text.get('fields', []))} "
+            f"(`{text.get('verb', 'watched')}: A; B; ...`, at most {text.get('max_length')} tokens, the oldest "
+            f"cut first) and read by `{text.get('base_model')}`; items are scored against their own text "
+            "embeddings by the same encoder (`ranker_items.safetensors`, frozen; the texts are in "
+            "`item_texts.json`)"
+            + (f". LoRA r={lora['r']}, alpha={lora['alpha']} on {', '.join(lora['target_modules'])}: this "
+               "repository holds the adapter and the scoring head; the base encoder's weights are loaded "
+               "from the base model named in `adapter_config.json`" if lora else "") + ".\n")
     if text:                                        # a pretrained model reading histories as text
         auto = "AutoPeftModelForSequenceClassification" if text.get("lora") else "AutoModelForSequenceClassification"
         module = "peft" if text.get("lora") else "transformers"
@@ -165,6 +185,18 @@ def model_card(run_dir: str | Path, repo_id: str | None = None) -> str:
         "The complete arguments are in `training_args.json`, the recipe in `recipe.yaml`; "
         "`behavior-lm train recipe.yaml` reproduces the run.", "",
         "![training curves](training_curves.png)", ""]
+    semantic = metrics.get("model", {}).get("semantic_ids")
+    if semantic:
+        training += [
+            "## Semantic ids", "",
+            f"Items are codes, not tokens: {semantic['levels']} levels of residual k-means over the "
+            f"`{semantic.get('encoder')}` embeddings of the items' text ({', '.join(semantic.get('fields') or [])}) "
+            f"with {semantic['codebook_size']} clusters each, and a collision index "
+            f"(collision rate {semantic['collision_rate']:.3f}, largest group {semantic['largest_collision']}). "
+            "The model generates the next item's code; beam search constrained to real codes "
+            f"({semantic['beams']} beams) is the ranking, "
+            f"{semantic.get('decode_ms_per_user', '?')} ms per test user here. The item <-> code table is "
+            "`semantic_ids.json`; `pipeline(\"next-behavior\")` reads it and returns raw item ids.", ""]
     if "ensemble" in metrics:
         ens, fit = metrics["ensemble"], metrics.get("fit")
         member_tests = metrics.get("members", {}).get("test", {})

@@ -288,7 +288,7 @@ def test_item_text_refusals(tmp_path, capsys):
                  "--item_text", "dataset", "--item_text_mode", "thawed"]) != 0
     assert "item_text_mode must be one of trainable, frozen" in capsys.readouterr().err
     assert main(["train", str(QUICKSTART), *TINY, "--output_dir", str(tmp_path / "r3"),
-                 "--item_text", "dataset", "--dataset", "beauty"]) != 0
+                 "--item_text", "dataset", "--dataset", "lastfm"]) != 0
     assert "has no known item table" in capsys.readouterr().err
 
 

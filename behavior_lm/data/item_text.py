@@ -11,7 +11,10 @@ Formats:
   that the recbole wheel bundles): the type suffixes are dropped and MovieLens' ``movie_title`` /
   ``class`` / ``release_year`` become ``title`` / ``genres`` / ``year``;
 - a generic table (CSV, TSV, JSON lines, Parquet) with an id column (``item_id`` unless told) and
-  any text columns.
+  any text columns;
+- S3-Rec's ``*_item2attributes.json`` (``{"item": [attribute ids]}``, the Amazon sets of
+  ../shared/datasets): field ``attributes``, the ids joined (``24, 1, 25``): items that share
+  brand/category ids share words.
 
 An id map (``<event item id> <table item id>`` per line, e.g. ML-1M's ``sas_to_original_items.txt``)
 re-keys the table to the ids of an event file whose items were renumbered.
@@ -33,7 +36,7 @@ ML100K_GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "C
                  "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
                  "Romance", "Sci-Fi", "Thriller", "War", "Western")
 RECBOLE_ALIASES = {"movie_title": "title", "class": "genres", "release_year": "year"}
-ITEM_FORMATS = ("movies.dat", "u.item", "recbole", "csv", "tsv", "jsonl", "parquet")
+ITEM_FORMATS = ("movies.dat", "u.item", "recbole", "attributes-json", "csv", "tsv", "jsonl", "parquet")
 
 
 def _guess(path: Path) -> str:
@@ -44,6 +47,8 @@ def _guess(path: Path) -> str:
         return "u.item"
     if name.endswith(".item"):
         return "recbole"
+    if name.endswith("item2attributes.json"):
+        return "attributes-json"
     for suffix, fmt in ((".csv", "csv"), (".tsv", "tsv"), (".jsonl", "jsonl"), (".json", "jsonl"),
                         (".parquet", "parquet")):
         if name.endswith(suffix):
@@ -93,6 +98,17 @@ def read_item_table(path: str | Path, fmt: str | None = None, id_field: str = "i
         for column, kind in zip(frame.columns, pd.read_csv(path, sep="\t", nrows=0).columns):
             if kind.endswith(":token_seq") and column != "title":
                 frame[column] = frame[column].str.split().str.join("|")
+    elif fmt == "attributes-json":
+        import json
+
+        try:
+            table = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise DataError(f"{path}: not a JSON object of item -> attribute ids ({exc})") from None
+        if not isinstance(table, dict) or not all(isinstance(v, list) for v in table.values()):
+            raise DataError(f"{path}: expected a JSON object of item id -> list of attribute ids")
+        frame = pd.DataFrame({"item_id": [str(k) for k in table],
+                              "attributes": ["|".join(str(a) for a in v) for v in table.values()]})
     elif fmt in ("csv", "tsv"):
         frame = pd.read_csv(path, sep="," if fmt == "csv" else "\t", dtype=str, keep_default_na=False)
     elif fmt == "jsonl":
@@ -101,7 +117,7 @@ def read_item_table(path: str | Path, fmt: str | None = None, id_field: str = "i
         frame = pd.read_parquet(path).astype(str)
     else:
         raise DataError(f"{path}: unknown item table format {fmt!r}; known: {', '.join(ITEM_FORMATS)}")
-    if fmt not in ("movies.dat", "u.item", "recbole"):
+    if fmt not in ("movies.dat", "u.item", "recbole", "attributes-json"):
         if id_field not in frame.columns:
             raise DataError(f"{path}: no id column {id_field!r} (columns: {', '.join(map(str, frame.columns))}); "
                             "pass --id_field")

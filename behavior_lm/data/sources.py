@@ -240,6 +240,7 @@ ITEM_TEXT_SOURCES: dict[str, ItemTextSource] = {
     "ml-100k": ItemTextSource(("u.item", "ml-100k.item"),
                               downloaders=(_extract_ml100k_items_from_recbole_wheel,)),
     "ml-1m": ItemTextSource(("movies.dat",), id_map="sas_to_original_items.txt"),
+    "beauty": ItemTextSource(("Beauty_item2attributes.json",)),   # attribute ids only (S3-Rec)
 }
 
 

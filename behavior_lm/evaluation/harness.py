@@ -109,6 +109,30 @@ def evaluate_model(model: PreTrainedModel, dataset: Dataset, tokenizer: PreTrain
                            desc="evaluating")
 
 
+def rank_logits(model, dataset: Dataset, protocol: EvalProtocol, pad_token_id: int, num_items: int,
+                batch_size: int = 64) -> dict[str, float]:
+    """Ranking metrics of a model whose ``logits`` *are* the catalogue's scores (a text ranker:
+    column ``j`` is item ``j``; rows carry ``target``/``seen`` as item indices), through the same
+    :func:`score_ranks` as every other scorer."""
+    start = time.perf_counter()
+    everything = torch.ones(num_items, dtype=torch.bool)
+    loader = DataLoader(dataset.with_format(None), batch_size=batch_size, shuffle=False,
+                        collate_fn=BehaviorCollator(pad_token_id))
+    out = []
+    model.eval()
+    with torch.no_grad():
+        for batch in tqdm(loader, desc="evaluating", leave=False, disable=len(loader) < 4):
+            scores = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            ranks, _ = score_ranks(scores, batch["target"], everything,
+                                   batch["seen"] if protocol.filter_seen else None)
+            out.append(ranks.numpy())
+    ranks_all = np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+    metrics = ranking_metrics(ranks_all, protocol.ks)
+    metrics["num_examples"] = int(ranks_all.size)
+    metrics["eval_seconds"] = round(time.perf_counter() - start, 3)
+    return metrics
+
+
 def evaluate_baselines(names: Iterable[str], train: Dataset, dataset: Dataset,
                        tokenizer: PreTrainedTokenizerBase, protocol: EvalProtocol,
                        *, batch_size: int = 256) -> dict[str, dict[str, float]]:

@@ -51,6 +51,8 @@ def evaluate_run(run_dir: str | Path, *, split: str = "test", batch_size: int = 
     model_type = saved.get("model_type", "gpt2")
     task = saved.get("task", "next-item")
     data = prepare_data(data_args, template=template_for(model_type, task))
+    if model_type == "pretrained" and task == "next-item":
+        return _evaluate_text_ranker_run(run, saved, data, tokenizer, protocol, split, batch_size), protocol
     if model_type == "pretrained":           # the same examples as text, as training wrote them
         text_dsd, text_tok, now = text_rows_for_run(data.datasets, data.tokenizer, ModelArguments.of_run(run),
                                                     data_args.dataset)
@@ -62,6 +64,8 @@ def evaluate_run(run_dir: str | Path, *, split: str = "test", batch_size: int = 
             raise RecipeError(f"{run}: the pretrained model's tokenizer differs from the run's")
         return _evaluate_task_run(run, task, model_type, data, split, batch_size, data_args.intent_behavior,
                                   model_data=dataclasses.replace(data, datasets=text_dsd, tokenizer=text_tok)), protocol
+    if saved.get("model", {}).get("semantic_ids"):
+        return _evaluate_semantic_run(run, saved, data, tokenizer, protocol, split, batch_size), protocol
     if data.tokenizer.get_vocab() != tokenizer.get_vocab():
         raise RecipeError(f"{run}: the data prepared from recipe.yaml has a different vocabulary "
                           "than the saved tokenizer (did the dataset file change?)")
@@ -85,6 +89,59 @@ def evaluate_run(run_dir: str | Path, *, split: str = "test", batch_size: int = 
             results[f"{name}, {part.removeprefix('test_')} targets"] = evaluate_model(
                 model, rows, tokenizer, protocol, batch_size=batch_size)
     return results, protocol
+
+
+def _evaluate_semantic_run(run: Path, saved: dict, data, tokenizer, protocol: EvalProtocol, split: str,
+                          batch_size: int) -> dict[str, dict]:
+    """A semantic-id run: the split's id rows in the run's saved codes, ranked by constrained beam
+    search (:mod:`behavior_lm.evaluation.generative`); the floors on the id rows."""
+    from behavior_lm.data.semantic_rows import code_rows
+    from behavior_lm.evaluation.generative import GenerativeRanker, evaluate_generative
+    from behavior_lm.models.semantic_codes import catalogue
+    from behavior_lm.tokenization.semantic_ids import CodeTrie, SemanticIds
+
+    sids = SemanticIds.load(run)
+    if catalogue(data.tokenizer) != sids.items:
+        raise RecipeError(f"{run}: the data prepared from recipe.yaml has a different catalogue than the "
+                          "run's semantic_ids.json (did the dataset file change?)")
+    rows = code_rows(data.datasets, data.tokenizer, sids, tokenizer)[split]
+    model = AutoModelForCausalLM.from_pretrained(run)
+    record = saved["model"]["semantic_ids"]
+    ranker = GenerativeRanker(CodeTrie(sids, tokenizer.get_vocab()), record["beams"], tokenizer.pad_token_id,
+                              protocol.filter_seen)
+    name = saved.get("model_type", "model") + " (semantic ids)"
+    results = {name: evaluate_generative(model, rows, ranker, protocol.ks, batch_size=batch_size)}
+    floors = saved.get("baselines", {}).get("test", {}).keys() or ["popularity"]
+    for floor, m in evaluate_baselines(floors, data.datasets["train"], data.datasets[split], data.tokenizer,
+                                       protocol, batch_size=batch_size).items():
+        results[f"{floor} (floor)"] = m
+    return results
+
+
+def _evaluate_text_ranker_run(run: Path, saved: dict, data, tokenizer, protocol: EvalProtocol, split: str,
+                              batch_size: int) -> dict[str, dict]:
+    """A pretrained LM ranking items by their text (``models/text_ranker.py``): the split's id rows
+    written as text as training wrote them, the whole catalogue ranked; the floors on the id rows."""
+    from behavior_lm.data.text_histories import next_item_text_datasets
+    from behavior_lm.evaluation.harness import rank_logits
+    from behavior_lm.models.semantic_codes import catalogue
+    from behavior_lm.models.text_ranker import load_text_ranker, ranker_catalogue, ranker_texts
+
+    items, _ = ranker_catalogue(run)
+    if catalogue(data.tokenizer) != items:
+        raise RecipeError(f"{run}: the data prepared from recipe.yaml has a different catalogue than the run's "
+                          "ranker_items.safetensors (did the dataset file change?)")
+    record = saved["model"]["text_serialization"]
+    rows, _ = next_item_text_datasets(data.datasets, data.tokenizer, ranker_texts(run), tokenizer, items,
+                                      record["max_length"], record["verb"], record["examples_per_window"])
+    model = load_text_ranker(run)
+    results = {saved.get("model_type", "pretrained"): rank_logits(model, rows[split], protocol,
+                                                                  tokenizer.pad_token_id, len(items), batch_size)}
+    floors = saved.get("baselines", {}).get("test", {}).keys() or ["popularity"]
+    for floor, m in evaluate_baselines(floors, data.datasets["train"], data.datasets[split], data.tokenizer,
+                                       protocol, batch_size=batch_size).items():
+        results[f"{floor} (floor)"] = m
+    return results
 
 
 def task_logits(model, data, split: str, task: str, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:

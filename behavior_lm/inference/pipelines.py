@@ -32,6 +32,7 @@ from transformers.pipelines import PIPELINE_REGISTRY
 from behavior_lm.data.preprocess import UserSequence
 from behavior_lm.data.streams import StreamFormat, context_slice
 from behavior_lm.evaluation.fusion import BehaviorEnsembleConfig, BehaviorEnsembleModel
+from behavior_lm.models.text_ranker import TextRankerConfig, is_text_ranker, load_text_ranker
 from behavior_lm.inference.distribution import next_event_distributions
 from behavior_lm.tokenization.behavior_tokenizer import (SIDE_FILE, behavior_token_ids, grammar,
                                                          is_behavior_token, is_item_token, item_id_of,
@@ -153,6 +154,8 @@ class AutoModelForNextBehavior:
         config = kwargs.pop("config", None) or AutoConfig.from_pretrained(path)
         if isinstance(config, BehaviorEnsembleConfig):       # several runs fused into one
             return BehaviorEnsembleModel.from_pretrained(path, config=config, **kwargs)
+        if isinstance(config, TextRankerConfig):             # a pretrained LM ranking items by their text
+            return load_text_ranker(path)
         archs = getattr(config, "architectures", None) or []
         auto = AutoModelForMaskedLM if any(a.endswith("ForMaskedLM") for a in archs) else AutoModelForCausalLM
         return auto.from_pretrained(path, config=config, **kwargs)
@@ -200,7 +203,8 @@ class NextBehaviorPipeline(Pipeline):
         would cost more than the forward pass."""
         if getattr(self, "_cached_views", None) is None:
             vocab = self.tokenizer.get_vocab()
-            size = self.model.get_output_embeddings().out_features
+            head = self.model.get_output_embeddings()     # a text ranker scores items, not tokens
+            size = head.out_features if head is not None else len(self.tokenizer)
             self._cached_views = (vocab, behavior_token_ids(self.tokenizer), item_mask(self.tokenizer, size))
         return self._cached_views
 
@@ -237,6 +241,101 @@ class NextBehaviorPipeline(Pipeline):
                 item_side=side[0] if side else None, side_values=side[1] if side else None)
         return self._cached_format
 
+    def semantic_ids(self):
+        """``(SemanticIds, CodeTrie)`` of a semantic-id run (``semantic_ids.json`` next to the
+        weights, locally or on the Hub), else None."""
+        if getattr(self, "_cached_sids", False) is False:
+            self._cached_sids = None
+            if self.run_info.get("semantic_ids"):
+                from behavior_lm.tokenization.semantic_ids import CodeTrie, SemanticIds
+
+                sids = SemanticIds.load(self.model.name_or_path)
+                self._cached_sids = (sids, CodeTrie(sids, self.tokenizer.get_vocab()))
+        return self._cached_sids
+
+    def text_ranker(self):
+        """``(catalogue, item index, item texts, serialization)`` of a text-ranker run, else None."""
+        if getattr(self, "_cached_ranker", False) is False:
+            self._cached_ranker = None
+            if isinstance(self.model.config, TextRankerConfig) or is_text_ranker(self.model):
+                from behavior_lm.models.text_ranker import ranker_catalogue, ranker_texts
+
+                items, _ = ranker_catalogue(self.model.name_or_path)
+                texts = ranker_texts(self.model.name_or_path)
+                self._cached_ranker = (items, {i: j for j, i in enumerate(items)}, texts,
+                                       dict(self.run_info.get("text_serialization") or {}))
+        return self._cached_ranker
+
+    def _rank_text_batch(self, batch: list[dict[str, Any]], top_k: int = 10, exclude_seen: bool | None = None,
+                         return_behaviors: bool = False) -> list[Any]:
+        """Text-ranker runs: the history's text through the model, the catalogue's softmax,
+        seen items removed when the run was scored that way."""
+        items, index, _, _ = self.text_ranker()
+        if exclude_seen is None:
+            exclude_seen = bool(self.run_info.get("filter_seen", False))
+        rows = [m["input_ids"][0] for m in batch]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, :len(r)], mask[i, :len(r)] = r, 1
+        with torch.no_grad():
+            probs = self.model(input_ids=ids.to(self.model.device), attention_mask=mask.to(self.model.device)
+                               ).logits.float().softmax(-1).cpu()
+        single = self.behavior_names()
+        out = []
+        for m, p in zip(batch, probs):
+            if exclude_seen and m["seen"]:
+                p = p.clone()
+                p[[index[i] for i in m["seen"]]] = 0.0
+            k = min(top_k, int((p > 0).sum()))
+            scores, picked = p.topk(k)
+            rows_out = [{"item": items[j], "score": s, "behavior": single[0] if len(single) == 1 else None,
+                         **({"note": EMPTY_NOTE} if m["empty"] else {})}
+                        for j, s in zip(picked.tolist(), scores.tolist())]
+            if return_behaviors:
+                rows_out = {"items": rows_out, "behaviors": ([{"behavior": single[0], "score": 1.0}]
+                                                             if len(single) == 1 else [])}
+            out.append(rows_out)
+        return out
+
+    def _generate_batch(self, batch: list[dict[str, Any]], top_k: int = 10, exclude_seen: bool | None = None,
+                        return_behaviors: bool = False) -> list[Any]:
+        """Semantic-id runs: constrained beam search after each history with as many beams as the
+        run was scored with (at least ``top_k``), so the first ``top_k`` items are the harness's
+        ranking; ``score`` is the model's probability of the item's code."""
+        from behavior_lm.evaluation.generative import generate_items
+
+        sids, trie = self.semantic_ids()
+        if exclude_seen is None:
+            exclude_seen = bool(self.run_info.get("filter_seen", False))
+        rows = [m["input_ids"][0] for m in batch]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, :len(r)], mask[i, :len(r)] = r, 1
+        exclude = [[sids.index[i] for i in m["seen"]] for m in batch] if exclude_seen else None
+        beams = max(top_k, int(self.run_info["semantic_ids"].get("beams", top_k)))
+        ranked = generate_items(self.model, ids, mask, trie, beams, self.tokenizer.pad_token_id, exclude)
+        single = self.behavior_names()
+        out = []
+        for m, items in zip(batch, ranked):
+            rows_out = []
+            for j, logp in items[:top_k]:
+                row = {"item": sids.items[j], "score": float(torch.tensor(logp).exp()),
+                       "behavior": single[0] if len(single) == 1 else None}
+                if m["empty"]:
+                    row["note"] = EMPTY_NOTE
+                rows_out.append(row)
+            if m["empty"]:
+                logger.warning("next-behavior: %s", EMPTY_NOTE)
+            if return_behaviors:
+                rows_out = {"items": rows_out, "behaviors": ([{"behavior": single[0], "score": 1.0}]
+                                                             if len(single) == 1 else [])}
+            out.append(rows_out)
+        return out
+
     def behavior_names(self) -> list[str]:
         names = list(self._views()[1])
         return names or list(self.run_info.get("behaviors") or [])
@@ -257,6 +356,14 @@ class NextBehaviorPipeline(Pipeline):
         for start in range(0, len(order), size):
             picked = order[start:start + size]
             chunk = [self.preprocess(histories[i], **pre) for i in picked]
+            if self.semantic_ids() is not None:          # generative retrieval: beams of codes
+                for i, out in zip(picked, self._generate_batch(chunk, **post)):
+                    results[i] = out
+                continue
+            if self.text_ranker() is not None:           # item texts ranked by a pretrained LM
+                for i, out in zip(picked, self._rank_text_batch(chunk, **post)):
+                    results[i] = out
+                continue
             for i, out in zip(picked, self._forward_batch(chunk)):
                 results[i] = self.postprocess(out, **post)
         return results if batch else results[0]
@@ -275,8 +382,10 @@ class NextBehaviorPipeline(Pipeline):
                              "with its time, as (item, behavior, unix_seconds) or a dict with 'timestamp'")
         kept: list[tuple[str, str | None, int | None]] = []
         dropped_items, dropped_behaviors = [], []
+        codes, ranker = self.semantic_ids(), self.text_ranker()
+        known = codes[0].index if codes else ranker[1] if ranker else None
         for (item, b), t in zip(history.events, times):
-            if item_token(item) not in vocab:
+            if (item not in known) if known is not None else (item_token(item) not in vocab):
                 dropped_items.append(item)
             elif stream_behaviors and b not in stream_behaviors:
                 dropped_behaviors.append((item, b))
@@ -294,7 +403,19 @@ class NextBehaviorPipeline(Pipeline):
         seq = UserSequence("request", [i for i, _, _ in kept], [b or "" for _, b, _ in kept],
                            [t or 0 for _, _, t in kept], [None] * n, [0] * n)
         seq = context_slice(seq, self.max_length, fmt)
-        ids = encode_tokens(self.tokenizer, fmt.serialize(seq).split())
+        if ranker:                         # a text ranker reads the same items as text
+            from behavior_lm.data.text_histories import history_only_text
+
+            record = ranker[3]
+            text = history_only_text(list(seq.items), ranker[2], record.get("verb", "watched"))
+            self.tokenizer.truncation_side = "left"
+            ids = self.tokenizer(text, truncation=True, max_length=record.get("max_length"))["input_ids"]
+            return {"input_ids": torch.tensor([ids], dtype=torch.long), "behavior": behavior,
+                    "seen": [i for i, _, _ in kept], "empty": not kept}
+        tokens = fmt.serialize(seq).split()
+        if codes:                          # a semantic-id run reads each item as its code tokens
+            tokens = codes[0].expand(tokens)
+        ids = encode_tokens(self.tokenizer, tokens)
         return {"input_ids": torch.tensor([ids], dtype=torch.long), "behavior": behavior,
                 "seen": [i for i, _, _ in kept], "empty": not kept}
 

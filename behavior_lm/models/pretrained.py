@@ -60,9 +60,45 @@ def text_rows_for_run(dsd, tokenizer: PreTrainedTokenizerBase, args: ModelArgume
     """A sequence task's id rows as the pretrained model's text rows:
     ``(datasets, text tokenizer, serialization record)``. The item text is ``item_text``
     (default: the named dataset's item table, e.g. ml-100k's, ml-1m's movies.dat)."""
-    from behavior_lm.data.item_text import file_digest, item_texts
-    from behavior_lm.data.sources import resolve_item_text
     from behavior_lm.data.text_histories import text_task_datasets
+
+    path, _, texts = _item_texts_for(args, dataset)
+    tok = text_tokenizer(args)
+    rows, info = text_task_datasets(dsd, tokenizer, texts, tok, args.text_max_length, args.history_verb)
+    return rows, tok, {**info, "source": str(path), "sha256": _digest(path), "fields": args.text_fields(),
+                       "base_model": base_model_reference(args), "lora": _lora_record(args)}
+
+
+def text_ranker_for_run(dsd, tokenizer: PreTrainedTokenizerBase, args: ModelArguments, dataset: str,
+                        examples_per_window: int, seed: int):
+    """A next-item split's id rows as a text ranker's rows, and the ranker:
+    ``(datasets, text tokenizer, serialization record, model, catalogue, item texts)``
+    (:mod:`behavior_lm.models.text_ranker`). The output layer is the pretrained encoder's own
+    embedding of each catalogue item's text (an item without text: ``item <id>``)."""
+    from behavior_lm.data.text_histories import item_phrase, next_item_text_datasets
+    from behavior_lm.models.semantic_codes import catalogue as catalogue_of
+    from behavior_lm.models.text_encoder import cached_text_embeddings
+    from behavior_lm.models.text_ranker import TextRankerModel, with_lora
+
+    path, id_map, texts = _item_texts_for(args, dataset)
+    items = catalogue_of(tokenizer)
+    tok = text_tokenizer(args)
+    rows, info = next_item_text_datasets(dsd, tokenizer, texts, tok, items, args.text_max_length, args.history_verb,
+                                         examples_per_window, seed)
+    vectors = cached_text_embeddings([item_phrase(i, texts) for i in items], args.pretrained_model)
+    model = TextRankerModel.from_encoder(resolve_encoder(args.pretrained_model), vectors,
+                                         base_model=args.pretrained_model)
+    if args.lora_r > 0:
+        model = with_lora(model, args.lora_r, args.lora_alpha, args.lora_dropout, list(args.lora_target_modules))
+    record = {**info, "source": str(path), "sha256": _digest(path), "fields": args.text_fields(),
+              "base_model": base_model_reference(args), "output_layer": "item text embeddings (frozen)",
+              "lora": _lora_record(args)}
+    return rows, tok, record, model, items, texts
+
+
+def _item_texts_for(args: ModelArguments, dataset: str):
+    from behavior_lm.data.item_text import item_texts
+    from behavior_lm.data.sources import resolve_item_text
 
     spec = args.item_text or "dataset"
     if spec.endswith(".safetensors"):
@@ -73,13 +109,18 @@ def text_rows_for_run(dsd, tokenizer: PreTrainedTokenizerBase, args: ModelArgume
         id_map = args.item_text_id_map or id_map
     else:
         path, id_map = Path(spec), args.item_text_id_map
-    fields = args.text_fields()
-    texts = item_texts(path, fields, id_map=id_map)
-    tok = text_tokenizer(args)
-    rows, info = text_task_datasets(dsd, tokenizer, texts, tok, args.text_max_length, args.history_verb)
-    return rows, tok, {**info, "source": str(path), "sha256": file_digest(path), "fields": fields, "base_model": base_model_reference(args),
-                       "lora": ({"r": args.lora_r, "alpha": args.lora_alpha, "dropout": args.lora_dropout,
-                                 "target_modules": list(args.lora_target_modules)} if args.lora_r > 0 else None)}
+    return path, id_map, item_texts(path, args.text_fields(), id_map=id_map)
+
+
+def _digest(path) -> str:
+    from behavior_lm.data.item_text import file_digest
+
+    return file_digest(path)
+
+
+def _lora_record(args: ModelArguments) -> dict | None:
+    return ({"r": args.lora_r, "alpha": args.lora_alpha, "dropout": args.lora_dropout,
+             "target_modules": list(args.lora_target_modules)} if args.lora_r > 0 else None)
 
 
 def is_adapter_run(run: str | Path) -> bool:

@@ -77,6 +77,22 @@ def embed_texts(encoder: str, texts: Sequence[str], *, batch_size: int = 64, max
     return torch.cat(out)
 
 
+def cached_text_embeddings(texts: Sequence[str], encoder: str = MINILM, *, batch_size: int = 64,
+                           max_length: int = 128) -> torch.Tensor:
+    """``(len(texts), dim)`` embeddings of ``texts`` in order, cached by content (the texts and the
+    encoder's identity): a text ranker's output layer is computed once per catalogue."""
+    path = resolve_encoder(encoder)
+    key = hashlib.sha256(json.dumps({"texts": list(texts), "max_length": max_length, "encoder": _identity(path)}
+                                    ).encode()).hexdigest()[:24]
+    cached = cache_dir() / "text-embeddings" / f"{key}.safetensors"
+    if cached.is_file():
+        with safe_open(str(cached), "pt") as fh:
+            return fh.get_tensor("embeddings")
+    table = embed_texts(encoder, list(texts), batch_size=batch_size, max_length=max_length)
+    atomic_write(cached, save({"embeddings": table.contiguous()}))
+    return table
+
+
 def cached_item_embeddings(items_file: str | Path, text_fields: Sequence[str], *,
                            encoder: str = MINILM, fmt: str | None = None, id_field: str = "item_id",
                            id_map: str | Path | None = None, batch_size: int = 64,

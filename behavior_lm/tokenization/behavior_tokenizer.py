@@ -107,8 +107,19 @@ def build_tokenizer(
     ordered = sorted(counts, key=lambda i: (-counts[i], first_seen[i]))
     tokens = (specials + [behavior_token(b) for b in behaviors] + list(extra_tokens)
               + [item_token(i) for i in ordered])
-    vocab = {tok: idx for idx, tok in enumerate(tokens)}
+    return vocabulary_tokenizer(tokens, template=template, max_length=max_length)
 
+
+def vocabulary_tokenizer(tokens: Sequence[str], *, template: str = "causal",
+                         max_length: int = 200) -> PreTrainedTokenizerFast:
+    """A fast tokenizer whose vocabulary is exactly ``tokens`` (the special tokens first), with the
+    grammar's template and left truncation: what :func:`build_tokenizer` wraps around an item
+    catalogue, and what a semantic-id run wraps around its code tokens
+    (:mod:`behavior_lm.tokenization.semantic_ids`)."""
+    g = grammar()
+    vocab = {tok: idx for idx, tok in enumerate(tokens)}
+    if len(vocab) != len(tokens):
+        raise ValueError("vocabulary_tokenizer: tokens repeat")
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=g["special_tokens"]["unk_token"]))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     spec = g["templates"][template]

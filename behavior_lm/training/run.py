@@ -35,7 +35,12 @@ from behavior_lm.evaluation.task_metrics import floor_metrics, make_task_metrics
 from behavior_lm.models.auto import (MASKED_MODEL_TYPES, build_model, count_parameters, effective_dropout,
                                      template_for)
 from behavior_lm.models.item_text_init import attach_item_text, bake_item_text, save_item_text
-from behavior_lm.models.pretrained import is_peft_model, text_rows_for_run
+from behavior_lm.models.pretrained import is_peft_model, text_ranker_for_run, text_rows_for_run
+from behavior_lm.models.text_ranker import save_ranker_files
+from behavior_lm.models.semantic_codes import semantic_ids_for_catalogue
+from behavior_lm.data.semantic_rows import check_stream, code_rows, code_tokenizer
+from behavior_lm.evaluation.generative import GenerativeRanker
+from behavior_lm.tokenization.semantic_ids import CodeTrie
 from behavior_lm.models.text_encoder import check_item_text, item_text_table
 from behavior_lm.reporting import results_table, task_description, training_curves
 from behavior_lm.rundir import (check_output_dir, check_writable, last_complete_checkpoint, partial_of,
@@ -113,7 +118,10 @@ def _train(data_args: DataArguments, model_args: ModelArguments,
                           f"in eval_ks {training_args.eval_ks}")
     if training_args.cloze_loss not in ("items", "vocabulary"):
         raise RecipeError(f"cloze_loss must be 'items' or 'vocabulary', got {training_args.cloze_loss!r}")
-    if model_args.item_text or model_args.model_type == "pretrained":
+    semantic = model_args.semantic_ids
+    if semantic:
+        check_semantic_recipe(data_args, model_args, training_args)
+    if model_args.item_text or model_args.model_type == "pretrained" or semantic:
         check_item_text(model_args.item_text or "dataset", data_args.dataset, model_args.item_text_mode,
                         needs_text=model_args.model_type == "pretrained")
     if training_args.max_train_minutes is not None and training_args.max_train_minutes <= 0:
@@ -130,8 +138,19 @@ def _train(data_args: DataArguments, model_args: ModelArguments,
         data = prepare_data(data_args, template=template_for(model_args.model_type, data_args.task))
     tokenizer, dsd = data.tokenizer, data.datasets
     id_tokenizer, id_dsd = tokenizer, dsd               # what the floors read
-    serialization = None
-    if model_args.model_type == "pretrained":           # the same examples, written as text
+    serialization = sids = ranker = None
+    text_ranker = model_args.model_type == "pretrained" and ranking
+    if text_ranker:                                     # the next-item split as text, items as text embeddings
+        with training_args.main_process_first(desc="writing histories as text"):
+            dsd, tokenizer, serialization, ranker, ranker_items, ranker_texts = text_ranker_for_run(
+                dsd, tokenizer, model_args, data_args.dataset, data_args.examples_per_user, training_args.seed)
+    if semantic:                                        # the same rows, items written as codes
+        check_stream(data.info["stream"])
+        with training_args.main_process_first(desc="semantic ids from item text"):
+            sids = semantic_ids_for_catalogue(tokenizer, model_args, data_args.dataset)
+        tokenizer = code_tokenizer(sids, template_for(model_args.model_type), data_args.max_length)
+        dsd = code_rows(dsd, id_tokenizer, sids, tokenizer)
+    if model_args.model_type == "pretrained" and not ranking:   # the same examples, written as text
         with training_args.main_process_first(desc="writing histories as text"):
             dsd, tokenizer, serialization = text_rows_for_run(dsd, tokenizer, model_args, data_args.dataset)
     validation = dsd["validation"]
@@ -139,16 +158,19 @@ def _train(data_args: DataArguments, model_args: ModelArguments,
         validation = validation.shuffle(seed=training_args.seed).select(range(training_args.max_eval_users))
 
     num_classes = len(data.info["class_names"])
-    model = build_model(model_args, tokenizer, data_args.max_length, task=data_args.task,
-                        num_labels=num_classes)
+    model = ranker if ranker is not None else build_model(
+        model_args, tokenizer, sids.positions(data_args.max_length) if sids else data_args.max_length,
+        task=data_args.task, num_labels=num_classes)
     text_info = None
-    if model_args.item_text and model_args.model_type != "pretrained":     # pretrained: what it reads
+    if model_args.item_text and model_args.model_type != "pretrained" and not semantic:   # pretrained: what it reads
         with training_args.main_process_first(desc="embedding item text"):   # one process encodes
             text_info = attach_text(model, tokenizer, model_args, data_args)
     cold_ids = cold_token_ids(tokenizer, data.info)
     describe_run_in_config(model.config, data_args, model_args, training_args, data.info, text_info)
     if serialization is not None:
         model.config.behavior_lm["text_serialization"] = serialization
+    if sids is not None:
+        model.config.behavior_lm["semantic_ids"] = semantic_record(sids, model_args)
     checkpoint = None
     if training_args.resume and Path(training_args.output_dir).is_dir():
         checkpoint = last_complete_checkpoint(Path(training_args.output_dir))
@@ -164,18 +186,22 @@ def _train(data_args: DataArguments, model_args: ModelArguments,
             data_collator=make_collator(model_args, tokenizer, data_args.task), processing_class=tokenizer,
             compute_metrics=(make_compute_metrics(training_args.eval_ks) if ranking
                              else make_task_metrics(data_args.task, num_classes)),
-            compute_loss_func=training_loss(model, model_args, training_args, tokenizer, ranking, cold_ids),
+            compute_loss_func=(None if text_ranker else
+                               training_loss(model, model_args, training_args, tokenizer, ranking, cold_ids)),
             callbacks=callbacks, filter_seen=training_args.filter_seen,
             behavior_ids=torch.tensor(list(behavior_token_ids(tokenizer).values()), dtype=torch.long),
             condition_on_behavior=training_args.condition_on_behavior,
-            item_mask=_candidates(tokenizer, model, cold_ids) if ranking else None)
+            item_mask=(torch.ones(len(ranker_items), dtype=torch.bool) if text_ranker
+                       else _candidates(tokenizer, model, cold_ids) if ranking and not semantic else None),
+            generative=(GenerativeRanker(CodeTrie(sids, tokenizer.get_vocab()), model_args.semantic_id_beams,
+                                         tokenizer.pad_token_id, training_args.filter_seen) if semantic else None))
 
     train_output = trainer.train(resume_from_checkpoint=checkpoint)
     train_seconds = budget.spent()                     # all segments of a resumed run
     stopped_by = _stop_reason(trainer, budget, training_args)
     _sync_weights_from_main(trainer)
     projection = bake_item_text(trainer.model)        # a stock model again, scored and saved as such
-    if ranking:                                       # final scoring: the whole catalogue, cold items too
+    if ranking and not semantic and not text_ranker:  # final scoring: the whole catalogue, cold items too
         trainer.item_mask = item_mask(tokenizer, model.get_output_embeddings().out_features)
     trainer.remove_callback(EarlyStoppingCallback)  # final scoring is not a selection step
     if ranking or data_args.task == "next-rating" or num_classes != 2:
@@ -202,9 +228,13 @@ def _train(data_args: DataArguments, model_args: ModelArguments,
             (partial / "README.md").unlink(missing_ok=True)
         if projection is not None:
             save_item_text(partial, projection, text_info)
+        if sids is not None:
+            sids.save(partial)
+        if text_ranker:
+            save_ranker_files(partial, trainer.model, ranker_items, ranker_texts)
         protocol = protocol_for(data_args, training_args, data.info["with_behaviors"])
         if ranking:
-            baselines = evaluate_baselines(training_args.baselines, dsd["train"], dsd["test"], tokenizer,
+            baselines = evaluate_baselines(training_args.baselines, id_dsd["train"], id_dsd["test"], id_tokenizer,
                                            protocol, batch_size=training_args.per_device_eval_batch_size)
             for name, part in subsets.items():
                 subset_metrics[name] = {"model": subset_metrics[name], "baselines": evaluate_baselines(
@@ -221,7 +251,8 @@ def _train(data_args: DataArguments, model_args: ModelArguments,
         _write_run_files(partial, data_args, model_args, training_args, recipe, data.info, protocol,
                          trainer, train_output.metrics, train_seconds, val_metrics, test_metrics,
                          baselines, count_parameters(model), next_behavior, stopped_by, text_info,
-                         subset_metrics, serialization, sum(p.numel() for p in model.parameters()))
+                         subset_metrics, serialization, sum(p.numel() for p in model.parameters()),
+                         semantic_record(sids, model_args, test_metrics) if sids else None)
         if data_args.item_side and data.side_values:
             write_item_side(partial, data_args.item_side, data.side_values)
         if not training_args.keep_checkpoints:
@@ -256,6 +287,35 @@ def attach_text(model, tokenizer, model_args: ModelArguments, data_args: DataArg
     logger.warning("item_text: %d of %d items have text (%s); mode %s", info["items_with_text"],
                    info["items"], record["source"], info["mode"])
     return {**info, **record}
+
+
+GENERATIVE_MODEL_TYPES = ("gpt2", "llama")
+
+
+def check_semantic_recipe(data_args: DataArguments, model_args: ModelArguments,
+                          training_args: BehaviorTrainingArguments) -> None:
+    """What a semantic-id run needs, refused before any heavy work."""
+    if model_args.model_type not in GENERATIVE_MODEL_TYPES:
+        raise RecipeError(f"semantic_ids: the model generates codes with `generate`; model_type must be one of "
+                          f"{', '.join(GENERATIVE_MODEL_TYPES)}, got {model_args.model_type!r}")
+    if data_args.task != "next-item" or data_args.cold_items or data_args.target_behavior:
+        raise RecipeError("semantic_ids: task next-item only, without cold_items or target_behavior")
+    if model_args.semantic_id_beams < max(training_args.eval_ks):
+        raise RecipeError(f"semantic_id_beams ({model_args.semantic_id_beams}) must be at least the largest "
+                          f"eval_ks ({max(training_args.eval_ks)}): the beams are the ranking")
+
+
+def semantic_record(sids, model_args: ModelArguments, test_metrics: dict | None = None) -> dict:
+    """What ``config.json`` / ``metrics.json`` say about a semantic-id run's codes (and, after the
+    test scoring, its decoding time per user)."""
+    from behavior_lm.tokenization.semantic_ids import CODES_FILE
+
+    record = {"file": CODES_FILE, "levels": sids.levels, "codebook_size": sids.codebook_size,
+              "code_length": sids.code_length, "beams": model_args.semantic_id_beams,
+              **{k: v for k, v in sids.info.items()}}
+    if test_metrics and test_metrics.get("test_runtime") and test_metrics.get("test_num_ranked"):
+        record["decode_ms_per_user"] = round(1000 * test_metrics["test_runtime"] / test_metrics["test_num_ranked"], 2)
+    return record
 
 
 def _candidates(tokenizer, model, cold_ids: torch.Tensor | None) -> torch.Tensor:
@@ -361,7 +421,8 @@ def _write_run_files(run: Path, data_args, model_args, training_args, recipe, da
                      trainer, train_metrics, train_seconds, val_metrics, test_metrics, baselines,
                      n_params, next_behavior: dict | None = None, stopped_by: str = "epoch cap",
                      text_info: dict | None = None, subset_metrics: dict | None = None,
-                     serialization: dict | None = None, total_params: int | None = None) -> None:
+                     serialization: dict | None = None, total_params: int | None = None,
+                     semantic: dict | None = None) -> None:
     history = trainer.state.log_history
     best_epoch = None
     metric = "eval_" + training_args.metric_for_best_model.removeprefix("eval_")
@@ -370,6 +431,9 @@ def _write_run_files(run: Path, data_args, model_args, training_args, recipe, da
         pick = max if training_args.greater_is_better is not False else min
         best_epoch = pick(evals, key=lambda h: h[metric])["epoch"]
     model_name = f"{model_args.model_type} ({n_params / 1e6:.2f}M params)"
+    if semantic is not None:
+        model_name = (f"{model_args.model_type}, semantic ids {semantic['levels']}x{semantic['codebook_size']}"
+                      f"+1, {semantic['beams']} beams ({n_params / 1e6:.2f}M params)")
     if serialization is not None:
         lora = serialization["lora"]
         model_name = (f"{serialization['base_model']} {'LoRA r=' + str(lora['r']) if lora else 'fine-tuned'} "
@@ -389,7 +453,8 @@ def _write_run_files(run: Path, data_args, model_args, training_args, recipe, da
         "data": data_info,
         "model_type": model_args.model_type,
         "model": {"dropout": effective_dropout(model_args), **({"item_text": text_info} if text_info else {}),
-                  **({"text_serialization": serialization} if serialization else {})},
+                  **({"text_serialization": serialization} if serialization else {}),
+                  **({"semantic_ids": semantic} if semantic else {})},
         "task": data_args.task,
     }
     for name, part in (subset_metrics or {}).items():

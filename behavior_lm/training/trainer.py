@@ -17,10 +17,12 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import EvalPrediction, Trainer
 
+from behavior_lm.evaluation.generative import GenerativeRanker
 from behavior_lm.evaluation.metrics import ranking_metrics
 from behavior_lm.evaluation.scoring import next_item_scores, score_ranks
 from behavior_lm.data.collators import IGNORE_INDEX
 from behavior_lm.models.item_text_init import has_item_text, untied_state_dict
+from behavior_lm.models.text_ranker import is_text_ranker
 
 
 class BehaviorTrainer(Trainer):
@@ -32,12 +34,15 @@ class BehaviorTrainer(Trainer):
         behavior_ids: token ids of ``<b>`` on multi-behavior streams (items are then ranked by
             the mixture over behaviors, or given each target's behavior).
         condition_on_behavior: rank given the target's behavior instead of the mixture.
+        generative: a semantic-id model's ranker (constrained beam search); rows' ``target`` and
+            ``seen`` are then item indices of its code table.
     """
 
     def __init__(self, *args: Any, item_mask: torch.Tensor | None = None, filter_seen: bool = True,
                  behavior_ids: torch.Tensor | None = None, condition_on_behavior: bool = False,
-                 **kwargs: Any) -> None:
+                 generative: GenerativeRanker | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.generative = generative
         self.item_mask = item_mask
         self.filter_seen = filter_seen
         self.behavior_ids = behavior_ids
@@ -56,10 +61,17 @@ class BehaviorTrainer(Trainer):
             return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
         inputs = self._prepare_inputs(inputs)
         model = self.accelerator.unwrap_model(model)
+        if self.generative is not None:       # a semantic-id model: beams of generated codes
+            ranks = self.generative.ranks(model, inputs["input_ids"], inputs["attention_mask"],
+                                          inputs["target"], inputs.get("seen"))
+            return None, ranks.float(), inputs["target"]
         with torch.no_grad():
             given = inputs.get("target_behavior") if self.condition_on_behavior else None
-            scores = next_item_scores(model, inputs["input_ids"], inputs["attention_mask"],
-                                      self.item_mask, self.behavior_ids, given)
+            if is_text_ranker(model):         # a pretrained LM ranking the catalogue by item text
+                scores = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+            else:
+                scores = next_item_scores(model, inputs["input_ids"], inputs["attention_mask"],
+                                          self.item_mask, self.behavior_ids, given)
             ranks, loss = score_ranks(scores, inputs["target"], self.item_mask,
                                       inputs["seen"] if self.filter_seen else None)
         if prediction_loss_only:
