@@ -16,6 +16,7 @@ from behavior_lm.data.readers import read_events
 from behavior_lm.data.sources import load_events
 from behavior_lm.models import rnn as _rnn  # noqa: F401  (registers GRU/LSTM with the Auto classes)
 from behavior_lm.models import text_ranker as _text_ranker  # noqa: F401  (registers the text ranker)
+from behavior_lm import tasks as _tasks  # noqa: F401  (registers the tasks, and their rows with the data layer)
 from behavior_lm.inference.pipelines import NextBehaviorPipeline, register as _register_pipeline
 from behavior_lm.errors import BehaviorLMError, DataError, RecipeError
 from behavior_lm.evaluation.metrics import rank_of_target, ranking_metrics

@@ -15,8 +15,9 @@ from pathlib import Path
 
 from behavior_lm.training.recipes import parse_recipe
 from behavior_lm.errors import RecipeError
-from behavior_lm.reporting import TASK_METRICS, comparison_chart, task_description
+from behavior_lm.reporting import RANKING_COLUMNS, comparison_chart, task_description
 from behavior_lm.rundir import atomic_write
+from behavior_lm.tasks import get_task
 from behavior_lm.training.run import train
 
 
@@ -36,7 +37,7 @@ def compare(recipes: Sequence[str | Path], output_dir: str | Path,
         if diff:
             raise RecipeError(f"{name}: data settings differ from {parsed[0][0]} ({', '.join(sorted(diff))}); "
                               "a comparison needs one split")
-    metric_names = TASK_METRICS[parsed[0][1].task]
+    metric_names = get_task(parsed[0][1].task).headline
     rows: dict[str, dict] = {}
     floors: dict[str, dict] = {}
     for name, data_args, model_args, training_args, raw in parsed:
@@ -58,7 +59,7 @@ def compare(recipes: Sequence[str | Path], output_dir: str | Path,
 
 
 def comparison_table(rows: dict[str, dict], floors: dict[str, dict],
-                     metric_names: Sequence[str] = TASK_METRICS["next-item"]) -> str:
+                     metric_names: Sequence[str] = RANKING_COLUMNS) -> str:
     """Models sorted best first by the second metric (NDCG@10, F1 macro; lowest RMSE), then floors."""
     head = " | ".join(m.upper() if "@" in m else m.replace("_", " ") for m in metric_names)
     lines = [f"| model | {head} | train (min) | parameters | epochs (best) |",
@@ -79,7 +80,7 @@ def _write(out: Path, rows, floors, protocol, data, metric_names) -> None:
     out.mkdir(parents=True, exist_ok=True)
     table = comparison_table(rows, floors, metric_names)
     task = data.get("task", "next-item")
-    if task == "next-item":
+    if get_task(task).ranking:
         seen = "seen items filtered" if protocol["filter_seen"] else "seen items kept"
         what = f"Protocol: {protocol['split']}, {protocol['candidates']} ranking, {seen}"
     else:

@@ -37,7 +37,7 @@ from behavior_lm.evaluation.protocol import EvalProtocol
 from behavior_lm.evaluation.run_eval import task_logits
 from behavior_lm.evaluation.scoring import score_ranks
 from behavior_lm.evaluation.task_metrics import floor_metrics, score_predictions, task_table
-from behavior_lm.models.auto import template_for
+from behavior_lm.tasks import get_task
 from behavior_lm.reporting import metrics_table
 from behavior_lm.rundir import check_output_dir, partial_of, promote, writer_lock
 from behavior_lm.tokenization.behavior_tokenizer import SIDE_FILE, behavior_token_ids, item_mask
@@ -64,6 +64,11 @@ def load_runs(run_dirs: Sequence[str | Path]) -> list[Run]:
         metrics = json.loads((path / "metrics.json").read_text())
         if metrics.get("model_type") == "ensemble":
             raise RecipeError(f"{path}: is an ensemble; give its runs instead (ensembles do not nest)")
+        model_record = metrics.get("model", {})
+        if model_record.get("semantic_ids") or (model_record.get("text_serialization")
+                                                and get_task(metrics.get("task", "next-item")).ranking):
+            raise RecipeError(f"{path}: semantic-id and text-ranker runs do not score the catalogue as token "
+                              "logits, so they cannot be fused yet")
         runs.append(Run(path, path.name, metrics, DataArguments.of_run(path)))
     if not runs:
         raise RecipeError("ensemble: give at least one run directory")
@@ -89,11 +94,12 @@ def load_runs(run_dirs: Sequence[str | Path]) -> list[Run]:
 
 
 def check_method(task: str, method: str, floors: Sequence[str]) -> None:
-    allowed = (RANKING_METHODS if task == "next-item" else REGRESSION_METHODS if task == "next-rating"
+    kind = get_task(task)
+    allowed = (RANKING_METHODS if kind.ranking else REGRESSION_METHODS if kind.regression
                else CLASSIFICATION_METHODS)
     if method not in allowed:
         raise RecipeError(f"--method {method!r} does not apply to task {task}; choose from {', '.join(allowed)}")
-    if floors and task != "next-item":
+    if floors and not kind.ranking:
         raise RecipeError(f"--floors are next-item scorers; task {task} has none to fuse")
     unknown = [f for f in floors if f not in FLOORS]
     if unknown:
@@ -121,13 +127,14 @@ def build_ensemble(run_dirs: Sequence[str | Path], method: str, output_dir: str 
             raise RecipeError(f"--weights: {n_members} non-negative numbers (one per run, then per floor) "
                               f"with a positive sum, got {list(weights)}")
     with writer_lock(final):
-        data = prepare_data(runs[0].data_args, template=template_for(runs[0].metrics.get("model_type", "gpt2"), task))
+        kind = get_task(task)
+        data = prepare_data(runs[0].data_args, template=kind.template(runs[0].metrics.get("model_type", "gpt2")))
         if data.tokenizer.get_vocab() != AutoTokenizer.from_pretrained(runs[0].path).get_vocab():
             raise RecipeError(f"{runs[0].path}: the data prepared from recipe.yaml has a different "
                               "vocabulary than the saved tokenizer (did the dataset file change?)")
         models = [load_member(r.path, task) for r in runs]
         candidates = item_mask(data.tokenizer, models[0].get_output_embeddings().out_features) \
-            if task == "next-item" else None
+            if kind.ranking else None
         floor_modules = [build_floor(f, data.datasets["train"], item_mask(data.tokenizer)) for f in floors]
         members = ([{"name": r.name, "kind": "model", "model_type": r.metrics.get("model_type"),
                      "source": str(r.path)} for r in runs]
@@ -139,12 +146,12 @@ def build_ensemble(run_dirs: Sequence[str | Path], method: str, output_dir: str 
             bos_token_id=data.tokenizer.bos_token_id, eos_token_id=data.tokenizer.eos_token_id)
         config.behavior_lm = {**dict(getattr(models[0].config, "behavior_lm", None) or {}),
                               "model_type": "ensemble", "members": [m["name"] for m in members]}
-        if task != "next-item":
+        if not kind.ranking:
             config.id2label = dict(models[0].config.id2label)
             config.label2id = dict(models[0].config.label2id)
         ensemble = BehaviorEnsembleModel(config, models, floor_modules).eval()
         protocol = EvalProtocol.from_dict(runs[0].metrics["protocol"])
-        if task == "next-item":
+        if kind.ranking:
             report = _score_ranking(ensemble, data, protocol, batch_size)
         else:
             report = _score_task(ensemble, data, task, batch_size, runs[0].data_args.intent_behavior)
@@ -257,7 +264,7 @@ def _write_files(folder: Path, runs: list[Run], floors: Sequence[str], ensemble:
     rows = {label: report["test"]["ensemble"],
             **{f"{n} (member)": m for n, m in report["test"]["members"].items()},
             **{f"{n} (floor)": m for n, m in report["floors"].items()}}
-    if task == "next-item":
+    if get_task(task).ranking:
         table = metrics_table(rows, protocol.ks)
         what = f"Protocol: {protocol.describe()}"
     else:

@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from behavior_lm.errors import BehaviorLMError, RecipeError
-from behavior_lm.data.tasks import TOKEN_TASKS
+from behavior_lm.tasks import get_task
 from behavior_lm.evaluation.protocol import EvalProtocol
 from behavior_lm.reporting import results_table
 from behavior_lm.rundir import promote
@@ -58,9 +58,7 @@ def _card_metadata(metrics: dict, repo_id: str | None) -> str:
 
     task, dataset = metrics.get("task", "next-item"), metrics["data"]["dataset"]
     results = []
-    headline = (("hr@10", "ndcg@10", "mrr@10") if task == "next-item"
-                else ("mae", "rmse") if task == "next-rating" else ("accuracy", "f1_macro", "roc_auc"))
-    for name in headline:
+    for name in get_task(task).card_metrics:
         if name in metrics.get("test", {}):
             results.append(EvalResult(
                 task_type=task, task_name=task, dataset_type=dataset, dataset_name=dataset,
@@ -79,7 +77,8 @@ def _card_metadata(metrics: dict, repo_id: str | None) -> str:
 
 
 def _usage(task: str, repo_id: str, text: dict | None = None, labels: int = 2) -> str:
-    if text and task == "next-item":                # a pretrained LM ranking the catalogue by item text
+    kind = get_task(task)
+    if text and kind.ranking:                # a pretrained LM ranking the catalogue by item text
         lora = text.get("lora")
         return (
             "```python\n"
@@ -106,7 +105,7 @@ def _usage(task: str, repo_id: str, text: dict | None = None, labels: int = 2) -
             f"from {module} import {auto}\n"
             "from transformers import AutoTokenizer\n\n"
             f'model = {auto}.from_pretrained("{repo_id}", num_labels={labels}'
-            + (', problem_type="regression")\n' if task == "next-rating" else ")\n")
+            + (', problem_type="regression")\n' if kind.regression else ")\n")
             + f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")  # truncates from the left\n'
             f'text = {text.get("example", "")[:160] + "..."!r}\n'
             "model(**tokenizer(text, truncation=True, return_tensors=\"pt\")).logits\n"
@@ -117,7 +116,7 @@ def _usage(task: str, repo_id: str, text: dict | None = None, labels: int = 2) -
             + (f"; LoRA r={text['lora']['r']}, alpha={text['lora']['alpha']} on "
                f"{', '.join(text['lora']['target_modules'])} (the adapter and the classification head are "
                "what this repository holds)" if text.get("lora") else "") + ".\n")
-    if task == "next-item":
+    if kind.ranking:
         return (
             "```python\n"
             "import behavior_lm  # registers the next-behavior pipeline and the GRU/LSTM classes\n"
@@ -131,9 +130,9 @@ def _usage(task: str, repo_id: str, text: dict | None = None, labels: int = 2) -
         "```python\n"
         "import behavior_lm  # registers the GRU/LSTM classes\n"
         "from transformers import pipeline\n\n"
-        f'classify = pipeline("{"token-classification" if task in TOKEN_TASKS else "text-classification"}", '
+        f'classify = pipeline("{"token-classification" if kind.token_level else "text-classification"}", '
         f'model="{repo_id}")\n'
-        + ('classify("i:50 i:172 i:133")\n' if task in (*TOKEN_TASKS, "purchase-intent") else
+        + ('classify("i:50 i:172 i:133")\n' if not kind.pair_input else
            'classify({"text": "i:50 i:172 i:133", "text_pair": "i:181"})  # history, candidate item\n')
         + "```\n")
 
@@ -231,7 +230,7 @@ def model_card(run_dir: str | Path, repo_id: str | None = None) -> str:
         "Floors are scored by the same harness on the same split; a model is useful only above them.", "",
         *training,
         "## Usage", "", _usage(task, repo_id, metrics.get("model", {}).get("text_serialization"),
-                               1 if task == "next-rating" else max(2, len(data.get("class_names", [])))),
+                               1 if get_task(task).regression else max(2, len(data.get("class_names", [])))),
         "Weights are safetensors; the model classes are stock transformers classes or "
         "behavior-lm's own (registered with the Auto classes on `import behavior_lm`), so no "
         "`trust_remote_code` is needed.", "",

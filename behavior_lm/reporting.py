@@ -6,6 +6,8 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from behavior_lm.tasks import TASKS, get_task
+
 
 def new_figure(**kwargs) -> Figure:
     """A figure outside pyplot: drawn with the Agg canvas on ``savefig`` whatever the importing
@@ -31,16 +33,14 @@ def results_table(metrics: Mapping, model_name: str | None = None) -> str:
     rows = {model_name or metrics.get("model_type", "model"): metrics["test"],
             **{f"{b} (floor)": m for b, m in metrics.get("baselines", {}).get("test", {}).items()}}
     task = metrics.get("task", "next-item")
-    if task == "next-item":
+    if get_task(task).ranking:
         return metrics_table(rows, metrics["protocol"]["ks"])
     return task_table(rows, task, metrics["data"].get("class_names", []))
 
 
 def task_description(task: str, class_names: Sequence[str], target: str) -> str:
     """One line saying what a classification / regression run predicts and on which examples."""
-    what = ", ".join(class_names) if task != "next-rating" else "rating"
-    unit = "tagged events" if task in ("event-class", "conversion-tag") else "examples"
-    return f"Task: {task} ({what}); test {unit}: {target}"
+    return get_task(task).describe(class_names, target)
 
 
 def training_curves(log_history: Sequence[Mapping], path: Path,
@@ -70,16 +70,11 @@ def training_curves(log_history: Sequence[Mapping], path: Path,
     return path
 
 
-TASK_METRICS = {"next-item": ("hr@10", "ndcg@10", "mrr@10"),
-                "next-class": ("accuracy", "f1_macro", "roc_auc"),
-                "event-class": ("accuracy", "f1_macro", "roc_auc"),
-                "purchase-intent": ("f1_macro", "roc_auc", "average_precision"),
-                "conversion-tag": ("f1_macro", "roc_auc", "average_precision"),
-                "next-rating": ("mae", "rmse")}
+RANKING_COLUMNS = ("hr@10", "ndcg@10", "mrr@10")
 
 
 def comparison_chart(rows: dict[str, dict], floors: dict[str, dict], path: Path,
-                     metric_names: Sequence[str] = TASK_METRICS["next-item"]) -> Path:
+                     metric_names: Sequence[str] = RANKING_COLUMNS) -> Path:
     names = list(rows) + [f"{f} (floor)" for f in floors]
     values = {**rows, **{f"{f} (floor)": v for f, v in floors.items()}}
     fig = new_figure(figsize=(13, 4), dpi=110)
@@ -117,8 +112,8 @@ def regenerate(folder: str | Path) -> list[Path]:
         saved = json.loads((root / "comparison.json").read_text())
         rows, floors = saved["models"], saved["floors"]
         first = next(iter(rows.values()), {})
-        names = next((m for m in TASK_METRICS.values() if all(k in first for k in m)),
-                     TASK_METRICS["next-item"])
+        names = next((t.headline for t in TASKS.values() if all(k in first for k in t.headline)),
+                     RANKING_COLUMNS)
         written.append(comparison_chart(rows, floors, root / "comparison.png", names))
         for sub in sorted(p for p in root.iterdir() if (p / "log_history.json").is_file()):
             written += regenerate(sub)

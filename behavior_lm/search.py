@@ -40,6 +40,7 @@ from transformers import TrainerCallback
 from behavior_lm.errors import RecipeError
 from behavior_lm.reporting import new_figure
 from behavior_lm.rundir import atomic_write, partial_of, writer_lock
+from behavior_lm.tasks import get_task
 from behavior_lm.training.recipes import known_keys, load_recipe, parse_recipe, to_argv
 from behavior_lm.training.run import train
 
@@ -159,7 +160,7 @@ def search(recipe: str | Path, space_file: str | Path, output_dir: str | Path, *
     for corner in _corners(space):
         parse_recipe(recipe, [*overrides, *to_argv(corner), "--output_dir", str(out / "trials" / "check")])
     task = parse_recipe(recipe, [*overrides, "--output_dir", str(out / "trials" / "check")])[0].task
-    if ("@" in metric) != (task == "next-item"):
+    if ("@" in metric) != get_task(task).ranking:
         raise RecipeError(f"--metric {metric!r} does not fit task {task} (ranking metrics such as ndcg@10 "
                           "for next-item; accuracy, f1_macro, mae, ... for the others)")
     direction = "minimize" if metric.split("@")[0] in LOWER_IS_BETTER else "maximize"

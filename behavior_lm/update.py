@@ -244,6 +244,9 @@ def update_run(run_dir: str | Path, events: str | Path, output_dir: str | Path,
         model = load_member(run, "next-item")
         info = dict(getattr(model.config, "behavior_lm", None) or {})
         saved_stream = dict(info.get("stream") or {})
+        if info.get("semantic_ids") or info.get("text_serialization"):
+            raise RecipeError(f"{run}: semantic-id and pretrained text-ranker runs cannot be updated yet (new items "
+                              "need new codes or text rows); retrain with the new events")
         if saved_stream.get("item_side"):
             raise RecipeError(f"{run}: runs with item side tokens cannot be updated yet (new items "
                               "have no side value)")

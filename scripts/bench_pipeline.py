@@ -9,6 +9,9 @@ forward on the same inputs (what the pipeline adds is parsing, tokenizing and th
 Then the batched case: the same ``--calls`` histories in one call per ``--batch_sizes`` value
 (``pipe(histories, batch_size=B)``), back to back with the loop of single calls: histories per
 second and the speed-up over single calls.
+
+Semantic-id runs decode with constrained beam search, so "bare forward" (one forward of the history)
+is what generation adds to; text-ranker runs' bare forward is the encoder and the catalogue scores.
 """
 from __future__ import annotations
 
@@ -69,7 +72,11 @@ def main() -> None:
         h = histories[n % len(histories)]
         ids = pipe.preprocess(parse_history(h))["input_ids"]
         start = time.perf_counter()
-        next_token_scores(pipe.model, ids, torch.ones_like(ids))
+        if pipe.text_ranker() is not None:       # a text ranker's forward is its catalogue scores
+            with torch.no_grad():
+                pipe.model(input_ids=ids, attention_mask=torch.ones_like(ids))
+        else:                                    # semantic ids: one forward of the history (no decoding)
+            next_token_scores(pipe.model, ids, torch.ones_like(ids))
         base.append((time.perf_counter() - start) * 1e3)
     lengths = [pipe.preprocess(parse_history(histories[n % len(histories)]))["input_ids"].shape[1] - 1
                for n in range(args.calls)]

@@ -73,3 +73,21 @@ def test_the_check_catches_an_upward_import(tmp_path):
     fake = tmp_path / "streams.py"
     fake.write_text("def f():\n    from behavior_lm.training.run import train\n")
     assert [layer_of(m) for _, m in imports(fake)] == [LAYER["training"]] and LAYER["training"] > LAYER["data"]
+
+
+def test_no_task_name_comparisons_outside_tasks():
+    """What differs between tasks is asked of the registered Task (``get_task(name).ranking``,
+    ``.regression``, ...); comparing a task's name anywhere else is how ten files drifted apart."""
+    import re
+
+    pattern = re.compile(r"""task\w*\s*(==|!=|\bin\b|\bnot in\b)\s*[("'A-Z]|[A-Z]+_TASKS\b""")
+    wrong = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE.parent)
+        if rel.parts[1] == "tasks":
+            continue
+        for n, line in enumerate(path.read_text().splitlines(), start=1):
+            if pattern.search(line.split("#")[0]):
+                wrong.append(f"{rel}:{n}: {line.strip()}")
+    assert not wrong, "\n".join(wrong)
+    assert pattern.search('if task == "next-item":') and pattern.search("x in TOKEN_TASKS")

@@ -13,6 +13,7 @@ import behavior_lm  # noqa: F401  (registers the GRU/LSTM classes)
 from behavior_lm.evaluation.harness import evaluate_baselines, evaluate_model, markov_scorer
 from behavior_lm.evaluation.protocol import EvalProtocol
 from behavior_lm.models.auto import MODEL_TYPES, build_model
+from behavior_lm.tasks import get_task
 from behavior_lm.models.rnn import BehaviorRNNConfig
 from behavior_lm.tokenization.behavior_tokenizer import build_tokenizer, item_mask
 from behavior_lm.arguments import ModelArguments
@@ -168,7 +169,7 @@ def test_classifiers_auto_save_load_and_train(model_type, task, tmp_path):
 
     tok = build_tokenizer([str(i) for i in range(12)], template="classification", max_length=16)
     args = ModelArguments(model_type=model_type, hidden_size=16, num_layers=1, num_heads=2, dropout=0.0)
-    model = build_model(args, tok, 16, task=task, num_labels=2)
+    model = get_task(task).build_model(args, tok, 16, num_labels=2)
     rows = [tok(f"i:{u} i:{u + 1}", f"i:{(u + 2) % 12}")["input_ids"] for u in range(8)]
     if task == "event-class":
         labels = [[-100] + [u % 2] * (len(r) - 2) + [-100] for u, r in enumerate(rows)]

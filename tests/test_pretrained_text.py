@@ -20,7 +20,7 @@ from behavior_lm.data.pipeline import load_sequences, prepare_data
 from behavior_lm.data.splits import leave_one_out
 from behavior_lm.data.text_histories import history_text, items_of_row
 from behavior_lm.models.pretrained import text_rows_for_run
-from behavior_lm.models.auto import template_for
+from behavior_lm.tasks import template_for
 
 from conftest import REPO, TINY
 from test_item_text import tiny_encoder

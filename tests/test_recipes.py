@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import AutoTokenizer
 
 from behavior_lm.training.recipes import load_recipe, parse_recipe
-from behavior_lm.data.tasks import TOKEN_TASKS
 from behavior_lm.errors import RecipeError
-from behavior_lm.models.auto import build_model, template_for
+from behavior_lm.models.auto import build_model
+from behavior_lm.tasks import get_task, template_for
 from behavior_lm.tokenization.behavior_tokenizer import build_tokenizer
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").rglob("*.yaml"))
@@ -37,7 +38,31 @@ def test_recipe_parses_and_builds_tiny(recipe):
     task = data_args.task
     template = template_for(model_args.model_type, task)
     tok = build_tokenizer([str(i) for i in range(20)], template=template, max_length=data_args.max_length)
-    model = build_model(model_args, tok, data_args.max_length, task=task, num_labels=2)
+    if model_args.model_type == "pretrained" and task == "next-item":    # a text ranker over 20 items
+        from behavior_lm.models.text_encoder import resolve_encoder
+        from behavior_lm.models.text_ranker import TextRankerModel, with_lora
+
+        model = TextRankerModel.from_encoder(resolve_encoder(model_args.pretrained_model), torch.randn(20, 384))
+        if model_args.lora_r:
+            model = with_lora(model, model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout,
+                              model_args.lora_target_modules)
+        text = AutoTokenizer.from_pretrained(resolve_encoder(model_args.pretrained_model))
+        assert model(**text(["watched: Heat (1995)"], return_tensors="pt")).logits.shape == (1, 20)
+        assert training_args.metric_for_best_model == "ndcg@10"
+        return
+    if model_args.semantic_ids:                       # codes of 20 items: the model reads code tokens
+        from behavior_lm.data.semantic_rows import code_tokenizer
+        from behavior_lm.tokenization.semantic_ids import SemanticIds, residual_kmeans
+
+        sids = SemanticIds.from_clusters([str(i) for i in range(20)], residual_kmeans(
+            torch.randn(20, 8), model_args.semantic_id_levels, model_args.semantic_id_codebook_size), 256)
+        tok = code_tokenizer(sids, template, data_args.max_length)
+        model = build_model(model_args, tok, sids.positions(data_args.max_length))
+        ids = torch.tensor([tok(" ".join(sids.expand(["i:3", "i:4"])))["input_ids"]])
+        assert model(input_ids=ids).logits.shape == (1, 1 + 2 * sids.code_length, len(tok))
+        assert max(training_args.eval_ks) <= model_args.semantic_id_beams
+        return
+    model = get_task(task).build_model(model_args, tok, data_args.max_length, num_labels=2)
     if model_args.model_type == "pretrained":           # reads text with the checkpoint's own tokenizer
         from behavior_lm.models.pretrained import text_tokenizer
         tok = text_tokenizer(model_args)
@@ -49,7 +74,7 @@ def test_recipe_parses_and_builds_tiny(recipe):
     if task == "next-item":
         assert training_args.metric_for_best_model == "ndcg@10"
         assert logits.shape == (1, ids.size(1), len(tok))
-    elif task in TOKEN_TASKS:
+    elif get_task(task).token_level:
         assert logits.shape == (1, ids.size(1), 2)
     else:
         assert logits.shape == (1, 1 if task == "next-rating" else 2)

@@ -7,7 +7,9 @@ from behavior_lm.data.preprocess import UserSequence
 from behavior_lm.data.splits import leave_one_out
 from behavior_lm.data.streams import StreamFormat
 from behavior_lm.data.collators import IGNORE_INDEX as IGNORE
-from behavior_lm.data.tasks import EventLabeler, build_sequence_task, build_token_task, class_names
+from behavior_lm.arguments import DataArguments
+from behavior_lm.data.tasks import EventLabeler, build_sequence_task, build_token_task
+from behavior_lm.tasks import get_task
 from behavior_lm.errors import DataError
 from behavior_lm.tokenization.behavior_tokenizer import build_tokenizer
 
@@ -25,14 +27,19 @@ def split():
 
 
 def test_class_names():
-    assert class_names(["rate"], 4.0) == ["value<4", "value>=4"]
-    assert class_names(["pv", "buy"], 4.0) == ["pv", "buy"]
+    args = DataArguments(like_threshold=4.0, intent_behavior="buy")
+    for task in ("next-class", "next-rating", "event-class"):
+        assert get_task(task).class_names(["rate"], args) == ["value<4", "value>=4"]
+        assert get_task(task).class_names(["pv", "buy"], args) == ["pv", "buy"]
+    assert get_task("purchase-intent").class_names(["pv", "buy"], args) == ["no buy", "buy"]
+    assert get_task("conversion-tag").class_names(["pv", "buy"], args) == ["no conversion", "converts"]
+    assert get_task("next-item").class_names(["pv", "buy"], args) == ["pv", "buy"]   # recorded, not used
 
 
 def test_sequence_task_pairs_and_labels(split):
     tok = build_tokenizer(list("abcde"), template="classification")
     labeler = EventLabeler(["rate"], 4.0, "log.csv")
-    dsd = build_sequence_task(split, tok, labeler, task="next-class", max_length=16,
+    dsd = build_sequence_task(split, tok, labeler, max_length=16,
                               fmt=StreamFormat(), examples_per_user=10)
     # user 1 trains on a b c -> targets at positions 1, 2 (b: 2.0 -> 0, c: 4.0 -> 1); user 2 on c
     assert dsd["train"]["labels"] == [0, 1]
@@ -42,7 +49,7 @@ def test_sequence_task_pairs_and_labels(split):
     assert test["labels"] == [0, 0]                      # e: 3.0, b: 1.0
     assert tok.convert_ids_to_tokens(test[0]["input_ids"]) == \
         ["[CLS]", "i:a", "i:b", "i:c", "i:d", "[SEP]", "i:e", "[SEP]"]
-    reg = build_sequence_task(split, tok, labeler, task="next-rating", max_length=16,
+    reg = build_sequence_task(split, tok, EventLabeler(["rate"], 4.0, "log.csv", regression=True), max_length=16,
                               fmt=StreamFormat(), examples_per_user=10)
     assert reg["validation"]["labels"] == [1.0, 4.0]
 
@@ -60,7 +67,7 @@ def test_token_task_labels_only_the_held_out_event(split):
 def test_missing_value_is_a_located_error():
     labeler = EventLabeler(["rate"], 4.0, "log.csv")
     with pytest.raises(DataError, match=r"log\.csv:7: field 'value'"):
-        labeler.label("next-class", "rate", None, 7)
+        labeler.label("rate", None, 7)
 
 
 def test_purchase_intent_cuts_labels_and_no_leakage():

@@ -146,7 +146,7 @@ def _prepare(argv: Sequence[str]) -> int:
     import json
 
     from behavior_lm.data.pipeline import prepare_data
-    from behavior_lm.models.auto import template_for
+    from behavior_lm.tasks import template_for
     from behavior_lm.training.recipes import parse_recipe
 
     data_args, model_args, _, _ = parse_recipe(args.recipe, overrides)

@@ -15,15 +15,16 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import pyarrow.compute as pc
 from datasets import DatasetDict, load_from_disk
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from behavior_lm.data import cold_start, preprocess, sources, splits, tasks
+from behavior_lm.data import cold_start, preprocess, sources, splits
 from behavior_lm.data.events import EventLog
-from behavior_lm.data.streams import StreamFormat, build_dataset_dict
+from behavior_lm.data.streams import StreamFormat
 from behavior_lm.errors import RecipeError
 from behavior_lm.rundir import atomic_dir
 from behavior_lm.tokenization.behavior_tokenizer import SIDE_FILE, build_tokenizer, grammar
@@ -34,6 +35,45 @@ logger = logging.getLogger(__name__)
 # Bump when the prepared output changes for the same inputs (invalidates caches).
 PIPELINE_VERSION = 4  # 2: target_behavior_id column, a slot for <b> in multi-behavior rows; 3: item side tokens;
 #                       4: ranking rows hold whole events, one fewer than a training window
+
+
+@dataclass
+class RowContext:
+    """What a task's row builder reads: the cleaned sequences, their split (audited), the tokenizer
+    over the catalogue and the stream format."""
+
+    args: DataArguments
+    split: splits.Split
+    sequences: list[preprocess.UserSequence]
+    tokenizer: PreTrainedTokenizerBase
+    fmt: StreamFormat
+    behaviors: list[str]
+    source: str
+
+
+class TaskRows(Protocol):
+    """The data side of a task (:class:`behavior_lm.tasks.Task` implements it and registers itself
+    with :func:`register_task_rows`; the data layer never imports the tasks)."""
+
+    name: str
+    ranking: bool
+
+    def check_data(self, args: DataArguments) -> None: ...
+    def class_names(self, behaviors: list[str], args: DataArguments) -> list[str]: ...
+    def build_rows(self, ctx: RowContext) -> tuple[DatasetDict, dict | None]: ...
+
+
+_TASK_ROWS: dict[str, TaskRows] = {}
+
+
+def register_task_rows(task: TaskRows) -> None:
+    _TASK_ROWS[task.name] = task
+
+
+def task_rows(name: str) -> TaskRows:
+    if name not in _TASK_ROWS:
+        raise RecipeError(f"unknown task {name!r}; known: {', '.join(_TASK_ROWS)}")
+    return _TASK_ROWS[name]
 
 
 @dataclass
@@ -89,6 +129,8 @@ def load_sequences(args: DataArguments) -> list[preprocess.UserSequence]:
 
 def prepare_data(args: DataArguments, template: str = "causal") -> PreparedData:
     """Build (or load from cache) the tokenizer and the train/validation/test streams."""
+    task = task_rows(args.task)
+    task.check_data(args)
     path, src = sources.resolve(args.dataset, args.data_path)
     key = cache_key(args, path, template)
     cached = sources.cache_dir() / "prepared" / cache_folder_name(args.dataset, key)
@@ -116,7 +158,7 @@ def prepare_data(args: DataArguments, template: str = "causal") -> PreparedData:
         raise RecipeError(f"target_behavior needs split: leave_one_out, got {args.split!r}")
     catalogue_sequences, cold_report = sequences, None
     if args.cold_items:
-        if args.split != "leave_one_out" or args.task != "next-item" or args.target_behavior:
+        if args.split != "leave_one_out" or not task.ranking or args.target_behavior:
             raise RecipeError("cold_items needs split: leave_one_out and task: next-item "
                               "(without target_behavior)")
         cold = cold_start.pick_cold_items({i for s in sequences for i in s.items}, args.cold_items,
@@ -152,30 +194,7 @@ def prepare_data(args: DataArguments, template: str = "causal") -> PreparedData:
     tokenizer = build_tokenizer(catalogue, behaviors if with_behaviors else (),
                                 template=template, max_length=args.max_length,
                                 extra_tokens=fmt.extra_tokens())
-    labeler = tasks.EventLabeler(behaviors, args.like_threshold, log.source)
-    task_summary = None           # tasks with their own per-user cuts describe them instead of `split`
-    if args.task in tasks.RANKING_TASKS:
-        dsd = build_dataset_dict(split, tokenizer, max_length=args.max_length,
-                                 fmt=fmt, train_windows_mode=args.train_windows)
-    elif args.task in tasks.SEQUENCE_TASKS:
-        dsd = tasks.build_sequence_task(split, tokenizer, labeler, task=args.task,
-                                        max_length=args.max_length, fmt=fmt,
-                                        examples_per_user=args.examples_per_user)
-    elif args.task == "conversion-tag":
-        dsd, task_summary = tasks.build_conversion_task(
-            sequences, tokenizer, fmt=fmt, max_length=args.max_length, browse=args.browse_behavior,
-            convert=tuple(args.conversion_behaviors), horizon=args.intent_horizon,
-            seconds=args.intent_seconds, examples_per_user=args.examples_per_user, source=log.source)
-    elif args.task in tasks.TOKEN_TASKS:
-        dsd = tasks.build_token_task(split, tokenizer, labeler, max_length=args.max_length,
-                                     fmt=fmt)
-    elif args.task in tasks.INTENT_TASKS:
-        dsd, task_summary = tasks.build_intent_task(
-            sequences, tokenizer, fmt=fmt, max_length=args.max_length, behavior=args.intent_behavior,
-            horizon=args.intent_horizon, seconds=args.intent_seconds,
-            examples_per_user=args.examples_per_user, source=log.source)
-    else:
-        raise RecipeError(f"unknown task {args.task!r}; known: {', '.join(tasks.TASKS)}")
+    dsd, task_summary = task.build_rows(RowContext(args, split, sequences, tokenizer, fmt, behaviors, log.source))
     progress.update()
     progress.set_postfix_str("saving to the cache")
     n_events = sum(len(s) for s in sequences)
@@ -188,8 +207,7 @@ def prepare_data(args: DataArguments, template: str = "causal") -> PreparedData:
         "split": task_summary if task_summary is not None else split.summary(),
         "with_behaviors": with_behaviors, "cache_key": key,
         "stream": fmt.describe(),
-        "task": args.task, "class_names": tasks.class_names(behaviors, args.like_threshold, args.task,
-                                                                   args.intent_behavior),
+        "task": args.task, "class_names": task.class_names(behaviors, args),
         "rows": {name: ds.num_rows for name, ds in dsd.items()}, "cache_hit": False,
     }
     if cold_report is not None:

@@ -1,4 +1,7 @@
-"""Tasks beyond next-item ranking, with labels taken from the log itself.
+"""The rows of the tasks beyond next-item ranking, with labels taken from the log itself.
+
+Each task is a registered object in :mod:`behavior_lm.tasks`, which decides which of the builders
+below makes its rows and with which settings; this module only cuts and labels sequences.
 
 =================  ===========================================  ==========================
 task               one example                                  label
@@ -43,32 +46,24 @@ from behavior_lm.errors import DataError
 from behavior_lm.data.streams import StreamFormat, encode_texts
 from behavior_lm.tokenization.behavior_tokenizer import encode_tokens, is_item_token, item_token
 
-RANKING_TASKS = ("next-item",)
-SEQUENCE_TASKS = ("next-class", "next-rating")
-TOKEN_TASKS = ("event-class", "conversion-tag")
-INTENT_TASKS = ("purchase-intent",)
-TASKS = RANKING_TASKS + SEQUENCE_TASKS + TOKEN_TASKS + INTENT_TASKS
-
-
-def class_names(behaviors: Sequence[str], like_threshold: float, task: str = "next-class",
-                intent_behavior: str = "buy") -> list[str]:
-    """Names of the classes of ``next-class`` / ``event-class`` / ``purchase-intent``."""
-    if task in INTENT_TASKS:
-        return [f"no {intent_behavior}", intent_behavior]
-    if task == "conversion-tag":
-        return ["no conversion", "converts"]
+def event_class_names(behaviors: Sequence[str], like_threshold: float) -> list[str]:
+    """Classes of an event: its behavior on multi-behavior logs, liked or not (value >=
+    ``like_threshold``) on one-behavior logs (what :class:`EventLabeler` assigns)."""
     if len(behaviors) > 1:
         return list(behaviors)
     return [f"value<{like_threshold:g}", f"value>={like_threshold:g}"]
 
 
 class EventLabeler:
-    """Maps an event (behavior, value, line) to its class or regression target."""
+    """Maps an event (behavior, value, line) to its class (:func:`event_class_names`), or with
+    ``regression`` to its value (the rating)."""
 
-    def __init__(self, behaviors: Sequence[str], like_threshold: float, source: str) -> None:
+    def __init__(self, behaviors: Sequence[str], like_threshold: float, source: str,
+                 regression: bool = False) -> None:
         self.behaviors = list(behaviors)
         self.like_threshold = like_threshold
         self.source = source
+        self.regression = regression
 
     def _value(self, value: float | None, line: int) -> float:
         if value is None or value != value:  # None or NaN
@@ -76,8 +71,8 @@ class EventLabeler:
                             line=line, field="value")
         return float(value)
 
-    def label(self, task: str, behavior: str, value: float | None, line: int) -> int | float:
-        if task == "next-rating":
+    def label(self, behavior: str, value: float | None, line: int) -> int | float:
+        if self.regression:
             return self._value(value, line)
         if len(self.behaviors) > 1:
             return self.behaviors.index(behavior)
@@ -99,19 +94,19 @@ def _pair_rows(pairs: list[tuple[str, UserSequence, str, str, int | float]], tok
 
 
 def build_sequence_task(split: Split, tokenizer: PreTrainedTokenizerBase, labeler: EventLabeler, *,
-                        task: str, max_length: int, fmt: StreamFormat, examples_per_user: int,
+                        max_length: int, fmt: StreamFormat, examples_per_user: int,
                         seed: int = 0) -> DatasetDict:
-    """``next-class`` / ``next-rating`` datasets: (history, item) pairs with a label each."""
+    """``next-class`` / ``next-rating`` datasets: (history, item) pairs with the labeler's label each."""
     train = []
     for seq in split.train:
         for i in _training_targets(seq, examples_per_user, seed):
             train.append((seq.user_id, seq.slice(0, i), seq.items[i], seq.behaviors[i],
-                          labeler.label(task, seq.behaviors[i], seq.values[i], seq.lines[i])))
+                          labeler.label(seq.behaviors[i], seq.values[i], seq.lines[i])))
     parts = {"train": Dataset.from_dict(_pair_rows(train, tokenizer, max_length, fmt))}
     for name in ("validation", "test"):
         examples: list[Example] = getattr(split, name)
         rows = [(ex.user_id, ex.history, ex.target_item, ex.target_behavior,
-                 labeler.label(task, ex.target_behavior, ex.target_value, ex.target_line))
+                 labeler.label(ex.target_behavior, ex.target_value, ex.target_line))
                 for ex in examples]
         if rows:
             parts[name] = Dataset.from_dict(_pair_rows(rows, tokenizer, max_length, fmt))
@@ -153,7 +148,7 @@ def build_token_task(split: Split, tokenizer: PreTrainedTokenizerBase, labeler: 
             out["labels"].append(lab)
         return out
 
-    train = [(s.user_id, s, [labeler.label("event-class", b, v, ln)
+    train = [(s.user_id, s, [labeler.label(b, v, ln)
                              for b, v, ln in zip(s.behaviors, s.values, s.lines)]) for s in split.train]
     parts = {"train": Dataset.from_dict(rows_for(train))}
     for name in ("validation", "test"):
@@ -163,8 +158,8 @@ def build_token_task(split: Split, tokenizer: PreTrainedTokenizerBase, labeler: 
             full = UserSequence(ex.user_id, h.items + [ex.target_item], h.behaviors + [ex.target_behavior],
                                 h.timestamps + [ex.target_timestamp], h.values + [ex.target_value],
                                 h.lines + [ex.target_line])
-            labels = [IGNORE_INDEX] * len(h) + [labeler.label("event-class", ex.target_behavior,
-                                                        ex.target_value, ex.target_line)]
+            labels = [IGNORE_INDEX] * len(h) + [labeler.label(ex.target_behavior, ex.target_value,
+                                                              ex.target_line)]
             rows.append((ex.user_id, full, labels))
         if rows:
             parts[name] = Dataset.from_dict(rows_for(rows))

@@ -37,7 +37,7 @@ from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM, AutoModel
                           PreTrainedConfig, PreTrainedModel)
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from behavior_lm.data.tasks import TOKEN_TASKS
+from behavior_lm.tasks import get_task
 from behavior_lm.evaluation.floors import Floor, floor_from_buffers
 from behavior_lm.evaluation.scoring import item_log_softmax, next_item_scores
 
@@ -219,11 +219,12 @@ class BehaviorEnsembleModel(PreTrainedModel):
                 **_: Any) -> SequenceClassifierOutput:
         """Classification / regression ensembles: the fused output as ``logits`` (log of the
         fused class probabilities, the vote score, or the mean predicted value)."""
-        if self.config.task == "next-item":
+        task = get_task(self.config.task)
+        if task.ranking:
             raise TypeError("a next-item ensemble is scored with fused_scores (or the pipeline), not forward")
         outs = [m(input_ids=input_ids, attention_mask=attention_mask).logits for m in self.models]
         stacked = torch.stack(outs).float()
-        if self.config.task == "next-rating":
+        if task.regression:
             return SequenceClassifierOutput(logits=(self.weights.view(-1, 1, 1).to(stacked.device) * stacked).sum(dim=0))
         return SequenceClassifierOutput(logits=fuse(stacked.log_softmax(dim=-1), self.weights, self.config.method))
 
@@ -273,9 +274,10 @@ def load_member(path: Path, task: str) -> PreTrainedModel:
     """A trained run's model with the Auto class its architecture needs."""
     member_config = AutoConfig.from_pretrained(path)
     archs = getattr(member_config, "architectures", None) or []
-    if task in TOKEN_TASKS:
+    kind = get_task(task)
+    if kind.token_level:
         auto = AutoModelForTokenClassification
-    elif task != "next-item":
+    elif not kind.ranking:
         auto = AutoModelForSequenceClassification
     elif any(a.endswith("ForMaskedLM") for a in archs):
         auto = AutoModelForMaskedLM

@@ -23,9 +23,9 @@ from behavior_lm.errors import RecipeError
 from behavior_lm.evaluation.fusion import BehaviorEnsembleConfig, BehaviorEnsembleModel
 from behavior_lm.evaluation.harness import evaluate_baselines, evaluate_model
 from behavior_lm.evaluation.protocol import EvalProtocol
-from behavior_lm.data.tasks import TOKEN_TASKS
+from behavior_lm.tasks import get_task
 from behavior_lm.evaluation.task_metrics import floor_metrics, score_predictions
-from behavior_lm.models.auto import MASKED_MODEL_TYPES, template_for
+from behavior_lm.models.auto import MASKED_MODEL_TYPES
 from behavior_lm.models.pretrained import is_adapter_run, load_pretrained_classifier, text_rows_for_run
 from behavior_lm.data.collators import IGNORE_INDEX, BehaviorCollator
 from behavior_lm.arguments import DataArguments, ModelArguments
@@ -50,8 +50,9 @@ def evaluate_run(run_dir: str | Path, *, split: str = "test", batch_size: int = 
     tokenizer = AutoTokenizer.from_pretrained(run)
     model_type = saved.get("model_type", "gpt2")
     task = saved.get("task", "next-item")
-    data = prepare_data(data_args, template=template_for(model_type, task))
-    if model_type == "pretrained" and task == "next-item":
+    kind = get_task(task)
+    data = prepare_data(data_args, template=kind.template(model_type))
+    if model_type == "pretrained" and kind.ranking:
         return _evaluate_text_ranker_run(run, saved, data, tokenizer, protocol, split, batch_size), protocol
     if model_type == "pretrained":           # the same examples as text, as training wrote them
         text_dsd, text_tok, now = text_rows_for_run(data.datasets, data.tokenizer, ModelArguments.of_run(run),
@@ -69,7 +70,7 @@ def evaluate_run(run_dir: str | Path, *, split: str = "test", batch_size: int = 
     if data.tokenizer.get_vocab() != tokenizer.get_vocab():
         raise RecipeError(f"{run}: the data prepared from recipe.yaml has a different vocabulary "
                           "than the saved tokenizer (did the dataset file change?)")
-    if task != "next-item":
+    if not kind.ranking:
         return _evaluate_task_run(run, task, model_type, data, split, batch_size,
                                   data_args.intent_behavior), protocol
     if model_type == "ensemble":
@@ -154,7 +155,7 @@ def task_logits(model, data, split: str, task: str, batch_size: int = 256) -> tu
         for batch in DataLoader(dataset.with_format(None), batch_size=batch_size, collate_fn=collate):
             out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             width = batch["input_ids"].size(1)
-            if task in TOKEN_TASKS:
+            if get_task(task).token_level:
                 pad = data.tokenizer.model_max_length - width
                 out = torch.nn.functional.pad(out, (0, 0, 0, max(pad, 0)))
                 batch["labels"] = torch.nn.functional.pad(batch["labels"], (0, max(pad, 0)), value=IGNORE_INDEX)
@@ -168,7 +169,7 @@ def load_task_model(run: Path, task: str):
         return load_pretrained_classifier(run)
     if json.loads((run / "config.json").read_text()).get("model_type") == BehaviorEnsembleConfig.model_type:
         return BehaviorEnsembleModel.from_pretrained(run)
-    auto = AutoModelForTokenClassification if task in TOKEN_TASKS else AutoModelForSequenceClassification
+    auto = AutoModelForTokenClassification if get_task(task).token_level else AutoModelForSequenceClassification
     return auto.from_pretrained(run).eval()
 
 

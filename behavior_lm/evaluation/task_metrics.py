@@ -24,26 +24,36 @@ from datasets import Dataset
 from transformers import EvalPrediction
 
 from behavior_lm.data.collators import IGNORE_INDEX
-from behavior_lm.data.tasks import TOKEN_TASKS
+from behavior_lm.tasks import Task, get_task
 from behavior_lm.tokenization.behavior_tokenizer import behavior_token_ids
 from behavior_lm.evaluation.metrics import (accuracy, average_precision, mae, precision_recall_f1, rmse,
                                             roc_auc)
 
 
-def _flatten(task: str, logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    if task in TOKEN_TASKS:                                  # (N, L, C), (N, L) -> kept tokens
+def _task(task: str | Task) -> Task:
+    return task if isinstance(task, Task) else get_task(task)
+
+
+def _flatten(task: str | Task, logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if _task(task).token_level:                              # (N, L, C), (N, L) -> kept tokens
         keep = labels != IGNORE_INDEX
         return logits[keep], labels[keep]
     return logits, labels
 
 
-def score_predictions(task: str, logits: np.ndarray, labels: np.ndarray,
+def score_predictions(task: str | Task, logits: np.ndarray, labels: np.ndarray,
                       num_classes: int) -> dict[str, float]:
     """Task metrics from raw model outputs (``logits``) and gold ``labels``."""
     logits, labels = _flatten(task, np.asarray(logits), np.asarray(labels))
-    if task == "next-rating":
+    if _task(task).regression:
         pred = logits.reshape(-1)
         return {"mae": mae(labels, pred), "rmse": rmse(labels, pred), "num_examples": int(labels.size)}
+    return classification_scores(logits, labels, num_classes)
+
+
+def classification_scores(logits: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, float]:
+    """Accuracy, per-class and macro precision/recall/F1 (and ROC-AUC, average precision for two
+    classes) of flat ``(N, C)`` logits against ``(N,)`` labels."""
     labels = labels.astype(np.int64)
     pred = logits.argmax(-1)
     out = {"accuracy": accuracy(labels, pred), "num_examples": int(labels.size)}
@@ -55,23 +65,27 @@ def score_predictions(task: str, logits: np.ndarray, labels: np.ndarray,
     return out
 
 
-def make_task_metrics(task: str, num_classes: int):
+def make_task_metrics(task: str | Task, num_classes: int):
     def compute_metrics(pred: EvalPrediction) -> dict[str, float]:
         return score_predictions(task, pred.predictions, pred.label_ids, num_classes)
     return compute_metrics
 
 
-def _labels(ds: Dataset, task: str) -> np.ndarray:
-    if task in TOKEN_TASKS:
+def _labels(ds: Dataset, task: str | Task) -> np.ndarray:
+    if _task(task).token_level:
         flat = np.concatenate([np.asarray(r, dtype=np.int64) for r in ds["labels"]])
         return flat[flat != IGNORE_INDEX]
     return np.asarray(ds["labels"])
 
 
-def heuristic_scores(task: str, ds: Dataset, tokenizer, intent_behavior: str = "buy") -> np.ndarray | None:
+HEURISTIC_NAMES = {"buy-rate": "buy rate (heuristic)", "repeat-views": "repeat views (heuristic)"}
+
+
+def heuristic_scores(task: str | Task, ds: Dataset, tokenizer, intent_behavior: str = "buy") -> np.ndarray | None:
     """The heuristic floor's score of every labelled example (in :func:`_labels` order), or
     None when the task has no heuristic (or the stream lacks what it reads)."""
-    if task == "purchase-intent":
+    heuristic = _task(task).heuristic
+    if heuristic == "buy-rate":
         by_name = behavior_token_ids(tokenizer)
         target = by_name.get(intent_behavior)
         b_ids = np.array(list(by_name.values()), dtype=np.int64)
@@ -83,7 +97,7 @@ def heuristic_scores(task: str, ds: Dataset, tokenizer, intent_behavior: str = "
             events = max(int(np.isin(ids, b_ids).sum()), 1)
             out.append(float((ids == target).sum()) / events)
         return np.asarray(out)
-    if task == "conversion-tag":
+    if heuristic == "repeat-views":
         out = []
         for ids, labels in zip(ds["input_ids"], ds["labels"]):
             ids, labels = np.asarray(ids, dtype=np.int64), np.asarray(labels, dtype=np.int64)
@@ -112,7 +126,7 @@ def positive_probability(logits: np.ndarray) -> np.ndarray:
     return np.exp(z[..., 1]) / np.exp(z).sum(-1)
 
 
-def tuned_threshold_metrics(task: str, val_logits: np.ndarray, val_labels: np.ndarray,
+def tuned_threshold_metrics(task: str | Task, val_logits: np.ndarray, val_labels: np.ndarray,
                             test_logits: np.ndarray, test_labels: np.ndarray) -> dict[str, float]:
     """Binary tasks with a rare positive class: argmax rarely predicts it, so also report the
     positive-class precision/recall/F1 at the probability threshold with the best F1 on
@@ -126,34 +140,34 @@ def tuned_threshold_metrics(task: str, val_logits: np.ndarray, val_labels: np.nd
             "recall_1_tuned": m["recall_1"], "f1_1_tuned": m["f1_1"], "f1_macro_tuned": m["f1_macro"]}
 
 
-def floor_metrics(task: str, train: Dataset, evaluate_on: Dataset, num_classes: int, tokenizer=None,
+def floor_metrics(task: str | Task, train: Dataset, evaluate_on: Dataset, num_classes: int, tokenizer=None,
                   intent_behavior: str = "buy") -> dict[str, dict]:
     """Majority class (classification) or the training mean (regression), scored like a model;
     plus the heuristic floor of the binary e-commerce tasks when a tokenizer is given."""
     y_train, y_eval = _labels(train, task), _labels(evaluate_on, task)
-    if task == "next-rating":
+    if _task(task).regression:
         const = np.full((y_eval.size, 1), float(y_train.mean()))
         return {"training mean": score_predictions(task, const, y_eval, num_classes)}
     majority = int(np.bincount(y_train.astype(np.int64), minlength=num_classes).argmax())
     const = np.zeros((y_eval.size, num_classes))
     const[:, majority] = 1.0
-    out = {"majority class": score_predictions("next-class", const, y_eval, num_classes)}
+    out = {"majority class": classification_scores(const, y_eval, num_classes)}
     if tokenizer is not None and num_classes == 2:
         s_train = heuristic_scores(task, train, tokenizer, intent_behavior)
         if s_train is not None and s_train.size:
             threshold = best_f1_threshold(s_train, y_train)
             s_eval = heuristic_scores(task, evaluate_on, tokenizer, intent_behavior)
             logits = np.stack([np.zeros_like(s_eval), s_eval - threshold], axis=1)
-            name = "buy rate (heuristic)" if task == "purchase-intent" else "repeat views (heuristic)"
-            m = score_predictions("next-class", logits, y_eval, num_classes)
+            name = HEURISTIC_NAMES[_task(task).heuristic]
+            m = classification_scores(logits, y_eval, num_classes)
             m.update({f"{k}_tuned": m[k] for k in ("precision_1", "recall_1", "f1_1", "f1_macro")})
             out[name] = m                      # its threshold is tuned already (on training rows)
     return out
 
 
-def task_table(rows: dict[str, dict], task: str, class_names: Sequence[str]) -> str:
+def task_table(rows: dict[str, dict], task: str | Task, class_names: Sequence[str]) -> str:
     """Markdown table of task metrics, one row per model/floor."""
-    if task == "next-rating":
+    if _task(task).regression:
         cols = ["mae", "rmse"]
     else:
         cols = ["accuracy", "precision_macro", "recall_macro", "f1_macro"]

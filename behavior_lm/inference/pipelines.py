@@ -241,6 +241,15 @@ class NextBehaviorPipeline(Pipeline):
                 item_side=side[0] if side else None, side_values=side[1] if side else None)
         return self._cached_format
 
+    def knows_item(self, item: str) -> bool:
+        """Whether ``item`` is in the run's catalogue (a token, a code, or a row of a text ranker)."""
+        codes, ranker = self.semantic_ids(), self.text_ranker()
+        if codes:
+            return item in codes[0].index
+        if ranker:
+            return item in ranker[1]
+        return item_token(item) in self._views()[0]
+
     def semantic_ids(self):
         """``(SemanticIds, CodeTrie)`` of a semantic-id run (``semantic_ids.json`` next to the
         weights, locally or on the Hub), else None."""
@@ -383,9 +392,8 @@ class NextBehaviorPipeline(Pipeline):
         kept: list[tuple[str, str | None, int | None]] = []
         dropped_items, dropped_behaviors = [], []
         codes, ranker = self.semantic_ids(), self.text_ranker()
-        known = codes[0].index if codes else ranker[1] if ranker else None
         for (item, b), t in zip(history.events, times):
-            if (item not in known) if known is not None else (item_token(item) not in vocab):
+            if not self.knows_item(item):
                 dropped_items.append(item)
             elif stream_behaviors and b not in stream_behaviors:
                 dropped_behaviors.append((item, b))

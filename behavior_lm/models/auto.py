@@ -10,7 +10,6 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
                           AutoModelForSequenceClassification, AutoModelForTokenClassification,
                           PreTrainedConfig, PreTrainedModel, PreTrainedTokenizerBase)
 
-from behavior_lm.data.tasks import TOKEN_TASKS
 from behavior_lm.errors import RecipeError
 from behavior_lm.arguments import ModelArguments
 from behavior_lm.models.rnn import BehaviorRNNConfig
@@ -23,10 +22,9 @@ MODEL_TYPES = CAUSAL_MODEL_TYPES + MASKED_MODEL_TYPES
 CLASSIFIER_MODEL_TYPES = ("bert", "gru", "lstm", "pretrained")
 
 
-def template_for(model_type: str, task: str = "next-item") -> str:
-    """Which token template (``tokenizer/grammar.json``) a model type trains on for a task."""
-    if task != "next-item":
-        return "classification"
+def template_for(model_type: str) -> str:
+    """Which token template (``tokenizer/grammar.json``) a model type trains on for next-item
+    ranking (the other tasks read ``[CLS] ... [SEP]``: ``Task.template``)."""
     return "masked" if model_type in MASKED_MODEL_TYPES else "causal"
 
 
@@ -87,35 +85,37 @@ def build_config(args: ModelArguments, tokenizer: PreTrainedTokenizerBase, max_l
                      f"{', '.join(MODEL_TYPES + ('bert',))}")
 
 
+HEADS = ("next-token", "sequence", "token")
+
+
 def build_model(args: ModelArguments, tokenizer: PreTrainedTokenizerBase, max_length: int,
-                task: str = "next-item", num_labels: int = 2) -> PreTrainedModel:
-    """A freshly initialised model for the tokenizer's vocabulary and the task:
-    ``AutoModelForCausalLM`` (GPT-2, Llama, GRU/LSTM) or ``AutoModelForMaskedLM`` (BERT4Rec) for
-    next-item ranking; ``AutoModelForSequenceClassification`` (BERT, GRU/LSTM) for ``next-class``
-    and ``next-rating``; ``AutoModelForTokenClassification`` (BERT) for ``event-class`` and ``conversion-tag``;
-    a pretrained checkpoint (``model_type: pretrained``, :mod:`behavior_lm.models.pretrained`) for
-    the sequence tasks, reading histories as text."""
+                head: str = "next-token", num_labels: int = 2, regression: bool = False) -> PreTrainedModel:
+    """A freshly initialised model for the tokenizer's vocabulary with one of three heads:
+
+    - ``next-token``: ``AutoModelForCausalLM`` (GPT-2, Llama, GRU/LSTM) or ``AutoModelForMaskedLM``
+      (BERT4Rec), the item vocabulary as the output (next-item ranking);
+    - ``sequence``: ``AutoModelForSequenceClassification`` (BERT, GRU/LSTM, or a pretrained
+      checkpoint with ``model_type: pretrained``), ``num_labels`` classes or one value (``regression``);
+    - ``token``: ``AutoModelForTokenClassification`` (BERT), a label per event.
+
+    Which head a task needs, and which model types it allows, is the task's decision
+    (:mod:`behavior_lm.tasks`, ``Task.build_model``)."""
+    if head not in HEADS:
+        raise ValueError(f"head must be one of {HEADS}, got {head!r}")
     if args.model_type == "pretrained":
-        from behavior_lm.data.tasks import SEQUENCE_TASKS
         from behavior_lm.models.pretrained import build_pretrained_classifier
 
-        if task not in SEQUENCE_TASKS:
-            raise RecipeError(f"model_type pretrained is for the sequence tasks ({', '.join(SEQUENCE_TASKS)}), "
-                              f"not {task!r}")
-        regression = task == "next-rating"
+        if head != "sequence":
+            raise RecipeError("build_model builds model_type pretrained as a sequence classifier (next-class, "
+                              "next-rating); for next-item the training run builds a text ranker over the "
+                              "catalogue (behavior_lm.models.pretrained.text_ranker_for_run)")
         return build_pretrained_classifier(args, 1 if regression else num_labels, regression)
     config = build_config(args, tokenizer, max_length)
-    if task != "next-item":
-        if args.model_type not in CLASSIFIER_MODEL_TYPES:
-            raise ValueError(f"task {task!r} needs model_type in {CLASSIFIER_MODEL_TYPES}, "
-                             f"got {args.model_type!r}")
-        config.num_labels = 1 if task == "next-rating" else num_labels
-        config.problem_type = "regression" if task == "next-rating" else "single_label_classification"
-        if task in TOKEN_TASKS:
-            if args.model_type != "bert":
-                raise ValueError(f"task {task!r} (token classification) needs model_type bert")
-            return AutoModelForTokenClassification.from_config(config)
-        return AutoModelForSequenceClassification.from_config(config)
+    if head != "next-token":
+        config.num_labels = 1 if regression else num_labels
+        config.problem_type = "regression" if regression else "single_label_classification"
+        auto = AutoModelForTokenClassification if head == "token" else AutoModelForSequenceClassification
+        return auto.from_config(config)
     if args.model_type == "bert":
         raise ValueError("model_type bert is for the classification tasks; use bert4rec for next-item")
     masked = args.model_type in MASKED_MODEL_TYPES

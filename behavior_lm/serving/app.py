@@ -23,7 +23,6 @@ from behavior_lm.data.streams import context_events
 from behavior_lm.inference.pipelines import check_item_id
 from behavior_lm.serving.batcher import MicroBatcher
 from behavior_lm.serving.state import HistoryStore, StoredEvent
-from behavior_lm.tokenization.behavior_tokenizer import item_token
 from behavior_lm.version import __version__
 
 ItemId = str | int
@@ -84,7 +83,6 @@ def create_app(model: str, state_file: str | Path | None = None) -> FastAPI:
     store = HistoryStore(keep, Path(state_file) if state_file else None)
     behaviors = set(pipe.behavior_names()) if fmt.behaviors else set()
     needs_time = fmt.time_gaps or fmt.session_gap is not None
-    vocab = pipe._views()[0]                  # the pipeline's cached vocabulary
     # concurrent requests share one padded forward (the pipeline's batched call)
     batcher = MicroBatcher(lambda histories, **options: pipe(histories, batch_size=len(histories), **options))
 
@@ -116,7 +114,7 @@ def create_app(model: str, state_file: str | Path | None = None) -> FastAPI:
         for e in events:
             check(e)
         store.add([(e.user, StoredEvent(str(e.item), e.behavior, e.timestamp)) for e in events])
-        unknown = sorted({str(e.item) for e in events if item_token(str(e.item)) not in vocab})
+        unknown = sorted({str(e.item) for e in events if not pipe.knows_item(str(e.item))})
         return {"accepted": len(events), "unknown_items": unknown[:100], "unknown_item_count": len(unknown)}
 
     @app.post("/recommend")

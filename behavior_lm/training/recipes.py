@@ -193,19 +193,22 @@ def check_values(data_args: DataArguments, model_args: ModelArguments,
     """Ranges and choices, before any data is read: one line naming the key, not a traceback
     from deep inside a model constructor."""
     from behavior_lm.data.streams import TRAIN_WINDOWS
-    from behavior_lm.data.tasks import TASKS
     from behavior_lm.models.auto import CLASSIFIER_MODEL_TYPES, MODEL_TYPES
+    from behavior_lm.tasks import get_task, task_names
 
     def need(ok: bool, key: str, what: str, value: Any) -> None:
         if not ok:
             raise RecipeError(f"{where(key)} must be {what}, got {value!r}")
 
-    choices = {"task": (data_args.task, TASKS), "split": (data_args.split, ("leave_one_out", "temporal")),
+    choices = {"task": (data_args.task, task_names()), "split": (data_args.split, ("leave_one_out", "temporal")),
                "train_windows": (data_args.train_windows, TRAIN_WINDOWS),
                "model_type": (model_args.model_type, tuple(dict.fromkeys(MODEL_TYPES + CLASSIFIER_MODEL_TYPES))),
                "cloze_loss": (training_args.cloze_loss, ("items", "vocabulary"))}
     for key, (value, allowed) in choices.items():
         need(value in allowed, key, f"one of {', '.join(allowed)}", value)
+    task = get_task(data_args.task)
+    need(model_args.model_type in task.model_types, "model_type",
+         f"one of {', '.join(task.model_types)} for task {task.name}", model_args.model_type)
     for key, value in (("hidden_size", model_args.hidden_size), ("num_layers", model_args.num_layers),
                        ("num_heads", model_args.num_heads), ("max_length", data_args.max_length),
                        ("per_device_train_batch_size", training_args.per_device_train_batch_size),

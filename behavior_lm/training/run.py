@@ -23,7 +23,7 @@ import torch
 import yaml
 from transformers import EarlyStoppingCallback, TrainerCallback, set_seed
 
-from behavior_lm.data.tasks import TOKEN_TASKS
+from behavior_lm.tasks import get_task
 from behavior_lm.data.cold_start import cold_start_subsets, cold_token_ids
 from behavior_lm.data.pipeline import prepare_data, write_item_side
 from behavior_lm.data.sources import cache_dir
@@ -32,8 +32,7 @@ from behavior_lm.evaluation.harness import evaluate_baselines
 from behavior_lm.evaluation.next_behavior import evaluate_next_behavior, next_behavior_table
 from behavior_lm.evaluation.protocol import EvalProtocol
 from behavior_lm.evaluation.task_metrics import floor_metrics, make_task_metrics, tuned_threshold_metrics
-from behavior_lm.models.auto import (MASKED_MODEL_TYPES, build_model, count_parameters, effective_dropout,
-                                     template_for)
+from behavior_lm.models.auto import MASKED_MODEL_TYPES, count_parameters, effective_dropout, template_for
 from behavior_lm.models.item_text_init import attach_item_text, bake_item_text, save_item_text
 from behavior_lm.models.pretrained import is_peft_model, text_ranker_for_run, text_rows_for_run
 from behavior_lm.models.text_ranker import save_ranker_files
@@ -42,7 +41,7 @@ from behavior_lm.data.semantic_rows import check_stream, code_rows, code_tokeniz
 from behavior_lm.evaluation.generative import GenerativeRanker
 from behavior_lm.tokenization.semantic_ids import CodeTrie
 from behavior_lm.models.text_encoder import check_item_text, item_text_table
-from behavior_lm.reporting import results_table, task_description, training_curves
+from behavior_lm.reporting import results_table, training_curves
 from behavior_lm.rundir import (check_output_dir, check_writable, last_complete_checkpoint, partial_of,
                                 promote, writer_lock)
 from behavior_lm.tokenization.behavior_tokenizer import behavior_token_ids, item_mask
@@ -63,18 +62,10 @@ SPLIT_TARGETS = {
 def protocol_for(data_args: DataArguments, training_args: BehaviorTrainingArguments,
                  with_behaviors: bool = False) -> EvalProtocol:
     target = SPLIT_TARGETS[data_args.split]
-    within = f" and {data_args.intent_seconds} s" if data_args.intent_seconds else ""
-    windows = "(test: each user's last window; validation: the window before)"
-    if data_args.task == "purchase-intent":
-        target = (f"'{data_args.intent_behavior}' within the next {data_args.intent_horizon} events{within} "
-                  + windows)
-    elif data_args.task == "conversion-tag":
-        target = (f"each still-unconverted '{data_args.browse_behavior}' in the history: its item gets "
-                  f"{' or '.join(repr(b) for b in data_args.conversion_behaviors)} within the next "
-                  f"{data_args.intent_horizon} events{within} {windows}")
-    elif data_args.target_behavior:
+    if data_args.target_behavior:
         target = (f"last '{data_args.target_behavior}' event per user (test); the one before it "
                   "(validation)")
+    target = get_task(data_args.task).target(data_args, target)   # windowed tasks describe their own
     scoring = "none"
     if with_behaviors:
         scoring = "target behavior" if training_args.condition_on_behavior else "mixture"
@@ -107,11 +98,11 @@ def _train(data_args: DataArguments, model_args: ModelArguments,
     training_args = copy.copy(training_args)     # the Trainer's settings; the caller's stay as given
     final = Path(training_args.output_dir)
     partial = partial_of(final)
-    ranking = data_args.task == "next-item"
+    task = get_task(data_args.task)
+    ranking = task.ranking
     if not ranking and training_args.metric_for_best_model == "ndcg@10":  # the ranking default
-        regression = data_args.task == "next-rating"
-        training_args.metric_for_best_model = "mae" if regression else "f1_macro"
-        training_args.greater_is_better = not regression
+        training_args.metric_for_best_model = task.best_metric
+        training_args.greater_is_better = task.greater_is_better
     _, at, best_k = (training_args.metric_for_best_model or "").rpartition("@")
     if ranking and at and best_k not in {str(k) for k in training_args.eval_ks}:
         raise RecipeError(f"metric_for_best_model {training_args.metric_for_best_model!r} needs its K "
@@ -135,7 +126,7 @@ def _train(data_args: DataArguments, model_args: ModelArguments,
     set_seed(training_args.seed)
 
     with training_args.main_process_first(desc="preparing token streams"):
-        data = prepare_data(data_args, template=template_for(model_args.model_type, data_args.task))
+        data = prepare_data(data_args, template=task.template(model_args.model_type))
     tokenizer, dsd = data.tokenizer, data.datasets
     id_tokenizer, id_dsd = tokenizer, dsd               # what the floors read
     serialization = sids = ranker = None
@@ -158,9 +149,9 @@ def _train(data_args: DataArguments, model_args: ModelArguments,
         validation = validation.shuffle(seed=training_args.seed).select(range(training_args.max_eval_users))
 
     num_classes = len(data.info["class_names"])
-    model = ranker if ranker is not None else build_model(
+    model = ranker if ranker is not None else task.build_model(
         model_args, tokenizer, sids.positions(data_args.max_length) if sids else data_args.max_length,
-        task=data_args.task, num_labels=num_classes)
+        num_labels=num_classes)
     text_info = None
     if model_args.item_text and model_args.model_type != "pretrained" and not semantic:   # pretrained: what it reads
         with training_args.main_process_first(desc="embedding item text"):   # one process encodes
@@ -183,7 +174,7 @@ def _train(data_args: DataArguments, model_args: ModelArguments,
     with _tensorboard_logs(partial / "logs"):  # read when the Trainer builds its callbacks
         trainer = BehaviorTrainer(
             model=model, args=training_args, train_dataset=dsd["train"], eval_dataset=validation,
-            data_collator=make_collator(model_args, tokenizer, data_args.task), processing_class=tokenizer,
+            data_collator=make_collator(model_args, tokenizer, ranking), processing_class=tokenizer,
             compute_metrics=(make_compute_metrics(training_args.eval_ks) if ranking
                              else make_task_metrics(data_args.task, num_classes)),
             compute_loss_func=(None if text_ranker else
@@ -204,7 +195,7 @@ def _train(data_args: DataArguments, model_args: ModelArguments,
     if ranking and not semantic and not text_ranker:  # final scoring: the whole catalogue, cold items too
         trainer.item_mask = item_mask(tokenizer, model.get_output_embeddings().out_features)
     trainer.remove_callback(EarlyStoppingCallback)  # final scoring is not a selection step
-    if ranking or data_args.task == "next-rating" or num_classes != 2:
+    if not task.tunes_threshold(num_classes):
         val_metrics = trainer.evaluate(validation, metric_key_prefix="validation")
         test_metrics = trainer.evaluate(dsd["test"], metric_key_prefix="test")
     else:                                     # binary: keep the outputs to tune a threshold on validation
@@ -298,7 +289,7 @@ def check_semantic_recipe(data_args: DataArguments, model_args: ModelArguments,
     if model_args.model_type not in GENERATIVE_MODEL_TYPES:
         raise RecipeError(f"semantic_ids: the model generates codes with `generate`; model_type must be one of "
                           f"{', '.join(GENERATIVE_MODEL_TYPES)}, got {model_args.model_type!r}")
-    if data_args.task != "next-item" or data_args.cold_items or data_args.target_behavior:
+    if not get_task(data_args.task).ranking or data_args.cold_items or data_args.target_behavior:
         raise RecipeError("semantic_ids: task next-item only, without cold_items or target_behavior")
     if model_args.semantic_id_beams < max(training_args.eval_ks):
         raise RecipeError(f"semantic_id_beams ({model_args.semantic_id_beams}) must be at least the largest "
@@ -366,15 +357,16 @@ def describe_run_in_config(config, data_args: DataArguments, model_args: ModelAr
     }
     if text_info:
         config.behavior_lm["item_text"] = text_info
-    if data_args.task in ("next-class", "purchase-intent", *TOKEN_TASKS):
+    if get_task(data_args.task).named_labels:
         names = list(data_info["class_names"])
         config.id2label = dict(enumerate(names))
         config.label2id = {n: i for i, n in enumerate(names)}
 
 
-def make_collator(model_args: ModelArguments, tokenizer, task: str = "next-item") -> BehaviorCollator:
-    """Causal batches, or cloze batches for masked-item models (labelled rows pass through)."""
-    if model_args.model_type in MASKED_MODEL_TYPES and task == "next-item":
+def make_collator(model_args: ModelArguments, tokenizer, ranking: bool = True) -> BehaviorCollator:
+    """Causal batches, or cloze batches for masked-item models on next-item rows (labelled rows
+    pass through)."""
+    if model_args.model_type in MASKED_MODEL_TYPES and ranking:
         return BehaviorCollator(tokenizer.pad_token_id, mask_token_id=tokenizer.mask_token_id,
                                 mask_probability=model_args.mask_probability,
                                 maskable=item_mask(tokenizer))
@@ -473,15 +465,16 @@ def _write_run_files(run: Path, data_args, model_args, training_args, recipe, da
     (run / "training_args.bin").unlink(missing_ok=True)
     table = results_table(metrics, model_name)
     task = data_args.task
-    if task == "next-item":
+    kind = get_task(task)
+    if kind.ranking:
         what = f"Protocol: {protocol.describe()}"
     else:
-        what = task_description(task, data_info["class_names"], protocol.target)
+        what = kind.describe(data_info["class_names"], protocol.target)
     ds = data_info["dataset"]
     prep = data_info["prepared"]
     (run / "results.md").write_text(
         f"# {model_args.model_type} on {ds}, {task}: test results\n\n"
-        f"{what}. Test {'users' if task == 'next-item' else 'examples'}: "
+        f"{what}. Test {'users' if kind.ranking else 'examples'}: "
         f"{metrics['test'].get('num_examples', '')}; "
         f"{prep['users']} users, {prep['items']} items, {prep['events']} events after preprocessing.\n\n"
         f"{table}\n\n"
