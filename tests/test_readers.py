@@ -414,73 +414,63 @@ def test_missing_file(tmp_path, reader):
     assert err.value.line is None and err.value.field is None
 
 
-# ---- malformed rows
-def test_udata_too_few_fields(tmp_path):
-    p = write(tmp_path, "u.data", "1\t2\t3\t4\n\n1\t2\t3\n")
-    with pytest.raises(DataError, match=where(p, 3, "timestamp") + r"3 fields on this row, "
-                       r"expected 4 tab-separated fields"):
-        read_movielens(p)
+# ---- one bad row or field: (file name, content, reader, line, field, what the message says)
+JSON_OK = '{"reviewerID": "A", "asin": "1", "unixReviewTime": 1, "overall": 5}\n'
+BAD_FILES = [
+    # malformed rows
+    ("u.data", "1\t2\t3\t4\n\n1\t2\t3\n", read_movielens, 3, "timestamp",
+     r"3 fields on this row, expected 4 tab-separated fields"),
+    ("u.data", "1\t2\t3\t4\n1\t2\t3\t4\t5\n", read_movielens, 2, "timestamp", r"5 fields on this row, expected 4"),
+    ("u.data", "1\t2\t3\t4\t5\n1\t2\t3\t4\n", read_movielens, 1, "timestamp", r"5 fields on this row"),
+    ("ratings.dat", "1::2::3::4\n1::2::3\n", read_movielens, 2, "timestamp",
+     r"3 fields on this row, expected 4 '::'-separated fields"),
+    ("ratings.dat", "1::2::3::4\n1::2::3::4::5\n", read_movielens, 2, "timestamp", r"5 fields on this row"),
+    ("ratings.dat", "1::2::3::4\n1::2:5::3::4\n", read_movielens, 2, "item_id", r"stray ':' in '2:5'"),
+    ("ml-1m.txt", "1 10\n1\n", read_pairs, 2, "item_id", r"1 fields on this row, expected 2 whitespace-separated fields"),
+    ("ml-1m.txt", "1 10\n1 11 12\n", read_pairs, 2, "item_id", r"3 fields on this row"),
+    ("log.csv", "user_id,item_id\nu,a\nu,b,c\n", read_table, 3, "item_id",
+     r"3 fields on this row, expected 2 \(the header has 2\)"),
+    ("reviews.json", JSON_OK + '\n{"reviewerID": "B", "asin": \n', read_amazon_reviews, 3, None, "not valid JSON"),
+    ("list.jsonl", '{"user_id": "a", "item_id": "b"}\n[1, 2]\n', read_table, 2, None,
+     "expected a JSON object, found list"),
+    ("Beauty.txt", "1 1 2\n2\n3 4\n", read_sequences, 2, "item_id", r"user '2' has no items"),
+    # columns the mapping needs
+    ("log.csv", "user,item_id\nu,a\n", read_table, 1, "user_id",
+     r"no column named 'user_id'; the file has columns 'user', 'item_id'"),
+    ("reviews.jsonl", '\n{"user": "A", "asin": "1"}\n', read_amazon_reviews, 2, "user_id",
+     r"no record has the key 'reviewerID'; the first record has keys 'user', 'asin'"),
+    # timestamps
+    ("log.csv", "user_id,item_id,timestamp\nu,a,5\nu,b,yesterday\n", read_table, 3, "timestamp",
+     r"cannot read 'yesterday' as a timestamp"),
+    ("u.data", "1\t2\t3\t4\n1\t2\t3\t4\n1\t2\t3\tx9\n", read_movielens, 3, "timestamp", ""),
+    ("log.csv", "user_id,item_id,timestamp\nu,a,5\nu,b,5.5\n", read_table, 3, "timestamp",
+     r"timestamp '5\.5' is not a whole number of seconds"),
+    ("r.jsonl", '{"reviewerID": "A", "asin": "1", "unixReviewTime": "?", "overall": 1}\n', read_amazon_reviews,
+     1, "timestamp", r".*\(column 'unixReviewTime'\)$"),
+    ("log.csv", "user_id,item_id,timestamp\nu,a,5\nu,b,\n", read_table, 3, "timestamp", "missing timestamp"),
+    # missing ids, bad values
+    ("log.csv", "user_id,item_id\nu,a\n\nu,\n", read_table, 4, "item_id", "missing value"),
+    ("log.tsv", "user_id\titem_id\n\tb\n", read_table, 2, "user_id", "missing value"),
+    ("u.data", "1\t2\t3\t4\n1\t\t3\t4\n", read_movielens, 2, "item_id", "missing value"),
+    ("r.json", JSON_OK + '{"asin": "2", "unixReviewTime": 2, "overall": 5}\n', read_amazon_reviews, 2, "user_id",
+     r"missing value.*\(column 'reviewerID'\)"),
+    ("ratings.csv", "userId,movieId,rating,timestamp\n1,2,five,3\n", read_movielens, 2, "value",
+     r"not a number: 'five' \(column 'rating'\)"),
+]
 
 
-def test_udata_too_many_fields(tmp_path):
-    p = write(tmp_path, "u.data", "1\t2\t3\t4\n1\t2\t3\t4\t5\n")
-    with pytest.raises(DataError, match=where(p, 2, "timestamp") + r"5 fields on this row, "
-                       r"expected 4"):
-        read_movielens(p)
+@pytest.mark.parametrize("name,text,reader,line,field,says", BAD_FILES,
+                         ids=[f"{n}-{i}" for i, (n, *_) in enumerate(BAD_FILES)])
+def test_bad_row_is_located(tmp_path, name, text, reader, line, field, says):
+    """Each bad file is refused with one DataError naming the file, the line and the field."""
+    p = write(tmp_path, name, text)
+    with pytest.raises(DataError, match=where(p, line, field) + says):
+        reader(p)
 
 
-def test_udata_too_many_fields_on_first_line(tmp_path):
-    p = write(tmp_path, "u.data", "1\t2\t3\t4\t5\n1\t2\t3\t4\n")
-    with pytest.raises(DataError, match=where(p, 1, "timestamp") + r"5 fields on this row"):
-        read_movielens(p)
-
-
-def test_ratings_dat_malformed(tmp_path):
-    p = write(tmp_path, "ratings.dat", "1::2::3::4\n1::2::3\n")
-    with pytest.raises(DataError, match=where(p, 2, "timestamp") + r"3 fields on this row, "
-                       r"expected 4 '::'-separated fields"):
-        read_movielens(p)
-    p = write(tmp_path, "ratings.dat", "1::2::3::4\n1::2::3::4::5\n")
-    with pytest.raises(DataError, match=where(p, 2, "timestamp") + r"5 fields on this row"):
-        read_movielens(p)
-    p = write(tmp_path, "ratings.dat", "1::2::3::4\n1::2:5::3::4\n")
-    with pytest.raises(DataError, match=where(p, 2, "item_id") + r"stray ':' in '2:5'"):
-        read_movielens(p)
-
-
-def test_pairs_malformed(tmp_path):
-    p = write(tmp_path, "ml-1m.txt", "1 10\n1\n")
-    with pytest.raises(DataError, match=where(p, 2, "item_id") + r"1 fields on this row, "
-                       r"expected 2 whitespace-separated fields"):
-        read_pairs(p)
-    p = write(tmp_path, "ml-1m.txt", "1 10\n1 11 12\n")
-    with pytest.raises(DataError, match=where(p, 2, "item_id") + r"3 fields on this row"):
-        read_pairs(p)
-
-
-def test_csv_row_with_extra_field(tmp_path):
-    p = write(tmp_path, "log.csv", "user_id,item_id\nu,a\nu,b,c\n")
-    with pytest.raises(DataError, match=where(p, 3, "item_id") + r"3 fields on this row, "
-                       r"expected 2 \(the header has 2\)"):
-        read_table(p)
-
-
-def test_jsonl_bad_line(tmp_path):
-    p = write(tmp_path, "reviews.json",
-              '{"reviewerID": "A", "asin": "1", "unixReviewTime": 1, "overall": 5}\n'
-              "\n"
-              '{"reviewerID": "B", "asin": \n')
-    with pytest.raises(DataError, match=where(p, 3) + "not valid JSON"):
-        read_amazon_reviews(p)
-    p = write(tmp_path, "list.jsonl", '{"user_id": "a", "item_id": "b"}\n[1, 2]\n')
-    with pytest.raises(DataError, match=where(p, 2) + "expected a JSON object, found list"):
-        read_table(p)
-
-
-def test_sequence_user_without_items(tmp_path):
-    p = write(tmp_path, "Beauty.txt", "1 1 2\n2\n3 4\n")
-    with pytest.raises(DataError, match=where(p, 2, "item_id") + r"user '2' has no items"):
-        read_sequences(p)
+def test_fractional_timestamp_truncated_in_recbole(tmp_path):
+    q = write(tmp_path, "x.inter", "user_id:token\titem_id:token\ttimestamp:float\nu\ta\t5.9\n")
+    assert cols(read_recbole_inter(q))["timestamp"] == [5]
 
 
 # ---- wrong column mapping
@@ -490,20 +480,6 @@ def test_csv_mapped_column_not_in_file(tmp_path):
                        r"not found; the file has columns 'reviewerID', 'asin', 'time'"):
         read_table(p, columns={"user_id": "reviewerID", "item_id": "asin",
                                "timestamp": "unixReviewTime"})
-
-
-def test_csv_default_mapping_without_user_id(tmp_path):
-    p = write(tmp_path, "log.csv", "user,item_id\nu,a\n")
-    with pytest.raises(DataError, match=where(p, 1, "user_id") + r"no column named 'user_id'; "
-                       r"the file has columns 'user', 'item_id'"):
-        read_table(p)
-
-
-def test_jsonl_mapped_key_missing(tmp_path):
-    p = write(tmp_path, "reviews.jsonl", '\n{"user": "A", "asin": "1"}\n')
-    with pytest.raises(DataError, match=where(p, 2, "user_id") + r"no record has the key "
-                       r"'reviewerID'; the first record has keys 'user', 'asin'"):
-        read_amazon_reviews(p)
 
 
 def test_parquet_mapped_column_missing(tmp_path):
@@ -552,79 +528,7 @@ def test_empty_parquet(tmp_path):
         read_table(p)
 
 
-# ---- timestamps
-def test_csv_unparseable_timestamp(tmp_path):
-    p = write(tmp_path, "log.csv", "user_id,item_id,timestamp\nu,a,5\nu,b,yesterday\n")
-    with pytest.raises(DataError, match=where(p, 3, "timestamp") + r"cannot read 'yesterday' "
-                       r"as a timestamp"):
-        read_table(p)
-
-
-def test_udata_non_numeric_timestamp(tmp_path):
-    p = write(tmp_path, "u.data", "1\t2\t3\t4\n1\t2\t3\t4\n1\t2\t3\tx9\n")
-    with pytest.raises(DataError, match=where(p, 3, "timestamp")):
-        read_movielens(p)
-
-
-def test_fractional_timestamp_rejected_in_table_truncated_in_recbole(tmp_path):
-    p = write(tmp_path, "log.csv", "user_id,item_id,timestamp\nu,a,5\nu,b,5.5\n")
-    with pytest.raises(DataError, match=where(p, 3, "timestamp") + r"timestamp '5\.5' is not a "
-                       r"whole number of seconds"):
-        read_table(p)
-    q = write(tmp_path, "x.inter", "user_id:token\titem_id:token\ttimestamp:float\n"
-                                   "u\ta\t5.9\n")
-    assert cols(read_recbole_inter(q))["timestamp"] == [5]
-
-
-def test_mapped_timestamp_error_names_column(tmp_path):
-    p = write(tmp_path, "r.jsonl", '{"reviewerID": "A", "asin": "1", "unixReviewTime": "?", '
-                                   '"overall": 1}\n')
-    with pytest.raises(DataError, match=where(p, 1, "timestamp") + r".*\(column "
-                       r"'unixReviewTime'\)$"):
-        read_amazon_reviews(p)
-
-
-def test_missing_timestamp(tmp_path):
-    p = write(tmp_path, "log.csv", "user_id,item_id,timestamp\nu,a,5\nu,b,\n")
-    with pytest.raises(DataError, match=where(p, 3, "timestamp") + "missing timestamp"):
-        read_table(p)
-
-
-# ---- missing ids / bad values
-def test_csv_missing_item_id(tmp_path):
-    p = write(tmp_path, "log.csv", "user_id,item_id\nu,a\n\nu,\n")
-    with pytest.raises(DataError, match=where(p, 4, "item_id") + "missing value"):
-        read_table(p)
-
-
-def test_csv_missing_user_id(tmp_path):
-    p = write(tmp_path, "log.tsv", "user_id\titem_id\n\tb\n")
-    with pytest.raises(DataError, match=where(p, 2, "user_id") + "missing value"):
-        read_table(p)
-
-
-def test_udata_empty_field(tmp_path):
-    p = write(tmp_path, "u.data", "1\t2\t3\t4\n1\t\t3\t4\n")
-    with pytest.raises(DataError, match=where(p, 2, "item_id") + "missing value"):
-        read_movielens(p)
-
-
-def test_jsonl_missing_key_in_one_record(tmp_path):
-    p = write(tmp_path, "r.json",
-              '{"reviewerID": "A", "asin": "1", "unixReviewTime": 1, "overall": 5}\n'
-              '{"asin": "2", "unixReviewTime": 2, "overall": 5}\n')
-    with pytest.raises(DataError, match=where(p, 2, "user_id") + r"missing value.*"
-                       r"\(column 'reviewerID'\)"):
-        read_amazon_reviews(p)
-
-
-def test_non_numeric_value(tmp_path):
-    p = write(tmp_path, "ratings.csv", "userId,movieId,rating,timestamp\n1,2,five,3\n")
-    with pytest.raises(DataError, match=where(p, 2, "value") + r"not a number: 'five' "
-                       r"\(column 'rating'\)"):
-        read_movielens(p)
-
-
+# ---- files that cannot be read
 def test_corrupt_gzip(tmp_path):
     p = tmp_path / "u.data.gz"
     p.write_bytes(b"not gzip at all")
