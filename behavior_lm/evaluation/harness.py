@@ -20,7 +20,7 @@ from behavior_lm.evaluation.fusion import BehaviorEnsembleModel
 from behavior_lm.evaluation.floors import FLOORS, Floor, build_floor
 from behavior_lm.evaluation.metrics import ranking_metrics
 from behavior_lm.evaluation.protocol import EvalProtocol
-from behavior_lm.evaluation.scoring import next_item_scores, next_token_scores, score_ranks
+from behavior_lm.evaluation.scoring import next_item_scores, score_ranks
 from behavior_lm.tokenization.behavior_tokenizer import behavior_token_ids, item_mask
 from behavior_lm.data.collators import BehaviorCollator
 
@@ -28,7 +28,7 @@ Scorer = Callable[[dict[str, torch.Tensor]], torch.Tensor]
 BASELINES = FLOORS
 
 
-def model_scorer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None = None,
+def model_scorer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                  protocol: EvalProtocol | None = None) -> Scorer:
     """Next-item scores from a model (last hidden state times the output head). On streams with
     behavior tokens, the mixture over behaviors or, when the protocol says so, the scores given
@@ -36,11 +36,8 @@ def model_scorer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | No
     device = next(model.parameters()).device
     model.eval()
     vocab = model.get_output_embeddings().out_features
-    candidates = item_mask(tokenizer, vocab) if tokenizer is not None else None
-    if isinstance(model, BehaviorEnsembleModel) and candidates is None:
-        raise ValueError("an ensemble is scored with its tokenizer (which tokens are items)")
-    b_ids = (torch.tensor(list(behavior_token_ids(tokenizer).values()), dtype=torch.long)
-             if tokenizer is not None else None)
+    candidates = item_mask(tokenizer, vocab)                 # the tokenizer says which tokens are items
+    b_ids = torch.tensor(list(behavior_token_ids(tokenizer).values()), dtype=torch.long)
     condition = protocol is not None and protocol.condition_on_behavior
 
     def score(batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -48,8 +45,6 @@ def model_scorer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | No
         if isinstance(model, BehaviorEnsembleModel):
             given = batch["target_behavior"].to(device) if condition else None
             return model.fused_scores(ids, mask, candidates.to(device), b_ids, given).cpu()
-        if candidates is None:
-            return next_token_scores(model, ids, mask).cpu()
         given = batch["target_behavior"].to(device) if condition else None
         return next_item_scores(model, ids, mask, candidates, b_ids, given).cpu()
 

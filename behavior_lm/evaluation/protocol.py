@@ -6,7 +6,7 @@ seen-item filtering, which event is the target). So the protocol is an object th
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from behavior_lm.evaluation.metrics import DEFAULT_KS
 
@@ -14,7 +14,8 @@ from behavior_lm.evaluation.metrics import DEFAULT_KS
 @dataclass(frozen=True)
 class EvalProtocol:
     split: str = "leave_one_out"          # or "temporal"
-    candidates: str = "full"              # every item in the catalogue is ranked
+    candidates: str = "full"              # every item in the catalogue is ranked; semantic-id runs:
+    #                                       "beam search (N beams)": only the generated items are ranked
     filter_seen: bool = True              # items in the user's history are removed (target kept)
     ks: tuple[int, ...] = DEFAULT_KS
     ties: str = "pessimistic"             # rank = number of other items scoring >= the target
@@ -23,7 +24,6 @@ class EvalProtocol:
     # multi-behavior streams: "mixture" ranks by sum_b P(b|h) P(item|h,b); "target behavior"
     # appends the target's <b> first (what will they buy next); "none": one-behavior stream
     behavior_scoring: str = "none"
-    extra: dict = field(default_factory=dict)
 
     @property
     def condition_on_behavior(self) -> bool:
@@ -44,5 +44,6 @@ class EvalProtocol:
     @classmethod
     def from_dict(cls, d: dict) -> "EvalProtocol":
         d = dict(d)
+        d.pop("extra", None)                       # runs written before the field was dropped
         d["ks"] = tuple(d.get("ks", DEFAULT_KS))
         return cls(**d)

@@ -60,7 +60,7 @@ SPLIT_TARGETS = {
 
 
 def protocol_for(data_args: DataArguments, training_args: BehaviorTrainingArguments,
-                 with_behaviors: bool = False) -> EvalProtocol:
+                 with_behaviors: bool = False, beams: int | None = None) -> EvalProtocol:
     target = SPLIT_TARGETS[data_args.split]
     if data_args.target_behavior:
         target = (f"last '{data_args.target_behavior}' event per user (test); the one before it "
@@ -70,6 +70,7 @@ def protocol_for(data_args: DataArguments, training_args: BehaviorTrainingArgume
     if with_behaviors:
         scoring = "target behavior" if training_args.condition_on_behavior else "mixture"
     return EvalProtocol(split=data_args.split, filter_seen=training_args.filter_seen,
+                        candidates=f"beam search ({beams} beams)" if beams else "full",
                         ks=tuple(training_args.eval_ks), target=target,
                         max_length=data_args.max_length, behavior_scoring=scoring)
 
@@ -223,7 +224,8 @@ def _train(data_args: DataArguments, model_args: ModelArguments,
             sids.save(partial)
         if text_ranker:
             save_ranker_files(partial, trainer.model, ranker_items, ranker_texts)
-        protocol = protocol_for(data_args, training_args, data.info["with_behaviors"])
+        protocol = protocol_for(data_args, training_args, data.info["with_behaviors"],
+                                model_args.semantic_id_beams if semantic else None)
         if ranking:
             baselines = evaluate_baselines(training_args.baselines, id_dsd["train"], id_dsd["test"], id_tokenizer,
                                            protocol, batch_size=training_args.per_device_eval_batch_size)
