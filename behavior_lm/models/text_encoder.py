@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -125,9 +124,7 @@ def embed_items(items_file: str | Path, text_fields: Sequence[str], output: str 
                                             max_length=max_length)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.partial")
-    shutil.copyfile(cached, tmp)
-    tmp.replace(output)
+    atomic_write(output, Path(cached).read_bytes())
     with safe_open(str(output), "pt") as fh:
         dim = fh.get_slice("embeddings").get_shape()[1]
     return {"items": n, "dim": dim, "encoder": encoder, "cache_hit": hit,
