@@ -38,7 +38,8 @@ class EvalProtocol:
         seen = "seen items filtered" if self.filter_seen else "seen items kept"
         scoring = {"mixture": ", items ranked by the mixture over next behaviors",
                    "target behavior": ", items ranked given the target's behavior"}.get(self.behavior_scoring, "")
-        return (f"{self.split.replace('_', '-')}, {self.candidates} ranking, {seen}{scoring}, "
+        floors = "" if self.candidates == "full" else " (the floors rank the full catalogue)"
+        return (f"{self.split.replace('_', '-')}, {self.candidates} ranking{floors}, {seen}{scoring}, "
                 f"ties pessimistic, K in {list(self.ks)}")
 
     @classmethod
