@@ -577,3 +577,22 @@ def test_unknown_suffix_names_the_recipe_key_and_guesses_the_format(tmp_path):
     with pytest.raises(DataError, match="looks like data_format: csv"):
         read_events(csv)
     assert cols(read_events(csv, fmt="csv"))["item_id"] == ["a", "b"]      # data_format: csv
+
+
+def test_a_registered_format_is_dispatched_and_claims_its_files(tmp_path):
+    """A new format is a reader and one register_format call: read_events dispatches on its name,
+    and on file names it claims."""
+    from behavior_lm.data import readers
+
+    def read_bar(path):
+        return read_table(path, fmt="csv", sep="|")
+
+    readers.register_format(readers.EventFormat("bar", read_bar, lambda name: name.endswith(".bar")))
+    try:
+        p = write(tmp_path, "log.bar", "user_id|item_id\nu|a\nu|b\n")
+        assert cols(read_events(p))["item_id"] == ["a", "b"]
+        assert cols(read_events(p, fmt="bar"))["user_id"] == ["u", "u"]
+        assert "bar" in readers.EVENT_FORMATS
+    finally:
+        readers.FORMATS.pop("bar")
+        readers.EVENT_FORMATS = tuple(readers.FORMATS)

@@ -96,3 +96,35 @@ def test_purchase_intent_cuts_labels_and_no_leakage():
     assert tok.convert_ids_to_tokens(dsd["test"]["input_ids"][0])[0] == "[CLS]"
     short = UserSequence("v", ["1", "2"], ["pv", "buy"], [0, 1], [None] * 2, [1, 2])
     assert intent_cuts(len(short), 3) == (None, None, 1)
+
+
+def test_a_registered_task_is_known_everywhere(tmp_path):
+    """Adding a task is one Task subclass and one register_task call: recipes accept it, the data
+    pipeline builds its rows through it, and its flags drive the model head."""
+    from behavior_lm.data import pipeline as data_pipeline
+    from behavior_lm.tasks import TASKS, register_task
+    from behavior_lm.tasks.next_class import NextClass
+    from behavior_lm.training.recipes import parse_recipe
+
+    class Liked(NextClass):
+        name = "liked-toy"
+        summary = "a copy of next-class under another name"
+
+        def build_rows(self, ctx):
+            self.calls = getattr(self, "calls", 0) + 1
+            return super().build_rows(ctx)
+
+    task = register_task(Liked())
+    try:
+        recipe = tmp_path / "r.yaml"
+        recipe.write_text("task: liked-toy\ndataset: ml-100k\nmodel_type: bert\nmax_users: 20\nmax_length: 16\n")
+        data_args, model_args, _, _ = parse_recipe(recipe, ["--cache", "false"])
+        data = data_pipeline.prepare_data(data_args, template=task.template(model_args.model_type))
+        assert task.calls == 1 and data.info["task"] == "liked-toy"
+        assert set(data.datasets["train"][0]) >= {"input_ids", "labels"}
+        assert get_task("liked-toy").build_model(model_args, data.tokenizer, 16).config.num_labels == 2
+        with pytest.raises(Exception, match="model_type must be one of bert, gru, lstm, pretrained for task liked-toy"):
+            parse_recipe(recipe, ["--model_type", "gpt2"])
+    finally:
+        TASKS.pop("liked-toy", None)
+        data_pipeline._TASK_ROWS.pop("liked-toy", None)
