@@ -149,6 +149,9 @@ def _train(data_args: DataArguments, model_args: ModelArguments,
     if training_args.max_eval_users and validation.num_rows > training_args.max_eval_users:
         validation = validation.shuffle(seed=training_args.seed).select(range(training_args.max_eval_users))
 
+    # the protocol is decided once, before training: the Trainer's ranking and the final scores follow it
+    protocol = protocol_for(data_args, training_args, data.info["with_behaviors"],
+                            model_args.semantic_id_beams if semantic else None)
     num_classes = len(data.info["class_names"])
     model = ranker if ranker is not None else task.build_model(
         model_args, tokenizer, sids.positions(data_args.max_length) if sids else data_args.max_length,
@@ -176,17 +179,17 @@ def _train(data_args: DataArguments, model_args: ModelArguments,
         trainer = BehaviorTrainer(
             model=model, args=training_args, train_dataset=dsd["train"], eval_dataset=validation,
             data_collator=make_collator(model_args, tokenizer, ranking), processing_class=tokenizer,
-            compute_metrics=(make_compute_metrics(training_args.eval_ks) if ranking
+            compute_metrics=(make_compute_metrics(protocol.ks) if ranking
                              else make_task_metrics(data_args.task, num_classes)),
             compute_loss_func=(None if text_ranker else
                                training_loss(model, model_args, training_args, tokenizer, ranking, cold_ids)),
-            callbacks=callbacks, filter_seen=training_args.filter_seen,
+            callbacks=callbacks, filter_seen=protocol.filter_seen,
             behavior_ids=torch.tensor(list(behavior_token_ids(tokenizer).values()), dtype=torch.long),
             condition_on_behavior=training_args.condition_on_behavior,
             item_mask=(torch.ones(len(ranker_items), dtype=torch.bool) if text_ranker
                        else _candidates(tokenizer, model, cold_ids) if ranking and not semantic else None),
             generative=(GenerativeRanker(CodeTrie(sids, tokenizer.get_vocab()), model_args.semantic_id_beams,
-                                         tokenizer.pad_token_id, training_args.filter_seen) if semantic else None))
+                                         tokenizer.pad_token_id, protocol.filter_seen) if semantic else None))
 
     train_output = trainer.train(resume_from_checkpoint=checkpoint)
     train_seconds = budget.spent()                     # all segments of a resumed run
@@ -224,8 +227,6 @@ def _train(data_args: DataArguments, model_args: ModelArguments,
             sids.save(partial)
         if text_ranker:
             save_ranker_files(partial, trainer.model, ranker_items, ranker_texts)
-        protocol = protocol_for(data_args, training_args, data.info["with_behaviors"],
-                                model_args.semantic_id_beams if semantic else None)
         if ranking:
             baselines = evaluate_baselines(training_args.baselines, id_dsd["train"], id_dsd["test"], id_tokenizer,
                                            protocol, batch_size=training_args.per_device_eval_batch_size)
