@@ -14,7 +14,7 @@ from behavior_lm.arguments import DataArguments
 from behavior_lm.cli.main import main
 from behavior_lm.data.pipeline import prepare_data
 from behavior_lm.data.text_histories import history_only_text, next_item_text_datasets
-from behavior_lm.models.semantic_codes import catalogue
+from behavior_lm.tokenization.behavior_tokenizer import catalogue
 from behavior_lm.models.text_ranker import (TextRankerModel, load_text_ranker, ranker_catalogue, ranker_texts)
 
 from conftest import QUICKSTART, TINY

@@ -98,7 +98,7 @@ def _evaluate_semantic_run(run: Path, saved: dict, data, tokenizer, protocol: Ev
     search (:mod:`behavior_lm.evaluation.generative`); the floors on the id rows."""
     from behavior_lm.data.semantic_rows import code_rows
     from behavior_lm.evaluation.generative import GenerativeRanker, evaluate_generative
-    from behavior_lm.models.semantic_codes import catalogue
+    from behavior_lm.tokenization.behavior_tokenizer import catalogue
     from behavior_lm.tokenization.semantic_ids import CodeTrie, SemanticIds
 
     sids = SemanticIds.load(run)
@@ -125,7 +125,7 @@ def _evaluate_text_ranker_run(run: Path, saved: dict, data, tokenizer, protocol:
     written as text as training wrote them, the whole catalogue ranked; the floors on the id rows."""
     from behavior_lm.data.text_histories import next_item_text_datasets
     from behavior_lm.evaluation.harness import rank_logits
-    from behavior_lm.models.semantic_codes import catalogue
+    from behavior_lm.tokenization.behavior_tokenizer import catalogue
     from behavior_lm.models.text_ranker import load_text_ranker, ranker_catalogue, ranker_texts
 
     items, _ = ranker_catalogue(run)

@@ -76,7 +76,7 @@ def text_ranker_for_run(dsd, tokenizer: PreTrainedTokenizerBase, args: ModelArgu
     (:mod:`behavior_lm.models.text_ranker`). The output layer is the pretrained encoder's own
     embedding of each catalogue item's text (an item without text: ``item <id>``)."""
     from behavior_lm.data.text_histories import item_phrase, next_item_text_datasets
-    from behavior_lm.models.semantic_codes import catalogue as catalogue_of
+    from behavior_lm.tokenization.behavior_tokenizer import catalogue as catalogue_of
     from behavior_lm.models.text_encoder import cached_text_embeddings
     from behavior_lm.models.text_ranker import TextRankerModel, with_lora
 

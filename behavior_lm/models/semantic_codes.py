@@ -18,7 +18,7 @@ from transformers import PreTrainedTokenizerBase
 from behavior_lm.arguments import ModelArguments
 from behavior_lm.errors import RecipeError
 from behavior_lm.models.text_encoder import item_text_table
-from behavior_lm.tokenization.behavior_tokenizer import item_id_of, item_token_ids
+from behavior_lm.tokenization.behavior_tokenizer import catalogue
 from behavior_lm.tokenization.semantic_ids import SemanticIds, residual_kmeans
 
 logger = logging.getLogger(__name__)
@@ -28,11 +28,6 @@ def _random_unit(item: str, dim: int) -> torch.Tensor:
     seed = int(hashlib.sha256(item.encode()).hexdigest()[:15], 16)
     v = torch.randn(dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     return v / v.norm()
-
-
-def catalogue(tokenizer: PreTrainedTokenizerBase) -> list[str]:
-    """Raw item ids in the id tokenizer's order (most popular first)."""
-    return [item_id_of(t) for t in tokenizer.convert_ids_to_tokens(item_token_ids(tokenizer))]
 
 
 def semantic_ids_for_catalogue(tokenizer: PreTrainedTokenizerBase, args: ModelArguments,

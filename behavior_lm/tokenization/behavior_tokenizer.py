@@ -191,6 +191,12 @@ def item_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     return sorted(i for t, i in tokenizer.get_vocab().items() if is_item_token(t))
 
 
+def catalogue(tokenizer: PreTrainedTokenizerBase) -> list[str]:
+    """The raw item ids of the vocabulary in token-id order (most popular first): the item order of
+    a semantic-id table and of a text ranker's output layer."""
+    return [item_id_of(t) for t in tokenizer.convert_ids_to_tokens(item_token_ids(tokenizer))]
+
+
 def behavior_token_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
     """``{"buy": id, ...}`` for the behavior tokens in the vocabulary (empty for one-kind logs)."""
     head, _, tail = grammar()["behavior_format"].partition("{}")
