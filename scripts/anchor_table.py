@@ -25,6 +25,8 @@ ANCHORS = {
                ("SASRec CE, RecBole user runs", 0.083, 0.0415),
                ("SASRec, genrec reproduction", 0.0688, 0.0375),
                ("SASRec, tiger-cf reproduction", 0.05165, 0.02718),
+               ("TIGER (semantic ids), paper via genrec README", 0.0648, 0.0384),
+               ("TIGER (semantic ids), tiger-cf reproduction", 0.05822, 0.03191),
                ("BERT4Rec, S3-Rec paper", 0.0347, 0.0170),
                ("GRU4Rec, S3-Rec paper", 0.0283, 0.0137),
                ("PopRec, S3-Rec paper", 0.0152, 0.0068)],

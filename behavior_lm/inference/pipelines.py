@@ -20,6 +20,7 @@ model exactly the layout that training and evaluation used.
 from __future__ import annotations
 
 import json
+import math
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -282,31 +283,43 @@ class NextBehaviorPipeline(Pipeline):
         items, index, _, _ = self.text_ranker()
         if exclude_seen is None:
             exclude_seen = bool(self.run_info.get("filter_seen", False))
+        ids, mask = self._padded(batch)
+        with torch.no_grad():
+            probs = self.model(input_ids=ids.to(self.model.device), attention_mask=mask.to(self.model.device)
+                               ).logits.float().softmax(-1).cpu()
+        out = []
+        for m, p in zip(batch, probs):
+            if exclude_seen and m["seen"]:
+                p = p.clone()
+                p[[index[i] for i in m["seen"]]] = 0.0
+            scores, picked = p.topk(min(top_k, int((p > 0).sum())))
+            out.append(self._ranking(m, [(items[j], s) for j, s in zip(picked.tolist(), scores.tolist())],
+                                     return_behaviors))
+        return out
+
+    def _padded(self, batch: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's histories right-padded into one ``(ids, mask)`` pair."""
         rows = [m["input_ids"][0] for m in batch]
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
         for i, r in enumerate(rows):
             ids[i, :len(r)], mask[i, :len(r)] = r, 1
-        with torch.no_grad():
-            probs = self.model(input_ids=ids.to(self.model.device), attention_mask=mask.to(self.model.device)
-                               ).logits.float().softmax(-1).cpu()
+        return ids, mask
+
+    def _ranking(self, request: dict[str, Any], ranked: list[tuple[str, float]], return_behaviors: bool) -> Any:
+        """``[{"item", "score", "behavior"}, ...]`` for a one-behavior run's ranked ``(item, score)``
+        pairs (semantic ids and the text ranker read one-behavior streams), with the empty-history
+        note; with ``return_behaviors`` the dict form, the one behavior certain."""
         single = self.behavior_names()
-        out = []
-        for m, p in zip(batch, probs):
-            if exclude_seen and m["seen"]:
-                p = p.clone()
-                p[[index[i] for i in m["seen"]]] = 0.0
-            k = min(top_k, int((p > 0).sum()))
-            scores, picked = p.topk(k)
-            rows_out = [{"item": items[j], "score": s, "behavior": single[0] if len(single) == 1 else None,
-                         **({"note": EMPTY_NOTE} if m["empty"] else {})}
-                        for j, s in zip(picked.tolist(), scores.tolist())]
-            if return_behaviors:
-                rows_out = {"items": rows_out, "behaviors": ([{"behavior": single[0], "score": 1.0}]
-                                                             if len(single) == 1 else [])}
-            out.append(rows_out)
-        return out
+        behavior = single[0] if len(single) == 1 else None
+        rows = [{"item": item, "score": score, "behavior": behavior,
+                 **({"note": EMPTY_NOTE} if request["empty"] else {})} for item, score in ranked]
+        if request["empty"]:
+            logger.warning("next-behavior: %s", EMPTY_NOTE)
+        if not return_behaviors:
+            return rows
+        return {"items": rows, "behaviors": [{"behavior": behavior, "score": 1.0}] if behavior else []}
 
     def _generate_batch(self, batch: list[dict[str, Any]], top_k: int = 10, exclude_seen: bool | None = None,
                         return_behaviors: bool = False) -> list[Any]:
@@ -318,32 +331,12 @@ class NextBehaviorPipeline(Pipeline):
         sids, trie = self.semantic_ids()
         if exclude_seen is None:
             exclude_seen = bool(self.run_info.get("filter_seen", False))
-        rows = [m["input_ids"][0] for m in batch]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, :len(r)], mask[i, :len(r)] = r, 1
+        ids, mask = self._padded(batch)
         exclude = [[sids.index[i] for i in m["seen"]] for m in batch] if exclude_seen else None
         beams = max(top_k, int(self.run_info["semantic_ids"].get("beams", top_k)))
         ranked = generate_items(self.model, ids, mask, trie, beams, self.tokenizer.pad_token_id, exclude)
-        single = self.behavior_names()
-        out = []
-        for m, items in zip(batch, ranked):
-            rows_out = []
-            for j, logp in items[:top_k]:
-                row = {"item": sids.items[j], "score": float(torch.tensor(logp).exp()),
-                       "behavior": single[0] if len(single) == 1 else None}
-                if m["empty"]:
-                    row["note"] = EMPTY_NOTE
-                rows_out.append(row)
-            if m["empty"]:
-                logger.warning("next-behavior: %s", EMPTY_NOTE)
-            if return_behaviors:
-                rows_out = {"items": rows_out, "behaviors": ([{"behavior": single[0], "score": 1.0}]
-                                                             if len(single) == 1 else [])}
-            out.append(rows_out)
-        return out
+        return [self._ranking(m, [(sids.items[j], math.exp(logp)) for j, logp in items[:top_k]], return_behaviors)
+                for m, items in zip(batch, ranked)]
 
     def behavior_names(self) -> list[str]:
         names = list(self._views()[1])
@@ -447,12 +440,7 @@ class NextBehaviorPipeline(Pipeline):
         """Histories right-padded into one batch; the scoring functions read each row at its own
         last real token, so a row scores exactly as it would alone (tested)."""
         _, behavior_ids, candidates = self._views()
-        rows = [m["input_ids"][0] for m in batch]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, :len(r)], mask[i, :len(r)] = r, 1
+        ids, mask = self._padded(batch)
         device = self.model.device
         out = []
         for behavior in dict.fromkeys(m["behavior"] for m in batch):   # one forward per condition
