@@ -5,16 +5,15 @@ from __future__ import annotations
 from behavior_lm.arguments import DataArguments
 from behavior_lm.data.pipeline import RowContext
 from behavior_lm.data.tasks import build_conversion_task
-from behavior_lm.tasks.base import Task
+from behavior_lm.tasks.event_class import EventClass
 from behavior_lm.tasks.purchase_intent import WINDOWS, within
 
 
-class ConversionTag(Task):
+class ConversionTag(EventClass):
+    """A label per (open browse) event, as ``event-class``: the same head, model types and unit."""
+
     name = "conversion-tag"
     summary = "each open browse in a history -> will its item convert within the next N events"
-    token_level = True
-    model_types = ("bert",)
-    unit = "tagged events"
     heuristic = "repeat-views"
     headline = ("f1_macro", "roc_auc", "average_precision")
 
