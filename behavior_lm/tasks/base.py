@@ -86,9 +86,6 @@ class Task:
         return build_model(args, tokenizer, max_length, head=self.head(), num_labels=num_labels,
                            regression=self.regression)
 
-    def num_labels(self, num_classes: int) -> int:
-        return 1 if self.regression else num_classes
-
     # ------------------------------------------------------------------ scoring
     def tunes_threshold(self, num_classes: int) -> bool:
         """Binary classification: also report precision/recall/F1 at the validation-tuned threshold."""
