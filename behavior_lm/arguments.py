@@ -167,6 +167,11 @@ class ModelArguments:
                 "than the residual, which stalls masked-item models: see docs/benchmarks.md)."})
     mask_probability: float = field(default=0.2, metadata={
         "help": "bert4rec: share of items replaced by [MASK] in training (the last item is always masked too)."})
+    output_bias_init: str = field(default="prior", metadata={
+        "help": "Where the output layer has a bias (bert4rec): 'prior' starts it at the items' log "
+                "frequency in the training rows, 'zero' is the stock init. With 'zero' BERT4Rec learns "
+                "popularity through its item embeddings, which collapse onto one direction and keep it at "
+                "the unigram entropy (behavior_lm/models/output_prior.py)."})
     tie_word_embeddings: bool = field(default=True, metadata={
         "help": "Share input item embeddings with the output layer (as SASRec does)."})
 
@@ -243,6 +248,18 @@ class BehaviorTrainingArguments(TrainingArguments):
     cloze_loss: str = field(default="vocabulary", metadata={
         "help": "bert4rec: normalise the cloze cross-entropy over 'items' (as ranking does) or the whole "
                 "'vocabulary' (the stock BertForMaskedLM loss)."})
+    softmax: str = field(default="full", metadata={
+        "help": "Next-item loss of causal models: 'full' (cross-entropy over every item) or 'sampled' "
+                "(the target against num_negatives items drawn per step, log-Q corrected: for catalogues "
+                "of millions of items; behavior_lm/training/sampled_softmax.py)."})
+    num_negatives: int = field(default=3000, metadata={
+        "help": "softmax: sampled: negatives drawn per optimizer step, shared by the batch."})
+    negative_sampling: str = field(default="uniform", metadata={
+        "help": "softmax: sampled: the proposal negatives are drawn from, 'uniform' over items or "
+                "'popularity' (training frequency); either way corrected by log(K * Q)."})
+    eval_item_chunk: int = field(default=262144, metadata={
+        "help": "Rank catalogues with more tokens than this in chunks of this many items (a running "
+                "count per chunk: memory O(batch x chunk) instead of O(batch x catalogue)); 0: never."})
     keep_checkpoints: bool = field(default=False, metadata={
         "help": "Keep Trainer checkpoints in the finished run directory (default: only the best model)."})
     overwrite_output_dir: bool = field(default=False, metadata={

@@ -20,7 +20,8 @@ from behavior_lm.evaluation.fusion import BehaviorEnsembleModel
 from behavior_lm.evaluation.floors import FLOORS, Floor, build_floor
 from behavior_lm.evaluation.metrics import ranking_metrics
 from behavior_lm.evaluation.protocol import EvalProtocol
-from behavior_lm.evaluation.scoring import next_item_scores, score_ranks
+from behavior_lm.evaluation.scoring import (chunked_ranks, next_item_scores, next_token_features, output_layer,
+                                            score_ranks)
 from behavior_lm.tokenization.behavior_tokenizer import behavior_token_ids, item_mask
 from behavior_lm.data.collators import BehaviorCollator
 
@@ -98,10 +99,40 @@ def evaluate_scorer(scorer: Scorer, dataset: Dataset, tokenizer: PreTrainedToken
 
 
 def evaluate_model(model: PreTrainedModel, dataset: Dataset, tokenizer: PreTrainedTokenizerBase,
-                   protocol: EvalProtocol, *, batch_size: int = 256) -> dict[str, float]:
+                   protocol: EvalProtocol, *, batch_size: int = 256, item_chunk: int = 262144) -> dict[str, float]:
+    """Ranking metrics of ``model``; a catalogue larger than ``item_chunk`` is ranked chunk by
+    chunk (:func:`~behavior_lm.evaluation.scoring.chunked_ranks`, the same ranks in bounded memory)."""
+    from behavior_lm.training.trainer import chunk_scoring_applies
+
+    b_ids = torch.tensor(list(behavior_token_ids(tokenizer).values()), dtype=torch.long)
+    if not isinstance(model, BehaviorEnsembleModel) and not protocol.condition_on_behavior \
+            and chunk_scoring_applies(model, item_chunk, b_ids):
+        return _evaluate_in_chunks(model, dataset, tokenizer, protocol, batch_size, item_chunk)
     return evaluate_scorer(model_scorer(model, tokenizer, protocol), dataset, tokenizer, protocol,
                            batch_size=batch_size, vocab_size=model.get_output_embeddings().out_features,
                            desc="evaluating")
+
+
+def _evaluate_in_chunks(model: PreTrainedModel, dataset: Dataset, tokenizer: PreTrainedTokenizerBase,
+                        protocol: EvalProtocol, batch_size: int, item_chunk: int) -> dict[str, float]:
+    start = time.perf_counter()
+    device = next(model.parameters()).device
+    model.eval()
+    weight, bias = output_layer(model)
+    candidates = item_mask(tokenizer, weight.size(0)).to(device)
+    loader = DataLoader(dataset.with_format(None), batch_size=batch_size, shuffle=False,
+                        collate_fn=BehaviorCollator(tokenizer.pad_token_id))
+    out = []
+    for batch in tqdm(loader, desc="evaluating", leave=False, disable=len(loader) < 4):
+        features = next_token_features(model, batch["input_ids"].to(device), batch["attention_mask"].to(device))
+        ranks, _ = chunked_ranks(features, weight, bias, batch["target"].to(device), candidates,
+                                 batch["seen"].to(device) if protocol.filter_seen else None, item_chunk)
+        out.append(ranks.cpu().numpy())
+    ranks_all = np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+    metrics = ranking_metrics(ranks_all, protocol.ks)
+    metrics["num_examples"] = int(ranks_all.size)
+    metrics["eval_seconds"] = round(time.perf_counter() - start, 3)
+    return metrics
 
 
 def rank_logits(model, dataset: Dataset, protocol: EvalProtocol, pad_token_id: int, num_items: int,

@@ -65,10 +65,15 @@ def prediction_head(model: PreTrainedModel) -> nn.Module:
     return model.get_output_embeddings()
 
 
-@torch.no_grad()
-def next_token_scores(model: PreTrainedModel, input_ids: torch.Tensor,
-                      attention_mask: torch.Tensor) -> torch.Tensor:
-    """``(batch, vocab)`` logits for the token after each history."""
+def output_layer(model: PreTrainedModel) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(weight (V, H), bias (V,) or None)`` of the layer that maps features to vocabulary logits."""
+    out = model.get_output_embeddings()
+    return out.weight, getattr(out, "bias", None)
+
+
+def _features_and_decoder(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+    """What the output layer reads for the token after each history, ``(B, H)``, and the module
+    that turns such features into logits (``None``: the model has no separate head)."""
     rows = torch.arange(input_ids.size(0), device=input_ids.device)
     if is_masked_lm(model):
         cfg = model.config
@@ -79,10 +84,118 @@ def next_token_scores(model: PreTrainedModel, input_ids: torch.Tensor,
     backbone = model.base_model
     inputs = dict(input_ids=input_ids, attention_mask=attention_mask,
                   position_ids=position_ids_for(attention_mask))
-    if backbone is model:  # a model without a separate head: fall back to its own logits
-        return model(**inputs).logits[rows, positions]
-    hidden = backbone(**inputs).last_hidden_state
-    return prediction_head(model)(hidden[rows, positions])                 # (B, H) -> (B, V)
+    if backbone is model:  # a model without a separate head: its own logits at those positions
+        return model(**inputs).logits[rows, positions], None
+    hidden = backbone(**inputs).last_hidden_state[rows, positions]                # (B, H)
+    head = prediction_head(model)
+    transform = getattr(getattr(head, "predictions", None), "transform", None)   # BERT's MLM transform
+    if transform is not None:
+        return transform(hidden), head.predictions.decoder
+    return hidden, head
+
+
+@torch.no_grad()
+def next_token_scores(model: PreTrainedModel, input_ids: torch.Tensor,
+                      attention_mask: torch.Tensor) -> torch.Tensor:
+    """``(batch, vocab)`` logits for the token after each history."""
+    features, decoder = _features_and_decoder(model, input_ids, attention_mask)
+    return features if decoder is None else decoder(features)                  # (B, H) -> (B, V)
+
+
+@torch.no_grad()
+def next_token_features(model: PreTrainedModel, input_ids: torch.Tensor,
+                        attention_mask: torch.Tensor) -> torch.Tensor:
+    """``(batch, H)``: what the output layer reads for the token after each history, so that a
+    catalogue too large for ``(batch, vocab)`` logits can be scored in item chunks
+    (:func:`chunked_ranks`, :func:`chunked_top_k`) against :func:`output_layer`."""
+    features, decoder = _features_and_decoder(model, input_ids, attention_mask)
+    if decoder is None:
+        raise ValueError(f"{type(model).__name__} has no separate output layer to score in chunks")
+    return features
+
+
+def _chunk_logits(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                  start: int, stop: int) -> torch.Tensor:
+    logits = features @ weight[start:stop].T
+    return (logits if bias is None else logits + bias[start:stop]).float()
+
+
+def _chunk_valid(candidates: torch.Tensor, seen: torch.Tensor | None, start: int, stop: int,
+                 batch: int) -> torch.Tensor:
+    """``(B, C)`` bool: candidates in ``[start, stop)`` that are not in the row's ``seen``."""
+    valid = candidates[start:stop].to(torch.bool).unsqueeze(0).repeat(batch, 1)
+    if seen is not None and seen.numel():
+        rows = torch.arange(batch, device=seen.device).unsqueeze(1).expand_as(seen)
+        inside = (seen >= start) & (seen < stop)
+        valid[rows[inside], seen[inside] - start] = False
+    return valid
+
+
+@torch.no_grad()
+def chunked_ranks(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                  targets: torch.Tensor, candidates: torch.Tensor, seen: torch.Tensor | None,
+                  chunk: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same ranks and item cross-entropy as :func:`score_ranks` over ``features @ weight.T +
+    bias``, computed ``chunk`` items at a time: memory ``O(batch * chunk)`` whatever the catalogue
+    size. Ranks are pessimistic (other valid candidates scoring ``>=`` the target); ``seen`` items
+    are left out except the target; the loss normalises over ``candidates`` (seen ones included,
+    as :func:`score_ranks` does).
+
+    The target's score is taken from the chunk matmul that holds it, as the whole-logits ranking
+    does; until that chunk is reached a separately computed estimate is used, and the few scores
+    within rounding distance of it are kept and compared exactly at the end, so ties rank the same
+    as in :func:`~behavior_lm.evaluation.metrics.rank_of_target`."""
+    batch, vocab = features.size(0), min(weight.size(0), candidates.numel())
+    rows = torch.arange(batch, device=features.device)
+    estimate = (features * weight[targets]).sum(-1)
+    if bias is not None:
+        estimate = estimate + bias[targets]
+    estimate = estimate.float()
+    slack = 1e-4 * (estimate.abs() + 1.0)
+    lo, hi = (estimate - slack).unsqueeze(1), (estimate + slack).unsqueeze(1)
+    exact = estimate.clone()
+    above = torch.zeros(batch, dtype=torch.long, device=features.device)
+    near_rows, near_scores = [], []
+    log_z = torch.full((batch,), float("-inf"), device=features.device)
+    for start in range(0, vocab, chunk):
+        stop = min(start + chunk, vocab)
+        logits = _chunk_logits(features, weight, bias, start, stop)                  # (B, C)
+        cand = candidates[start:stop].to(torch.bool).unsqueeze(0)
+        log_z = torch.logaddexp(log_z, torch.logsumexp(logits.masked_fill(~cand, float("-inf")), dim=1))
+        valid = _chunk_valid(candidates, seen, start, stop, batch)
+        inside = (targets >= start) & (targets < stop)
+        exact[inside] = logits[rows[inside], targets[inside] - start]
+        valid[rows[inside], targets[inside] - start] = False        # the target is not "another" item
+        above += ((logits > hi) & valid).sum(dim=1)
+        near = (logits >= lo) & (logits <= hi) & valid
+        if near.any():
+            r, c = near.nonzero(as_tuple=True)
+            near_rows.append(r)
+            near_scores.append(logits[r, c])
+    if near_rows:
+        r, v = torch.cat(near_rows), torch.cat(near_scores)
+        above += torch.bincount(r[v >= exact[r]], minlength=batch)
+    return above, (log_z - exact).mean()
+
+
+@torch.no_grad()
+def chunked_top_k(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, k: int,
+                  candidates: torch.Tensor, seen: torch.Tensor | None = None,
+                  chunk: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scores, token ids)``, each ``(B, k)``, of the ``k`` best candidates not in ``seen``, by a
+    running top-k over item chunks (memory ``O(batch * (chunk + k))``)."""
+    batch, vocab = features.size(0), min(weight.size(0), candidates.numel())
+    best = torch.full((batch, 0), float("-inf"), device=features.device)
+    best_ids = torch.zeros((batch, 0), dtype=torch.long, device=features.device)
+    for start in range(0, vocab, chunk):
+        stop = min(start + chunk, vocab)
+        logits = _chunk_logits(features, weight, bias, start, stop)
+        logits = logits.masked_fill(~_chunk_valid(candidates, seen, start, stop, batch), float("-inf"))
+        scores = torch.cat([best, logits], dim=1)
+        ids = torch.cat([best_ids, torch.arange(start, stop, device=features.device).expand(batch, -1)], dim=1)
+        top = scores.topk(min(k, scores.size(1)), dim=1)
+        best, best_ids = top.values, ids.gather(1, top.indices)
+    return best, best_ids
 
 
 def item_log_softmax(logits: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:

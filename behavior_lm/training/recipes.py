@@ -194,6 +194,8 @@ def check_values(data_args: DataArguments, model_args: ModelArguments,
     from deep inside a model constructor."""
     from behavior_lm.data.streams import TRAIN_WINDOWS
     from behavior_lm.models.auto import CLASSIFIER_MODEL_TYPES, MODEL_TYPES
+    from behavior_lm.models.output_prior import OUTPUT_BIAS_INITS
+    from behavior_lm.training.sampled_softmax import PROPOSALS, SAMPLED_MODEL_TYPES, SOFTMAXES
     from behavior_lm.tasks import get_task, task_names
 
     def need(ok: bool, key: str, what: str, value: Any) -> None:
@@ -203,10 +205,19 @@ def check_values(data_args: DataArguments, model_args: ModelArguments,
     choices = {"task": (data_args.task, task_names()), "split": (data_args.split, ("leave_one_out", "temporal")),
                "train_windows": (data_args.train_windows, TRAIN_WINDOWS),
                "model_type": (model_args.model_type, tuple(dict.fromkeys(MODEL_TYPES + CLASSIFIER_MODEL_TYPES))),
-               "cloze_loss": (training_args.cloze_loss, ("items", "vocabulary"))}
+               "cloze_loss": (training_args.cloze_loss, ("items", "vocabulary")),
+               "output_bias_init": (model_args.output_bias_init, OUTPUT_BIAS_INITS),
+               "softmax": (training_args.softmax, SOFTMAXES),
+               "negative_sampling": (training_args.negative_sampling, PROPOSALS)}
     for key, (value, allowed) in choices.items():
         need(value in allowed, key, f"one of {', '.join(allowed)}", value)
     task = get_task(data_args.task)
+    if training_args.softmax == "sampled":
+        need(training_args.num_negatives >= 1, "num_negatives", "a positive integer", training_args.num_negatives)
+        need(task.ranking and model_args.model_type in SAMPLED_MODEL_TYPES and not model_args.semantic_ids,
+             "softmax", f"'full' here: 'sampled' is for next-item ranking with model_type "
+             f"{', '.join(SAMPLED_MODEL_TYPES)} on item ids (got model_type {model_args.model_type}, task "
+             f"{task.name}{', semantic_ids' if model_args.semantic_ids else ''})", training_args.softmax)
     need(model_args.model_type in task.model_types, "model_type",
          f"one of {', '.join(task.model_types)} for task {task.name}", model_args.model_type)
     for key, value in (("hidden_size", model_args.hidden_size), ("num_layers", model_args.num_layers),
@@ -233,6 +244,7 @@ def check_values(data_args: DataArguments, model_args: ModelArguments,
          "positive integers", training_args.eval_ks)
     for key, value in (("valid_fraction", data_args.valid_fraction), ("test_fraction", data_args.test_fraction)):
         need(0.0 < value < 1.0, key, "in (0, 1)", value)
+    need(training_args.eval_item_chunk >= 0, "eval_item_chunk", "0 or more", training_args.eval_item_chunk)
     for key in ("min_user_events", "min_item_events"):
         need(getattr(data_args, key) >= 0, key, "0 or more", getattr(data_args, key))
     for key in ("max_history", "max_users", "max_eval_users", "session_gap", "intent_seconds"):

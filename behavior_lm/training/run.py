@@ -36,6 +36,8 @@ from behavior_lm.models.auto import MASKED_MODEL_TYPES, count_parameters, effect
 from behavior_lm.models.item_text_init import attach_item_text, bake_item_text, save_item_text
 from behavior_lm.models.pretrained import is_peft_model, text_ranker_for_run, text_rows_for_run
 from behavior_lm.models.text_ranker import save_ranker_files
+from behavior_lm.models.output_prior import init_output_bias, item_log_prior
+from behavior_lm.training.sampled_softmax import SampledSoftmax
 from behavior_lm.models.semantic_codes import semantic_ids_for_catalogue
 from behavior_lm.data.semantic_rows import check_stream, code_rows, code_tokenizer
 from behavior_lm.evaluation.generative import GenerativeRanker
@@ -162,6 +164,19 @@ def _train(data_args: DataArguments, model_args: ModelArguments,
             text_info = attach_text(model, tokenizer, model_args, data_args)
     cold_ids = cold_token_ids(tokenizer, data.info)
     describe_run_in_config(model.config, data_args, model_args, training_args, data.info, text_info)
+    sampled = None
+    if ranking and not semantic and not text_ranker:  # popularity in the bias, not in the item rows
+        items = item_mask(tokenizer, model.get_output_embeddings().out_features)
+        model.config.behavior_lm["output_bias_init"] = init_output_bias(
+            model, dsd["train"], items, model_args.output_bias_init)
+        if training_args.softmax == "sampled":
+            sampled = SampledSoftmax.build(
+                items, training_args.negative_sampling, training_args.num_negatives, training_args.seed,
+                log_prior=item_log_prior(dsd["train"], items) if training_args.negative_sampling == "popularity" else None,
+                exclude=cold_ids, pad_token_id=tokenizer.pad_token_id)
+    model.config.behavior_lm["softmax"] = (
+        {"kind": "sampled", "num_negatives": training_args.num_negatives,
+         "negative_sampling": training_args.negative_sampling} if sampled else {"kind": "full"})
     if serialization is not None:
         model.config.behavior_lm["text_serialization"] = serialization
     if sids is not None:
@@ -188,6 +203,7 @@ def _train(data_args: DataArguments, model_args: ModelArguments,
             condition_on_behavior=training_args.condition_on_behavior,
             item_mask=(torch.ones(len(ranker_items), dtype=torch.bool) if text_ranker
                        else _candidates(tokenizer, model, cold_ids) if ranking and not semantic else None),
+            sampled_softmax=sampled, item_chunk=training_args.eval_item_chunk,
             generative=(GenerativeRanker(CodeTrie(sids, tokenizer.get_vocab()), model_args.semantic_id_beams,
                                          tokenizer.pad_token_id, protocol.filter_seen) if semantic else None))
 

@@ -19,10 +19,12 @@ from transformers import EvalPrediction, Trainer
 
 from behavior_lm.evaluation.generative import GenerativeRanker
 from behavior_lm.evaluation.metrics import ranking_metrics
-from behavior_lm.evaluation.scoring import next_item_scores, score_ranks
+from behavior_lm.evaluation.scoring import (chunked_ranks, next_item_scores, next_token_features, output_layer,
+                                            score_ranks)
 from behavior_lm.data.collators import IGNORE_INDEX
 from behavior_lm.models.item_text_init import has_item_text, untied_state_dict
 from behavior_lm.models.text_ranker import is_text_ranker
+from behavior_lm.training.sampled_softmax import SampledSoftmax
 
 
 class BehaviorTrainer(Trainer):
@@ -36,13 +38,18 @@ class BehaviorTrainer(Trainer):
         condition_on_behavior: rank given the target's behavior instead of the mixture.
         generative: a semantic-id model's ranker (constrained beam search); rows' ``target`` and
             ``seen`` are then item indices of its code table.
+        sampled_softmax: train with the sampled next-item loss instead of the model's stock loss.
+        item_chunk: rank catalogues larger than this in item chunks (0: never).
     """
 
     def __init__(self, *args: Any, item_mask: torch.Tensor | None = None, filter_seen: bool = True,
                  behavior_ids: torch.Tensor | None = None, condition_on_behavior: bool = False,
-                 generative: GenerativeRanker | None = None, **kwargs: Any) -> None:
+                 generative: GenerativeRanker | None = None, sampled_softmax: SampledSoftmax | None = None,
+                 item_chunk: int = 262144, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.item_chunk = item_chunk
         self.generative = generative
+        self.sampled_softmax = sampled_softmax
         self.item_mask = item_mask
         self.filter_seen = filter_seen
         self.behavior_ids = behavior_ids
@@ -54,6 +61,23 @@ class BehaviorTrainer(Trainer):
         if state_dict is None and has_item_text(self.accelerator.unwrap_model(self.model)):
             state_dict = untied_state_dict(self.accelerator.unwrap_model(self.model))
         super()._save(output_dir, state_dict)
+
+    def _chunked(self, model: nn.Module, given: torch.Tensor | None) -> bool:
+        return given is None and chunk_scoring_applies(model, self.item_chunk, self.behavior_ids)
+
+    def compute_loss(self, model: nn.Module, inputs: dict[str, torch.Tensor | Any], return_outputs: bool = False,
+                     num_items_in_batch: torch.Tensor | int | None = None):
+        """The stock loss, or with ``softmax: sampled`` the sampled cross-entropy: the (wrapped,
+        so DDP still synchronises) model is asked for its final hidden states and one position of
+        logits, never the ``(batch, length, vocab)`` logits."""
+        if self.sampled_softmax is None or "labels" not in inputs or "target" in inputs:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        inputs = dict(inputs)
+        labels = inputs.pop("labels")
+        outputs = model(**inputs, output_hidden_states=True, logits_to_keep=1)
+        loss = self.sampled_softmax.loss(self.accelerator.unwrap_model(model), outputs.hidden_states[-1], labels,
+                                         self.state.global_step, num_items_in_batch)
+        return (loss, outputs) if return_outputs else loss
 
     def prediction_step(self, model: nn.Module, inputs: dict[str, torch.Tensor | Any],
                         prediction_loss_only: bool, ignore_keys: list[str] | None = None):
@@ -67,6 +91,12 @@ class BehaviorTrainer(Trainer):
             return None, ranks.float(), inputs["target"]
         with torch.no_grad():
             given = inputs.get("target_behavior") if self.condition_on_behavior else None
+            if self._chunked(model, given):   # a catalogue too large for (batch, vocab) logits
+                weight, bias = output_layer(model)
+                features = next_token_features(model, inputs["input_ids"], inputs["attention_mask"])
+                ranks, loss = chunked_ranks(features, weight, bias, inputs["target"], self.item_mask.to(features.device),
+                                            inputs["seen"] if self.filter_seen else None, self.item_chunk)
+                return (loss, None, None) if prediction_loss_only else (loss, ranks.float(), inputs["target"])
             if is_text_ranker(model):         # a pretrained LM ranking the catalogue by item text
                 scores = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
             else:
@@ -77,6 +107,16 @@ class BehaviorTrainer(Trainer):
         if prediction_loss_only:
             return loss, None, None
         return loss, ranks.float(), inputs["target"]
+
+
+def chunk_scoring_applies(model: nn.Module, item_chunk: int, behavior_ids: torch.Tensor | None) -> bool:
+    """Whether ranking should go item chunk by item chunk: a catalogue larger than ``item_chunk``
+    (0: never), an id model with a separate output layer, one-behavior streams (the behavior
+    mixture needs whole distributions)."""
+    if not item_chunk or is_text_ranker(model) or (behavior_ids is not None and behavior_ids.numel()):
+        return False
+    out = model.get_output_embeddings()
+    return out is not None and out.weight.size(0) > item_chunk and model.base_model is not model
 
 
 def restricted_loss(keep: torch.Tensor, shift: bool = False):

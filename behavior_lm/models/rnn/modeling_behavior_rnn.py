@@ -118,15 +118,17 @@ class BehaviorRNNForCausalLM(BehaviorRNNPreTrainedModel, GenerationMixin):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, logits_to_keep: int = 0,
-                **kwargs) -> CausalLMOutput:
-        hidden = self.rnn(input_ids, attention_mask=attention_mask).last_hidden_state
-        if logits_to_keep:
-            hidden = hidden[:, -logits_to_keep:]
+                output_hidden_states: bool | None = None, **kwargs) -> CausalLMOutput:
+        """As the stock ``*ForCausalLM``: ``logits_to_keep`` computes logits for the last positions
+        only; ``output_hidden_states`` returns the final hidden states (what the output layer reads
+        before its dropout) as ``hidden_states[-1]``, the contract the sampled softmax relies on."""
+        full = self.rnn(input_ids, attention_mask=attention_mask).last_hidden_state
+        hidden = full[:, -logits_to_keep:] if logits_to_keep else full
         logits = self.lm_head(self.dropout(hidden))                       # (B, L, V)
         loss = None
         if labels is not None:
             loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **kwargs)
-        return CausalLMOutput(loss=loss, logits=logits)
+        return CausalLMOutput(loss=loss, logits=logits, hidden_states=(full,) if output_hidden_states else None)
 
 
 class BehaviorRNNForSequenceClassification(BehaviorRNNPreTrainedModel):

@@ -1,0 +1,93 @@
+"""Short in-process training runs of a masked-item model, to find what keeps it at the popularity
+level (issue 11). Each variant trains the recipe's model on the recipe's training windows for a
+fixed number of AdamW steps and prints the cloze loss every ``--every`` steps, plus how much of the
+item-embedding variance lies on one direction (the collapse that a popularity-only model shows).
+
+    BEHAVIOR_LM_DATA=../shared/datasets python scripts/diag_bert4rec.py recipes/next-item/bert4rec-ml-1m.yaml \
+        --steps 300 --variant stock --variant no_embedding_ln
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import torch
+from torch import nn
+
+from behavior_lm.data.pipeline import prepare_data
+from behavior_lm.tasks import build_model, template_for
+from behavior_lm.tokenization.behavior_tokenizer import item_mask
+from behavior_lm.training.recipes import parse_recipe
+from behavior_lm.training.run import make_collator
+
+VARIANTS = ("stock", "no_embedding_ln", "no_dropout", "lr1e-3", "mask0.5", "bias_init", "recenter")
+
+
+def collapse(model) -> float:
+    e = model.get_input_embeddings().weight.detach()
+    s = torch.linalg.svdvals(e - e.mean(0) * 0)
+    return float(s[0] ** 2 / (s ** 2).sum())
+
+
+def run(recipe: str, variant: str, steps: int, every: int, batch: int) -> None:
+    overrides = []
+    if variant == "no_dropout":
+        overrides = ["--dropout", "0"]
+    if variant == "mask0.5":
+        overrides = ["--mask_probability", "0.5"]
+    data_args, model_args, training_args, _ = parse_recipe(recipe, overrides)
+    torch.manual_seed(training_args.seed)
+    data = prepare_data(data_args, template=template_for(model_args.model_type))
+    tok, train = data.tokenizer, data.datasets["train"]
+    model = build_model(model_args, tok, data_args.max_length)
+    if variant == "no_embedding_ln":
+        model.bert.embeddings.LayerNorm = nn.Identity()
+    collator = make_collator(model_args, tok)
+    items = item_mask(tok, model.get_output_embeddings().out_features)
+    if variant == "bias_init":           # the output bias starts at log unigram frequency of items
+        counts = torch.zeros(items.numel())
+        for row in train["input_ids"]:
+            counts += torch.bincount(torch.as_tensor(row), minlength=items.numel())[: items.numel()]
+        prior = torch.log((counts + 1) / (counts + 1)[items].sum())
+        with torch.no_grad():
+            model.get_output_embeddings().bias.copy_(torch.where(items, prior, prior[items].min()))
+    lr = 1e-3 if variant == "lr1e-3" else training_args.learning_rate
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=training_args.weight_decay)
+    warm = max(training_args.warmup_steps, 1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
+    g = torch.Generator().manual_seed(0)
+    model.train()
+    t0, acc, n = time.time(), 0.0, 0
+    for step in range(1, steps + 1):
+        idx = torch.randint(train.num_rows, (batch,), generator=g).tolist()
+        b = collator([train[i] for i in idx])
+        loss = model(**b).loss
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step(); sched.step(); opt.zero_grad()
+        if variant == "recenter":
+            with torch.no_grad():
+                w = model.get_input_embeddings().weight
+                w[items] -= w[items].mean(0)
+        acc, n = acc + float(loss.detach()), n + 1
+        if step % every == 0:
+            print(f"{variant:>16} step {step:5d} loss {acc / n:.3f} collapse {collapse(model):.3f} "
+                  f"({time.time() - t0:.0f}s)", flush=True)
+            acc, n = 0.0, 0
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("recipe")
+    p.add_argument("--variant", action="append", choices=VARIANTS)
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--every", type=int, default=50)
+    p.add_argument("--batch", type=int, default=64)
+    a = p.parse_args()
+    for v in a.variant or ["stock"]:
+        run(a.recipe, v, a.steps, a.every, a.batch)
+
+
+if __name__ == "__main__":
+    main()
