@@ -4,7 +4,9 @@ fixed number of AdamW steps and prints the cloze loss every ``--every`` steps, p
 item-embedding variance lies on one direction (the collapse that a popularity-only model shows).
 
     BEHAVIOR_LM_DATA=../shared/datasets python scripts/diag_bert4rec.py recipes/next-item/bert4rec-ml-1m.yaml \
-        --steps 300 --variant stock --variant no_embedding_ln
+        --steps 300 --variant stock --variant zero_bias
+
+"stock" is the recipe as it stands (output bias at the item prior); each other variant changes one thing.
 """
 from __future__ import annotations
 
@@ -16,12 +18,14 @@ import torch
 from torch import nn
 
 from behavior_lm.data.pipeline import prepare_data
+from behavior_lm.models.output_prior import init_output_bias
 from behavior_lm.tasks import build_model, template_for
 from behavior_lm.tokenization.behavior_tokenizer import item_mask
 from behavior_lm.training.recipes import parse_recipe
 from behavior_lm.training.run import make_collator
 
-VARIANTS = ("stock", "no_embedding_ln", "no_dropout", "lr1e-3", "mask0.5", "bias_init", "recenter")
+VARIANTS = ("stock", "no_embedding_ln", "no_dropout", "lr1e-3", "mask0.5", "recenter", "zero_bias",
+            "init0.1", "zero_bias_init0.1")
 
 
 def collapse(model) -> float:
@@ -32,6 +36,10 @@ def collapse(model) -> float:
 
 def run(recipe: str, variant: str, steps: int, every: int, batch: int) -> None:
     overrides = []
+    if variant.startswith("zero_bias"):
+        overrides += ["--output_bias_init", "zero"]
+    if variant.endswith("init0.1"):
+        overrides += ["--initializer_range", "0.1"]
     if variant == "no_dropout":
         overrides = ["--dropout", "0"]
     if variant == "mask0.5":
@@ -45,13 +53,7 @@ def run(recipe: str, variant: str, steps: int, every: int, batch: int) -> None:
         model.bert.embeddings.LayerNorm = nn.Identity()
     collator = make_collator(model_args, tok)
     items = item_mask(tok, model.get_output_embeddings().out_features)
-    if variant == "bias_init":           # the output bias starts at log unigram frequency of items
-        counts = torch.zeros(items.numel())
-        for row in train["input_ids"]:
-            counts += torch.bincount(torch.as_tensor(row), minlength=items.numel())[: items.numel()]
-        prior = torch.log((counts + 1) / (counts + 1)[items].sum())
-        with torch.no_grad():
-            model.get_output_embeddings().bias.copy_(torch.where(items, prior, prior[items].min()))
+    init_output_bias(model, train, items, model_args.output_bias_init)   # as a training run does
     lr = 1e-3 if variant == "lr1e-3" else training_args.learning_rate
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=training_args.weight_decay)
     warm = max(training_args.warmup_steps, 1)

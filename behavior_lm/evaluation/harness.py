@@ -20,7 +20,7 @@ from behavior_lm.evaluation.fusion import BehaviorEnsembleModel
 from behavior_lm.evaluation.floors import FLOORS, Floor, build_floor
 from behavior_lm.evaluation.metrics import ranking_metrics
 from behavior_lm.evaluation.protocol import EvalProtocol
-from behavior_lm.evaluation.scoring import (chunked_ranks, next_item_scores, next_token_features, output_layer,
+from behavior_lm.evaluation.scoring import (chunk_scoring_applies, chunked_ranks, next_item_scores, next_token_features, output_layer,
                                             score_ranks)
 from behavior_lm.tokenization.behavior_tokenizer import behavior_token_ids, item_mask
 from behavior_lm.data.collators import BehaviorCollator
@@ -102,8 +102,6 @@ def evaluate_model(model: PreTrainedModel, dataset: Dataset, tokenizer: PreTrain
                    protocol: EvalProtocol, *, batch_size: int = 256, item_chunk: int = 262144) -> dict[str, float]:
     """Ranking metrics of ``model``; a catalogue larger than ``item_chunk`` is ranked chunk by
     chunk (:func:`~behavior_lm.evaluation.scoring.chunked_ranks`, the same ranks in bounded memory)."""
-    from behavior_lm.training.trainer import chunk_scoring_applies
-
     b_ids = torch.tensor(list(behavior_token_ids(tokenizer).values()), dtype=torch.long)
     if not isinstance(model, BehaviorEnsembleModel) and not protocol.condition_on_behavior \
             and chunk_scoring_applies(model, item_chunk, b_ids):

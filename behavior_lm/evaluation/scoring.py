@@ -23,6 +23,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from behavior_lm.evaluation.metrics import rank_of_target
+from behavior_lm.models.text_ranker import is_text_ranker
 
 
 def is_masked_lm(model: PreTrainedModel) -> bool:
@@ -112,6 +113,16 @@ def next_token_features(model: PreTrainedModel, input_ids: torch.Tensor,
     if decoder is None:
         raise ValueError(f"{type(model).__name__} has no separate output layer to score in chunks")
     return features
+
+
+def chunk_scoring_applies(model: nn.Module, item_chunk: int, behavior_ids: torch.Tensor | None) -> bool:
+    """Whether ranking should go item chunk by item chunk: a catalogue larger than ``item_chunk``
+    (0: never), an id model with a separate output layer, one-behavior streams (the behavior
+    mixture needs whole distributions)."""
+    if not item_chunk or is_text_ranker(model) or (behavior_ids is not None and behavior_ids.numel()):
+        return False
+    out = model.get_output_embeddings()
+    return out is not None and out.weight.size(0) > item_chunk and model.base_model is not model
 
 
 def _chunk_logits(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,

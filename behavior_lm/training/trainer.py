@@ -19,8 +19,8 @@ from transformers import EvalPrediction, Trainer
 
 from behavior_lm.evaluation.generative import GenerativeRanker
 from behavior_lm.evaluation.metrics import ranking_metrics
-from behavior_lm.evaluation.scoring import (chunked_ranks, next_item_scores, next_token_features, output_layer,
-                                            score_ranks)
+from behavior_lm.evaluation.scoring import (chunk_scoring_applies, chunked_ranks, next_item_scores, next_token_features,
+                                            output_layer, score_ranks)
 from behavior_lm.data.collators import IGNORE_INDEX
 from behavior_lm.models.item_text_init import has_item_text, untied_state_dict
 from behavior_lm.models.text_ranker import is_text_ranker
@@ -107,16 +107,6 @@ class BehaviorTrainer(Trainer):
         if prediction_loss_only:
             return loss, None, None
         return loss, ranks.float(), inputs["target"]
-
-
-def chunk_scoring_applies(model: nn.Module, item_chunk: int, behavior_ids: torch.Tensor | None) -> bool:
-    """Whether ranking should go item chunk by item chunk: a catalogue larger than ``item_chunk``
-    (0: never), an id model with a separate output layer, one-behavior streams (the behavior
-    mixture needs whole distributions)."""
-    if not item_chunk or is_text_ranker(model) or (behavior_ids is not None and behavior_ids.numel()):
-        return False
-    out = model.get_output_embeddings()
-    return out is not None and out.weight.size(0) > item_chunk and model.base_model is not model
 
 
 def restricted_loss(keep: torch.Tensor, shift: bool = False):
