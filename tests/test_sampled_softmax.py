@@ -94,6 +94,10 @@ def test_negatives_are_a_function_of_seed_and_step():
     assert torch.equal(a.draw(7)[0], b.draw(7)[0])           # a resumed run draws the same negatives
     assert not torch.equal(a.draw(7)[0], a.draw(8)[0])
     assert bool(items[a.draw(3)[0]].all())                     # only items are drawn
+    assert a.draw(3)[0].unique().numel() == 16                  # uniform: without replacement
+    everything = SampledSoftmax.build(items, "uniform", 1000, seed=1)
+    negatives, correction = everything.draw(0)                 # K >= n: every item once, no correction
+    assert sorted(negatives.tolist()) == list(range(5, 50)) and torch.all(correction == 0)
     cold = torch.arange(5, 45)
     c = SampledSoftmax.build(items, "uniform", 200, seed=1, exclude=cold)
     assert set(c.draw(0)[0].tolist()) <= set(range(45, 50))    # cold items are never negatives

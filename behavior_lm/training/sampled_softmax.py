@@ -1,8 +1,8 @@
 """Sampled softmax with log-Q correction: the next-item cross-entropy over the target and ``K``
 negatives instead of the whole catalogue, for catalogues too large for a full softmax.
 
-Each optimizer step draws one set of ``K`` negatives (with replacement) from a proposal ``Q`` over
-the item tokens and shares it across the batch, so the output layer costs ``O(N * K)`` instead of
+Each optimizer step draws one set of ``K`` negatives from a proposal ``Q`` over the item tokens
+(uniform: without replacement; popularity: with replacement) and shares it across the batch, so the output layer costs ``O(N * K)`` instead of
 ``O(N * V)`` and the model's ``(batch, length, vocab)`` logits are never built (the forward is asked
 for one position of logits and the final hidden states). The loss is the importance-sampling
 estimate of the full cross-entropy (Bengio & Senecal 2008; Jean et al. 2015): the target's logit is
@@ -88,10 +88,20 @@ class SampledSoftmax:
 
     def __post_init__(self) -> None:
         self._log_k = math.log(self.num_negatives)
+        self.uniform = bool(self.log_q.numel()) and bool(torch.allclose(self.log_q, self.log_q[:1].expand_as(self.log_q)))
 
     def draw(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(K,)`` negative token ids for optimizer step ``step`` and their corrections ``log(K Q)``."""
+        """``(K,)`` negative token ids for optimizer step ``step`` and their corrections ``log(K Q)``.
+
+        A uniform proposal draws without replacement (``min(K, n)`` distinct items, each included
+        with probability ``K / n``, so ``log(K Q)`` is its exact log inclusion probability and
+        ``K >= n`` is the full softmax); the popularity proposal draws with replacement (``K Q`` is
+        then the expected count)."""
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        n = self.candidates.numel()
+        if self.uniform:
+            pick = torch.randperm(n, generator=g)[: self.num_negatives]
+            return self.candidates[pick], torch.full((pick.numel(),), math.log(min(self.num_negatives, n) / n))
         pick = torch.multinomial(self.log_q.double().exp(), self.num_negatives, replacement=True, generator=g)
         return self.candidates[pick], self.log_q[pick] + self._log_k
 
