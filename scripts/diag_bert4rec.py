@@ -30,7 +30,7 @@ VARIANTS = ("stock", "no_embedding_ln", "no_dropout", "lr1e-3", "mask0.5", "rece
 
 def collapse(model) -> float:
     e = model.get_input_embeddings().weight.detach()
-    s = torch.linalg.svdvals(e - e.mean(0) * 0)
+    s = torch.linalg.svdvals(e)
     return float(s[0] ** 2 / (s ** 2).sum())
 
 
