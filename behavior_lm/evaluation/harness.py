@@ -87,15 +87,20 @@ def rank_dataset(scorer: Scorer, dataset: Dataset, tokenizer: PreTrainedTokenize
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
 
+def _metrics(ranks: list[np.ndarray], protocol: EvalProtocol, start: float) -> dict[str, float]:
+    """HR/NDCG/MRR@K of batches of ranks, with the example count and the seconds since ``start``."""
+    ranks_all = np.concatenate(ranks) if ranks else np.zeros(0, dtype=np.int64)
+    metrics = ranking_metrics(ranks_all, protocol.ks)
+    metrics["num_examples"] = int(ranks_all.size)
+    metrics["eval_seconds"] = round(time.perf_counter() - start, 3)
+    return metrics
+
+
 def evaluate_scorer(scorer: Scorer, dataset: Dataset, tokenizer: PreTrainedTokenizerBase,
                     protocol: EvalProtocol, **kwargs) -> dict[str, float]:
     """HR/NDCG/MRR@K of a scorer on a ranking dataset, plus the example count and time."""
     start = time.perf_counter()
-    ranks = rank_dataset(scorer, dataset, tokenizer, protocol, **kwargs)
-    metrics = ranking_metrics(ranks, protocol.ks)
-    metrics["num_examples"] = int(ranks.size)
-    metrics["eval_seconds"] = round(time.perf_counter() - start, 3)
-    return metrics
+    return _metrics([rank_dataset(scorer, dataset, tokenizer, protocol, **kwargs)], protocol, start)
 
 
 def evaluate_model(model: PreTrainedModel, dataset: Dataset, tokenizer: PreTrainedTokenizerBase,
@@ -126,11 +131,7 @@ def _evaluate_in_chunks(model: PreTrainedModel, dataset: Dataset, tokenizer: Pre
         ranks, _ = chunked_ranks(features, weight, bias, batch["target"].to(device), candidates,
                                  batch["seen"].to(device) if protocol.filter_seen else None, item_chunk)
         out.append(ranks.cpu().numpy())
-    ranks_all = np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
-    metrics = ranking_metrics(ranks_all, protocol.ks)
-    metrics["num_examples"] = int(ranks_all.size)
-    metrics["eval_seconds"] = round(time.perf_counter() - start, 3)
-    return metrics
+    return _metrics(out, protocol, start)
 
 
 def rank_logits(model, dataset: Dataset, protocol: EvalProtocol, pad_token_id: int, num_items: int,
@@ -150,11 +151,7 @@ def rank_logits(model, dataset: Dataset, protocol: EvalProtocol, pad_token_id: i
             ranks, _ = score_ranks(scores, batch["target"], everything,
                                    batch["seen"] if protocol.filter_seen else None)
             out.append(ranks.numpy())
-    ranks_all = np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
-    metrics = ranking_metrics(ranks_all, protocol.ks)
-    metrics["num_examples"] = int(ranks_all.size)
-    metrics["eval_seconds"] = round(time.perf_counter() - start, 3)
-    return metrics
+    return _metrics(out, protocol, start)
 
 
 def evaluate_baselines(names: Iterable[str], train: Dataset, dataset: Dataset,
