@@ -131,3 +131,52 @@ def test_prepare_command_prepares_only(tmp_path, capsys, monkeypatch):
     out = json.loads(capsys.readouterr().out)
     assert out["prepared"]["users"] == 5 and out["prepared"]["events"] == 30 and out["cache_hit"] is False
     assert any((tmp_path / "cache" / "prepared").iterdir()) and not (tmp_path / "runs").exists()
+
+
+LIGHT_RUN = """
+import os, sys
+sys.argv = ["behavior-lm", *sys.argv[1:]]
+import behavior_lm_cli
+try:
+    behavior_lm_cli.main()
+except SystemExit as exc:
+    heavy = sorted(m for m in ("torch", "transformers", "datasets") if m in sys.modules)
+    print(exc.code, ",".join(heavy) or "-", os.environ.get("BEHAVIOR_LM_DEFER_REGISTRATION", "unset"))
+"""
+
+
+@pytest.mark.parametrize("args,says", [
+    (["--help"], None),
+    (["train", "{typo}"], "typo.yaml:2: unknown key 'hiden_size' (did you mean: hidden_size?)"),
+    (["train", "{quick}", "--hidden_size", "-3"], "flag --hidden_size must be a positive integer, got -3"),
+    (["prepare", "{quick}", "--hiden_size", "3"], "unknown option '--hiden_size'"),
+    (["train", "{range}"], "range.yaml:2: key 'dropout' must be in [0, 1), got 1.5"),
+    (["train", "{missing}"], "missing.yaml: recipe not found"),
+])
+def test_cheap_errors_fail_before_torch_is_imported(args, says, tmp_path):
+    """The console script checks a recipe before the 5-7 s imports of torch/transformers/datasets
+    (``behavior_lm_cli`` defers the package's registrations), and the deferral does not leak into
+    the environment of what the command starts."""
+    paths = {"typo": write(tmp_path, "typo.yaml", "dataset: ml-100k\nhiden_size: 4\n"),
+             "range": write(tmp_path, "range.yaml", "dataset: ml-100k\ndropout: 1.5\n"),
+             "quick": QUICKSTART, "missing": tmp_path / "missing.yaml"}
+    argv = [a.format(**{k: str(v) for k, v in paths.items()}) for a in args]
+    proc = subprocess.run([__import__("sys").executable, "-c", LIGHT_RUN, *argv], capture_output=True, text=True)
+    code, heavy, env = proc.stdout.strip().splitlines()[-1].split()
+    assert heavy == "-", f"imported {heavy} before failing: {proc.stderr}"
+    assert env == "unset"
+    if says is None:
+        assert code == "0" and "usage: behavior-lm" in proc.stdout
+    else:
+        assert code == "2" and says in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_import_behavior_lm_registers_everything():
+    """Without the console script's deferral, ``import behavior_lm`` registers the GRU/LSTM
+    classes, the tasks and ``pipeline("next-behavior")``, as user code expects."""
+    code = ("import behavior_lm\nfrom transformers import AutoConfig\nfrom transformers.pipelines import PIPELINE_REGISTRY\n"
+            "from behavior_lm.tasks import task_names\n"
+            "print('next-behavior' in PIPELINE_REGISTRY.get_supported_tasks(), 'next-item' in task_names(),\n"
+            "      type(AutoConfig.for_model('behavior-rnn')).__name__, behavior_lm.train.__module__)")
+    proc = subprocess.run([__import__("sys").executable, "-c", code], capture_output=True, text=True)
+    assert proc.stdout.split() == ["True", "True", "BehaviorRNNConfig", "behavior_lm.training.run"], proc.stderr

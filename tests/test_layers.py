@@ -8,7 +8,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "behavior_lm"
 # lowest first; modules in one row may import each other
 LAYERS = [
-    ("errors", "version", "rundir"),
+    ("errors", "version", "rundir", "recipe_file"),
     ("tokenization",),
     ("arguments",),
     ("data",),
@@ -17,7 +17,7 @@ LAYERS = [
     ("evaluation",),
     ("reporting",),
     ("training",),
-    ("compare", "ensemble", "hub", "inference", "serving", "search", "update"),
+    ("compare", "ensemble", "hub", "inference", "serving", "search", "update", "registry"),
     ("cli",),
 ]
 LAYER = {name: i for i, row in enumerate(LAYERS) for name in row}

@@ -113,3 +113,46 @@ def test_nested_and_invalid_yaml(tmp_path):
         load_recipe(r)
     with pytest.raises(RecipeError, match="recipe not found"):
         load_recipe(tmp_path / "missing.yaml")
+
+
+def test_recipe_schema_file_matches_the_dataclasses():
+    """``behavior_lm/recipe_schema.json`` (what the console script checks recipes against before
+    importing torch) is what the argument dataclasses say. With the transformers version it was
+    generated with every key must agree; with another, our own fields must (TrainingArguments'
+    may differ, and unknown keys are then left to the full parse)."""
+    import dataclasses
+    import json
+
+    import transformers
+    from transformers import TrainingArguments
+
+    from behavior_lm.arguments import BehaviorTrainingArguments, DataArguments, ModelArguments
+    from behavior_lm.recipe_file import SCHEMA_FILE
+    from behavior_lm.training.recipes import recipe_schema
+
+    stored, fresh = json.loads(SCHEMA_FILE.read_text()), recipe_schema()
+    hint = "stale: run python -m behavior_lm.training.recipes --write-schema"
+    if stored["transformers"] == transformers.__version__:
+        assert stored == fresh, hint
+    else:
+        inherited = {f.name for f in dataclasses.fields(TrainingArguments)}
+        own = {f.name for c in (DataArguments, ModelArguments, BehaviorTrainingArguments)
+               for f in dataclasses.fields(c)} - inherited
+        assert {k: stored["keys"].get(k) for k in own} == {k: fresh["keys"][k] for k in own}, hint
+
+
+def test_cheap_and_full_checks_share_one_range_table(tmp_path):
+    """A range broken in the YAML is refused by the cheap check (no torch) and, given as a
+    dataclass value, by the full one, with the same words."""
+    from behavior_lm.recipe_file import RANGES, check_ranges
+
+    for key, (what, ok) in RANGES.items():
+        bad = 0 if not ok(0) else (-1 if not ok(-1) else 1.5)
+        r = tmp_path / f"{key}.yaml"
+        r.write_text(f"dataset: ml-100k\n{key}: {bad}\n")
+        with pytest.raises(RecipeError, match=rf"{key}.yaml:2: key '{key}' must be {__import__('re').escape(what)}"):
+            check_ranges(load_recipe(r), r)
+        if key in ("intent_seconds",) or not isinstance(bad, int) and key.startswith(("hidden", "num_")):
+            continue
+        with pytest.raises(RecipeError, match=rf"key '{key}' must be {__import__('re').escape(what)}"):
+            parse_recipe(r)

@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
 from transformers import HfArgumentParser
 
 from behavior_lm.errors import RecipeError
+from behavior_lm.recipe_file import RANGES, RECIPE_LINES, check_flags, load_recipe, range_error
 from behavior_lm.arguments import BehaviorTrainingArguments, DataArguments, ModelArguments
 
 ARGUMENT_CLASSES = (DataArguments, ModelArguments, BehaviorTrainingArguments)
@@ -37,78 +37,32 @@ def _field_types() -> dict[str, Any]:
     return out
 
 
-def _accepts(kind: Any, value: Any) -> str | None:
-    """``None`` when ``value`` fits the field type ``kind``, else what the key expects."""
+def _spec(kind: Any) -> Any:
+    """A field's type as the JSON spec that :func:`behavior_lm.recipe_file.accepts` reads."""
+    import types
     import typing
 
-    args = typing.get_args(kind)
-    origin = typing.get_origin(kind)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        options = [a for a in args if a is not type(None)]
-        if value is None and len(options) < len(args):
-            return None
-        wants = [_accepts(a, value) for a in options]
-        return None if any(w is None for w in wants) else " or ".join(w for w in wants if w)
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        return {"union": [_spec(a) for a in args]}
     if origin is list:
-        if not isinstance(value, list):
-            return "a list"
-        inner = args[0] if args else Any
-        bad = [v for v in value if _accepts(inner, v) is not None]
-        return f"a list whose items are each {_accepts(inner, bad[0])}" if bad else None
-    if kind is bool:
-        return None if isinstance(value, bool) else "true or false"
-    if kind is int:
-        return None if isinstance(value, int) and not isinstance(value, bool) else "an integer"
-    if kind is float:
-        return None if isinstance(value, (int, float)) and not isinstance(value, bool) else "a number"
-    if kind is str:
-        return None if isinstance(value, str) else "a string"
+        return {"list": _spec(args[0]) if args else "any"}
+    if kind is type(None):
+        return "none"
     if isinstance(kind, type) and issubclass(kind, enum.Enum):
-        names = [m.value for m in kind]
-        return None if value in names else f"one of {names}"
-    return None                         # dicts, unions of enums and strings, ...: argparse decides
+        return {"enum": [m.value for m in kind]}
+    return {bool: "bool", int: "int", float: "float", str: "str"}.get(kind, "any")
 
 
-def load_recipe(path: str | Path) -> dict[str, Any]:
-    """Read a recipe; check that it is a flat mapping of known keys with values of the right type,
-    each key once. Errors name the file, the line and the key."""
-    path = Path(path)
-    if not path.is_file():
-        raise RecipeError(f"{path}: recipe not found")
-    text = path.read_text()
-    try:
-        node = yaml.compose(text)
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark else ""
-        raise RecipeError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
-    if not isinstance(data, dict):
-        raise RecipeError(f"{path}: a recipe is a flat mapping of argument names to values")
-    lines: dict[Any, int] = {}
-    for k, _ in (node.value if node is not None else []):
-        if k.value in lines:
-            raise RecipeError(f"{path}:{k.start_mark.line + 1}: key '{k.value}' is given twice "
-                              f"(first on line {lines[k.value]}); a recipe sets each key once")
-        lines[k.value] = k.start_mark.line + 1
-    keys = known_keys()
-    types = _field_types()
-    for key, value in data.items():
-        if key not in keys:
-            close = sorted(k for k in keys if k.split("_")[0] == str(key).split("_")[0])[:5]
-            hint = f" (did you mean: {', '.join(close)}?)" if close else ""
-            raise RecipeError(f"{path}:{lines.get(key, '?')}: unknown key '{key}'{hint}")
-        if isinstance(value, dict) and key not in ("lr_scheduler_kwargs", "optim_args"):
-            raise RecipeError(f"{path}:{lines.get(key, '?')}: key '{key}' must be a plain value, "
-                              "recipes are flat")
-        wants = None if isinstance(value, dict) else _accepts(types[key], value)
-        if wants:
-            raise RecipeError(f"{path}:{lines.get(key, '?')}: key '{key}' must be {wants}, got {value!r}")
-    RECIPE_LINES[str(path)] = lines
-    return data
+def recipe_schema() -> dict[str, Any]:
+    """What ``behavior_lm/recipe_schema.json`` holds: every recipe key and its type, so that a
+    recipe is checked before torch and transformers are imported (see :mod:`behavior_lm.recipe_file`)."""
+    import transformers
 
-
-RECIPE_LINES: dict[str, dict[Any, int]] = {}   # path -> key -> line, for errors found after parsing
+    return {"about": "generated by `python -m behavior_lm.training.recipes --write-schema` from the argument "
+                     "dataclasses; tests/test_recipes.py fails when it is stale",
+            "transformers": transformers.__version__,
+            "keys": {name: _spec(kind) for name, kind in sorted(_field_types().items())}}
 
 
 def to_argv(recipe: dict[str, Any]) -> list[str]:
@@ -146,9 +100,7 @@ def parse_recipe(path: str | Path | None, overrides: Sequence[str] = ()) -> tupl
         raise RecipeError(f"{where}: {message.split(': ', 1)[-1] if key in lines else message}")
 
     parser.error = error
-    for flag in overrides:
-        if flag.startswith("--") and flag[2:].split("=")[0] not in known_keys():
-            raise RecipeError(f"unknown option '{flag}' (not a field of the recipe dataclasses)")
+    check_flags(list(overrides))
     try:
         data_args, model_args, training_args, rest = parser.parse_args_into_dataclasses(
             args=to_argv(recipe) + list(overrides), return_remaining_strings=True)
@@ -220,34 +172,25 @@ def check_values(data_args: DataArguments, model_args: ModelArguments,
              f"{task.name}{', semantic_ids' if model_args.semantic_ids else ''})", training_args.softmax)
     need(model_args.model_type in task.model_types, "model_type",
          f"one of {', '.join(task.model_types)} for task {task.name}", model_args.model_type)
-    for key, value in (("hidden_size", model_args.hidden_size), ("num_layers", model_args.num_layers),
-                       ("num_heads", model_args.num_heads), ("max_length", data_args.max_length),
-                       ("per_device_train_batch_size", training_args.per_device_train_batch_size),
-                       ("per_device_eval_batch_size", training_args.per_device_eval_batch_size),
-                       ("intent_horizon", data_args.intent_horizon),
-                       ("examples_per_user", data_args.examples_per_user)):
-        need(value >= 1, key, "a positive integer", value)
-    if model_args.intermediate_size is not None:
-        need(model_args.intermediate_size >= 1, "intermediate_size", "a positive integer", model_args.intermediate_size)
+    for args in (data_args, model_args, training_args):
+        for key in RANGES:
+            if hasattr(args, key) and (what := range_error(key, getattr(args, key))):
+                raise RecipeError(f"{where(key)} must be {what}, got {getattr(args, key)!r}")
     if model_args.model_type not in ("gru", "lstm"):
         need(model_args.hidden_size % model_args.num_heads == 0, "num_heads",
              f"a divisor of hidden_size ({model_args.hidden_size})", model_args.num_heads)
-    for key, value in (("dropout", model_args.dropout), ("attention_dropout", model_args.attention_dropout)):
-        if value is not None:
-            need(0.0 <= value < 1.0, key, "in [0, 1)", value)
-    need(0.0 < model_args.mask_probability <= 1.0, "mask_probability", "in (0, 1]", model_args.mask_probability)
-    need(model_args.initializer_range > 0, "initializer_range", "positive", model_args.initializer_range)
-    need(training_args.learning_rate > 0, "learning_rate", "positive", training_args.learning_rate)
     need(training_args.num_train_epochs > 0 or training_args.max_steps > 0, "num_train_epochs", "positive",
          training_args.num_train_epochs)
     need(all(k >= 1 for k in training_args.eval_ks) and bool(training_args.eval_ks), "eval_ks",
          "positive integers", training_args.eval_ks)
-    for key, value in (("valid_fraction", data_args.valid_fraction), ("test_fraction", data_args.test_fraction)):
-        need(0.0 < value < 1.0, key, "in (0, 1)", value)
-    need(training_args.eval_item_chunk >= 0, "eval_item_chunk", "0 or more", training_args.eval_item_chunk)
-    for key in ("min_user_events", "min_item_events"):
-        need(getattr(data_args, key) >= 0, key, "0 or more", getattr(data_args, key))
-    for key in ("max_history", "max_users", "max_eval_users", "session_gap", "intent_seconds"):
-        value = getattr(data_args, key, getattr(training_args, key, None))
-        if value is not None:
-            need(value >= 1, key, "a positive integer", value)
+
+
+if __name__ == "__main__":
+    import sys
+
+    from behavior_lm.recipe_file import SCHEMA_FILE
+
+    if sys.argv[1:] != ["--write-schema"]:
+        sys.exit("usage: python -m behavior_lm.training.recipes --write-schema")
+    SCHEMA_FILE.write_text(json.dumps(recipe_schema(), indent=1, sort_keys=True) + "\n")
+    print(f"wrote {SCHEMA_FILE}")
