@@ -596,3 +596,66 @@ def test_a_registered_format_is_dispatched_and_claims_its_files(tmp_path):
     finally:
         readers.FORMATS.pop("bar")
         readers.EVENT_FORMATS = tuple(readers.FORMATS)
+
+
+@pytest.fixture
+def tiny_chunks(monkeypatch):
+    """Read every header CSV/TSV in chunks of 7 rows (large files are read 500k rows at a time)."""
+    from behavior_lm.data.readers import delimited
+
+    monkeypatch.setattr(delimited, "CHUNK_MIN_BYTES", 0)
+    monkeypatch.setattr(delimited, "CHUNK_ROWS", 7)
+    return delimited
+
+
+def _whole(path, **kwargs):
+    from behavior_lm.data.readers import delimited
+
+    saved = delimited.CHUNK_MIN_BYTES
+    delimited.CHUNK_MIN_BYTES = 1 << 62
+    try:
+        return read_events(path, **kwargs)
+    finally:
+        delimited.CHUNK_MIN_BYTES = saved
+
+
+@pytest.mark.parametrize("with_time", [True, False])
+def test_chunked_csv_equals_the_whole_file_read(tmp_path, tiny_chunks, with_time):
+    """Same table (lines, file-order time without a timestamp column, blank rows dropped,
+    behavior map) whether a file is read whole or in chunks."""
+    rows = ["user_id,item_id,behavior" + (",timestamp" if with_time else "")]
+    for n in range(40):
+        rows.append(f"u{n % 6},i{n % 9},{'click' if n % 3 else 'order'}" + (f",{1000 + n}" if with_time else ""))
+        if n % 11 == 5:
+            rows.append("")
+    p = tmp_path / "log.csv"
+    p.write_text("\n".join(rows) + "\n")
+    kwargs = {"behavior_map": {"click": "pv", "order": "buy"}}
+    chunked = read_events(p, **kwargs)
+    whole = _whole(p, **kwargs)
+    assert chunked.table.equals(whole.table) and len(chunked) == 40
+
+
+def test_chunked_csv_errors_name_the_line(tmp_path, tiny_chunks):
+    good = [f"u{n},i{n},{1000 + n}" for n in range(30)]
+    p = tmp_path / "bad.csv"
+    p.write_text("\n".join(["user_id,item_id,timestamp", *good[:20], "u1,i1,soon", *good[20:]]) + "\n")
+    with pytest.raises(DataError, match="bad.csv:22.*timestamp"):
+        read_events(p)
+    p.write_text("\n".join(["user_id,item_id,timestamp", *good[:20], "u1,i1,5,extra", *good[20:]]) + "\n")
+    with pytest.raises(DataError, match="bad.csv:22.*4 fields on this row, expected 3"):
+        read_events(p)
+    # seconds in the first chunks, milliseconds in a later one: refused as mixed units
+    ms = [f"u{n},i{n},{1_600_000_000_000 + n}" for n in range(10)]
+    p.write_text("\n".join(["user_id,item_id,timestamp", *good, *ms]) + "\n")
+    with pytest.raises(DataError, match="bad.csv:32.*mixed time units"):
+        read_events(p)
+
+
+def test_quoted_csv_is_read_whole(tmp_path, tiny_chunks):
+    """A record may span lines inside quotes: such files keep the whole-file reader, whose line
+    numbers follow records."""
+    p = tmp_path / "quoted.csv"
+    p.write_text('user_id,item_id,timestamp\nu1,"i1",1\nu1,i2,2\n')
+    assert not tiny_chunks.chunks_apply(p, ",", True)
+    assert len(read_events(p)) == 2

@@ -78,7 +78,8 @@ def test_existing_run_is_not_overwritten(run_dir, capsys):
 
 
 def test_crash_then_resume(tmp_path):
-    """Kill a run after its first checkpoint: nothing looks finished; the rerun resumes."""
+    """Kill a run (SIGKILL) after its first checkpoint: nothing looks finished; the rerun resumes
+    and ends exactly where an uninterrupted run ends."""
     out = tmp_path / "resumable"
     partial = out.with_name("resumable.partial")
     cmd = [sys.executable, "-m", "behavior_lm.cli.main", "train", str(QUICKSTART), *TINY,
@@ -110,6 +111,24 @@ def test_crash_then_resume(tmp_path):
     train = json.loads((out / "metrics.json").read_text())["train"]
     assert train["seconds"] > first_segment > 0      # reported time covers both segments
     assert train["stopped_by"] == "epoch cap"
+
+    # the same command, never interrupted, twice: a seeded run is byte-identical to itself, and the
+    # killed-and-resumed run ends byte-identical to it (weights and test metrics); its train_loss
+    # covers both segments (the Trainer's own covers the resumed one only)
+    straight = []
+    for name in ("straight-1", "straight-2"):
+        other = [a if a != str(out) else str(tmp_path / name) for a in cmd]
+        done = subprocess.run(other, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+        straight.append(tmp_path / name)
+    weights = [(d / "model.safetensors").read_bytes() for d in (*straight, out)]
+    assert weights[0] == weights[1], "two runs with one seed differ"
+    assert weights[2] == weights[0], "the resumed run's weights differ from the uninterrupted run's"
+    metrics = [json.loads((d / "metrics.json").read_text()) for d in (*straight, out)]
+    timing = ("runtime", "samples_per_second", "steps_per_second")
+    scores = [{k: v for k, v in m["test"].items() if k not in timing} for m in metrics]
+    assert scores[0] == scores[1] == scores[2] and "ndcg@10" in scores[0]
+    assert metrics[2]["train"]["train_loss"] == pytest.approx(metrics[0]["train"]["train_loss"], abs=2e-4)
 
 
 def test_time_budget_stops_after_a_validation(tmp_path):

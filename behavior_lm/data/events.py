@@ -95,8 +95,9 @@ class EventLog:
 
     @property
     def behaviors(self) -> list[str]:
-        """Distinct behavior names, in order of first appearance."""
-        return list(dict.fromkeys(self.table.column("behavior").to_pylist()))
+        """Distinct behavior names, in order of first appearance (Arrow's unique keeps that order;
+        a Python list of every event's behavior was 1.2 GB at 10M events)."""
+        return self.table.column("behavior").unique().to_pylist()
 
     def summary(self) -> dict[str, int]:
         return {"events": len(self), "users": self.num_users, "items": self.num_items,

@@ -22,7 +22,7 @@ from datasets import DatasetDict, load_from_disk
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from behavior_lm.data import cold_start, preprocess, sources, splits
+from behavior_lm.data import cold_start, columnar, preprocess, sources, splits
 from behavior_lm.data.events import EventLog
 from behavior_lm.data.streams import StreamFormat
 from behavior_lm.errors import RecipeError
@@ -53,10 +53,14 @@ class RowContext:
 
 class TaskRows(Protocol):
     """The data side of a task (:class:`behavior_lm.tasks.Task` implements it and registers itself
-    with :func:`register_task_rows`; the data layer never imports the tasks)."""
+    with :func:`register_task_rows`; the data layer never imports the tasks).
+
+    ``stream_rows``: the task's rows are exactly :func:`behavior_lm.data.streams.build_dataset_dict`
+    of the split, so the data layer may build them columnar (:mod:`behavior_lm.data.columnar`)."""
 
     name: str
     ranking: bool
+    stream_rows: bool
 
     def check_data(self, args: DataArguments) -> None: ...
     def class_names(self, behaviors: list[str], args: DataArguments) -> list[str]: ...
@@ -93,6 +97,25 @@ def _first_users(log: EventLog, n: int) -> EventLog:
     return log.with_table(log.table.filter(mask))
 
 
+def release_memory() -> None:
+    """Hand memory that was freed (the reader's Python strings, a replaced table) back to the
+    system, so the next stage's peak does not sit on top of it: Arrow's pool keeps freed
+    buffers, and glibc keeps freed heap below its trim threshold. Harmless where neither applies."""
+    import ctypes
+    import ctypes.util
+
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        if libc is not None and hasattr(libc, "malloc_trim"):
+            libc.malloc_trim(0)
+    except OSError:
+        pass
+
+
 def cache_key(args: DataArguments, path: Path, template: str) -> str:
     st = path.stat()
     settings = dataclasses.asdict(args)
@@ -111,14 +134,19 @@ def cache_folder_name(dataset: str, key: str) -> str:
     return f"{slug}-{key}"
 
 
-def clean_sequences(log: EventLog, args: DataArguments, report: dict | None = None) -> list[preprocess.UserSequence]:
+def clean_log(log: EventLog, args: DataArguments, report: dict | None = None) -> EventLog:
     """The recipe's cleaning of a log (first ``max_users``, dedupe, minimum rating, k-core, most
-    recent history), in time order per user: what a run's streams were built from."""
+    recent history), sorted by user, time and line."""
     if args.max_users:
         log = _first_users(log, args.max_users)
-    return preprocess.prepare(
+    return preprocess.clean(
         log, dedupe=args.dedupe, min_value=args.min_rating, min_user_events=args.min_user_events,
         min_item_events=args.min_item_events, max_history=args.max_history, report=report)
+
+
+def clean_sequences(log: EventLog, args: DataArguments, report: dict | None = None) -> list[preprocess.UserSequence]:
+    """:func:`clean_log` in time order per user: what a run's streams were built from."""
+    return preprocess.to_sequences(clean_log(log, args, report))
 
 
 def load_sequences(args: DataArguments) -> list[preprocess.UserSequence]:
@@ -148,14 +176,60 @@ def prepare_data(args: DataArguments, template: str = "causal") -> PreparedData:
     progress.set_postfix_str("reading events")
     log = sources.load_events(args.dataset, args.data_path, reader_kwargs=args.reader_kwargs())
     raw_summary = log.summary()
+    release_memory()
     progress.update()
     progress.set_postfix_str("cleaning (dedupe, k-core, time order)")
     dropped: dict = {"duplicates_dropped": 0}
+    if args.target_behavior and args.split != "leave_one_out":
+        raise RecipeError(f"target_behavior needs split: leave_one_out, got {args.split!r}")
+    cold_report = None
+    if columnar.applies(args, getattr(task, "stream_rows", False)):
+        log = clean_log(log, args, report=dropped)      # the raw table can go
+        release_memory()
+        progress.update()
+        progress.set_postfix_str("splitting (leave_one_out) and tokenizing, columnar")
+        events = columnar.Events.of(log)
+        del log                                          # and the cleaned one: codes are all that is left
+        built = columnar.build(events, args, template)
+        del events
+        progress.update()
+        dsd, tokenizer, fmt, behaviors = built.rows, built.tokenizer, built.fmt, built.behaviors
+        with_behaviors, side_values, split_summary = fmt.behaviors, None, built.split_summary
+        prepared = {**built.prepared, **dropped}
+    else:
+        (dsd, tokenizer, fmt, behaviors, with_behaviors, side_values, split_summary, prepared,
+         cold_report) = _general_rows(log, args, task, template, dropped, progress)
+    progress.update()
+    progress.set_postfix_str("saving to the cache")
+    info = {
+        "dataset": args.dataset, "source": str(path), "terms": src.terms if src else "",
+        "raw": raw_summary,
+        "prepared": prepared,
+        "split": split_summary,
+        "with_behaviors": with_behaviors, "cache_key": key,
+        "stream": fmt.describe(),
+        "task": args.task, "class_names": task.class_names(behaviors, args),
+        "rows": {name: ds.num_rows for name, ds in dsd.items()}, "cache_hit": False,
+    }
+    if cold_report is not None:
+        info["cold_start"] = cold_report
+    if args.cache:
+        _save_atomically(cached, dsd, tokenizer, info, fmt)
+        # train from the saved shards, memory-mapped, as a cache hit does: rows are paged in as
+        # they are read, so a log whose rows do not fit in memory still trains
+        del dsd
+        release_memory()
+        dsd = load_from_disk(str(cached / "datasets"))
+    progress.update()
+    progress.close()
+    return PreparedData(dsd, tokenizer, info, with_behaviors, side_values)
+
+
+def _general_rows(log: EventLog, args: DataArguments, task: TaskRows, template: str, dropped: dict, progress):
+    """Rows through per-user sequences and examples: every task, split and stream setting."""
     sequences = clean_sequences(log, args, report=dropped)
     progress.update()
     progress.set_postfix_str(f"splitting ({args.split}) and auditing for leakage")
-    if args.target_behavior and args.split != "leave_one_out":
-        raise RecipeError(f"target_behavior needs split: leave_one_out, got {args.split!r}")
     catalogue_sequences, cold_report = sequences, None
     if args.cold_items:
         if args.split != "leave_one_out" or not task.ranking or args.target_behavior:
@@ -195,28 +269,11 @@ def prepare_data(args: DataArguments, template: str = "causal") -> PreparedData:
                                 template=template, max_length=args.max_length,
                                 extra_tokens=fmt.extra_tokens())
     dsd, task_summary = task.build_rows(RowContext(args, split, sequences, tokenizer, fmt, behaviors, log.source))
-    progress.update()
-    progress.set_postfix_str("saving to the cache")
-    n_events = sum(len(s) for s in sequences)
-    info = {
-        "dataset": args.dataset, "source": str(path), "terms": src.terms if src else "",
-        "raw": raw_summary,
-        "prepared": {"events": n_events, "users": len(sequences),
-                     "items": len(set(i for s in catalogue_sequences for i in s.items)),
-                     "behaviors": behaviors, **dropped},
-        "split": task_summary if task_summary is not None else split.summary(),
-        "with_behaviors": with_behaviors, "cache_key": key,
-        "stream": fmt.describe(),
-        "task": args.task, "class_names": task.class_names(behaviors, args),
-        "rows": {name: ds.num_rows for name, ds in dsd.items()}, "cache_hit": False,
-    }
-    if cold_report is not None:
-        info["cold_start"] = cold_report
-    if args.cache:
-        _save_atomically(cached, dsd, tokenizer, info, fmt)
-    progress.update()
-    progress.close()
-    return PreparedData(dsd, tokenizer, info, with_behaviors, side_values)
+    prepared = {"events": sum(len(s) for s in sequences), "users": len(sequences),
+                "items": len(set(i for s in catalogue_sequences for i in s.items)),
+                "behaviors": behaviors, **dropped}
+    return (dsd, tokenizer, fmt, behaviors, with_behaviors, side_values,
+            task_summary if task_summary is not None else split.summary(), prepared, cold_report)
 
 
 def write_item_side(folder: Path, column: str, values: dict[str, str]) -> None:

@@ -34,6 +34,7 @@ __all__ = [
     "truncate_history",
     "to_sequences",
     "prepare",
+    "clean",
 ]
 
 EVENT_KEY: tuple[str, ...] = ("user_id", "item_id", "behavior", "timestamp", "value")
@@ -154,15 +155,58 @@ def drop_duplicates(log: EventLog) -> EventLog:
 
     The first occurrence in the current table order is kept (for a freshly read log: the one
     with the lowest line). Two null values count as equal. Row order is otherwise unchanged.
+
+    Duplicates are rare, so rows are first narrowed down by a 64-bit hash of the five fields
+    (one ``uint64`` a row, where exact keys over a 10M-event log took 1.5 GB of hash tables);
+    only rows whose hash repeats are compared exactly, so a hash collision costs time, never a
+    wrong answer.
     """
     if len(log) <= 1:
         return log
+    return _filter(log, ~_duplicates(log.table))
+
+
+def _duplicates(table: pa.Table) -> np.ndarray:
+    """Whether each row repeats an earlier row's :data:`EVENT_KEY` values (see :func:`drop_duplicates`)."""
+    out = np.zeros(table.num_rows, dtype=bool)
+    if table.num_rows <= 1:
+        return out
+    hashes = _row_hashes(table)
+    values, counts = np.unique(hashes, return_counts=True)
+    repeated = values[counts > 1]
+    del values, counts
+    if len(repeated) == 0:
+        return out
+    candidates = np.flatnonzero(np.isin(hashes, repeated))
+    del hashes
+    out[candidates[~_first_occurrences(table.take(pa.array(candidates)))]] = True
+    return out
+
+
+def _row_hashes(table: pa.Table) -> np.ndarray:
+    """A 64-bit hash of each row's :data:`EVENT_KEY` fields (nulls hash alike)."""
+    out = np.zeros(table.num_rows, dtype=np.uint64)
+    for col in EVENT_KEY:
+        column = table.column(col).combine_chunks()
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            encoded = pc.dictionary_encode(column, null_encoding="encode")
+            words = np.asarray(encoded.dictionary.to_pylist(), dtype=object)
+            part = pd.util.hash_array(words, categorize=False)[
+                encoded.indices.to_numpy(zero_copy_only=False)]
+        else:
+            part = pd.util.hash_array(column.to_numpy(zero_copy_only=False), categorize=False)
+        out = pd.util.hash_array(out ^ part, categorize=False)
+    return out
+
+
+def _first_occurrences(table: pa.Table) -> np.ndarray:
+    """Exact: whether each row is the first of its :data:`EVENT_KEY` values in table order."""
     # One int64 key per row: mixed-radix combination of per-column codes, re-densified (hash
     # factorize) only when the next column could overflow int64. Then keep first occurrences.
-    key = np.zeros(len(log), dtype=np.int64)
+    key = np.zeros(table.num_rows, dtype=np.int64)
     key_card = 1
     for col in EVENT_KEY:
-        codes = _codes(log.table.column(col))
+        codes = _codes(table.column(col))
         card = int(codes.max()) + 1
         if key_card * card >= 2**62:
             key, uniques = pd.factorize(key)
@@ -170,8 +214,7 @@ def drop_duplicates(log: EventLog) -> EventLog:
             key_card = len(uniques)
         key = key * card + codes
         key_card *= card
-    keep = ~pd.Series(key).duplicated(keep="first").to_numpy()
-    return _filter(log, keep)
+    return ~pd.Series(key).duplicated(keep="first").to_numpy()
 
 
 def filter_by_value(log: EventLog, min_value: float | None) -> EventLog:
@@ -183,11 +226,20 @@ def filter_by_value(log: EventLog, min_value: float | None) -> EventLog:
     """
     if min_value is None:
         return log
+    _check_min_value(min_value)
+    return _filter(log, _value_mask(log, min_value, np.ones(len(log), dtype=bool)))
+
+
+def _check_min_value(min_value: float) -> None:
     if isinstance(min_value, bool) or not isinstance(min_value, (int, float, np.number)) \
             or np.isnan(min_value):
         raise RecipeError(f"min_value must be a number, got {min_value!r}")
+
+
+def _value_mask(log: EventLog, min_value: float, keep: np.ndarray) -> np.ndarray:
+    """:func:`filter_by_value` over the rows where ``keep`` holds: the rows that stay."""
     values = log.table.column("value")
-    missing = pc.is_null(values, nan_is_null=True).to_numpy(zero_copy_only=False)
+    missing = pc.is_null(values, nan_is_null=True).to_numpy(zero_copy_only=False) & keep
     if missing.any():
         first = int(np.flatnonzero(missing)[0])
         line = log.table.column("line")[first].as_py()
@@ -196,8 +248,8 @@ def filter_by_value(log: EventLog, min_value: float | None) -> EventLog:
             f"({int(missing.sum())} event(s) without a value); map a value column or drop the "
             f"value threshold",
             path=log.source, line=line, field="value")
-    keep = pc.greater_equal(values, pa.scalar(float(min_value))).to_numpy(zero_copy_only=False)
-    return _filter(log, np.asarray(keep, dtype=bool))
+    above = pc.greater_equal(values, pa.scalar(float(min_value))).to_numpy(zero_copy_only=False)
+    return keep & np.asarray(above, dtype=bool)
 
 
 def k_core(log: EventLog, min_user_events: int = 0, min_item_events: int = 0) -> EventLog:
@@ -212,11 +264,17 @@ def k_core(log: EventLog, min_user_events: int = 0, min_item_events: int = 0) ->
     _check_count("min_item_events", min_item_events)
     if (min_user_events <= 1 and min_item_events <= 1) or len(log) == 0:
         return log
-    users = _codes(log.table.column("user_id"))
-    items = _codes(log.table.column("item_id"))
+    return _filter(log, _k_core_mask(log.table, np.ones(len(log), dtype=bool), min_user_events, min_item_events))
+
+
+def _k_core_mask(table: pa.Table, keep: np.ndarray, min_user_events: int, min_item_events: int) -> np.ndarray:
+    """:func:`k_core` over the rows where ``keep`` holds: the rows that stay."""
+    if (min_user_events <= 1 and min_item_events <= 1) or not keep.any():
+        return keep
+    users = _codes(table.column("user_id"))
+    items = _codes(table.column("item_id"))
     n_users = int(users.max()) + 1
     n_items = int(items.max()) + 1
-    keep = np.ones(len(log), dtype=bool)
     while True:
         new = keep
         if min_user_events > 1:
@@ -228,7 +286,7 @@ def k_core(log: EventLog, min_user_events: int = 0, min_item_events: int = 0) ->
         if new.sum() == keep.sum():
             break
         keep = new
-    return _filter(log, keep)
+    return keep
 
 
 def truncate_history(log: EventLog, max_events: int | None) -> EventLog:
@@ -242,12 +300,38 @@ def truncate_history(log: EventLog, max_events: int | None) -> EventLog:
     if isinstance(max_events, bool) or not isinstance(max_events, (int, np.integer)) \
             or max_events < 1:
         raise RecipeError(f"max_history must be an integer >= 1, got {max_events!r}")
-    users = _codes(log.table.column("user_id"))
+    return _filter(log, _recent(_codes(log.table.column("user_id")), max_events))
+
+
+def _sort_order(table: pa.Table, rows: np.ndarray) -> np.ndarray:
+    """Positions into ``rows`` that put them in :func:`sort_events` order (stable): users by
+    plain string order (a rank of the distinct ids, so the sort itself is over integers), then
+    timestamp, then line."""
+    encoded = pc.dictionary_encode(table.column("user_id").combine_chunks())
+    rank = np.empty(len(encoded.dictionary), dtype=np.int32)
+    rank[pc.sort_indices(encoded.dictionary).to_numpy()] = np.arange(len(encoded.dictionary), dtype=np.int32)
+    user = rank[encoded.indices.to_numpy(zero_copy_only=False)[rows]]
+    del encoded, rank
+    ts = table.column("timestamp").to_numpy()[rows]
+    line = table.column("line").to_numpy()[rows]
+    if len(rows) <= 1:
+        return np.arange(len(rows))
+    later = (user[1:] > user[:-1]) | ((user[1:] == user[:-1]) & (
+        (ts[1:] > ts[:-1]) | ((ts[1:] == ts[:-1]) & (line[1:] >= line[:-1]))))
+    if later.all():
+        return np.arange(len(rows))
+    keys = pa.table({"u": user, "t": ts, "l": line})
+    return pc.sort_indices(keys, sort_keys=[("u", "ascending"), ("t", "ascending"), ("l", "ascending")]).to_numpy()
+
+
+def _recent(users: np.ndarray, max_events: int) -> np.ndarray:
+    """For events grouped by user (``users`` holds each event's user code, groups contiguous):
+    whether each is among its user's ``max_events`` last."""
     starts = _group_starts(users)
     sizes = np.diff(np.append(starts, len(users)))
     group = np.repeat(np.arange(len(starts)), sizes)
     pos_from_end = (starts + sizes)[group] - np.arange(len(users))  # 1 for the last event
-    return _filter(log, pos_from_end <= max_events)
+    return pos_from_end <= max_events
 
 
 def to_sequences(log: EventLog) -> list[UserSequence]:
@@ -289,13 +373,23 @@ def to_sequences(log: EventLog) -> list[UserSequence]:
 def prepare(log: EventLog, *, dedupe: bool = True, min_value: float | None = None,
             min_user_events: int = 0, min_item_events: int = 0,
             max_history: int | None = None, report: dict | None = None) -> list[UserSequence]:
-    """Run the whole preprocessing chain and return per-user sequences.
+    """Run the whole preprocessing chain and return per-user sequences: :func:`clean` (see there
+    for the order, the errors and ``report``), then :func:`to_sequences`."""
+    return to_sequences(clean(log, dedupe=dedupe, min_value=min_value, min_user_events=min_user_events,
+                              min_item_events=min_item_events, max_history=max_history, report=report))
+
+
+def clean(log: EventLog, *, dedupe: bool = True, min_value: float | None = None,
+          min_user_events: int = 0, min_item_events: int = 0,
+          max_history: int | None = None, report: dict | None = None) -> EventLog:
+    """The preprocessing chain up to per-user sequences, as a table sorted by :func:`sort_events`
+    (what the columnar row builder of :mod:`behavior_lm.data.columnar` reads without building one
+    Python object per event).
 
     Order: :func:`drop_duplicates` (if ``dedupe``), :func:`filter_by_value`, :func:`k_core`,
-    :func:`sort_events`, :func:`truncate_history`, :func:`to_sequences`. Truncation runs after
-    the k-core, so it can leave an item with fewer than ``min_item_events`` events; that is
-    intended (the k-core decides *which* users and items are in, truncation only bounds the
-    history length).
+    :func:`sort_events`, :func:`truncate_history`. Truncation runs after the k-core, so it can
+    leave an item with fewer than ``min_item_events`` events; that is intended (the k-core
+    decides *which* users and items are in, truncation only bounds the history length).
 
     Raises :class:`DataError` (path = ``log.source``) when nothing is left, naming the settings.
     ``report``, when given, receives what was dropped silently before (``duplicates_dropped`` and
@@ -303,29 +397,41 @@ def prepare(log: EventLog, *, dedupe: bool = True, min_value: float | None = Non
     """
     _check_count("min_user_events", min_user_events)
     _check_count("min_item_events", min_item_events)
-    n_in = len(log)
-    if dedupe:
-        deduped = drop_duplicates(log)
-        if len(deduped) < n_in:
-            dropped = np.ones(n_in, dtype=bool)
-            dropped[np.isin(log.table.column("line").to_numpy(), deduped.table.column("line").to_numpy())] = False
-            lines = log.table.column("line").to_numpy()[dropped][:5].tolist()
+    if max_history is not None and (isinstance(max_history, bool) or not isinstance(max_history, (int, np.integer))
+                                    or max_history < 1):
+        raise RecipeError(f"max_history must be an integer >= 1, got {max_history!r}")
+    # Each step narrows a mask or an index array over the one table; rows are copied once, at
+    # the end (a 10M-event log: one copy of the table instead of one per step).
+    table, n_in = log.table, len(log)
+    keep = np.ones(n_in, dtype=bool)
+    if dedupe and n_in > 1:
+        keep = ~_duplicates(table)
+        if not keep.all():
+            lines = table.column("line").to_numpy()[~keep][:5].tolist()
+            n_dropped = int((~keep).sum())
             logger.warning("%s: dropped %d exact duplicate event(s) (same user, item, behavior, time and "
                            "value; e.g. lines %s); set dedupe: false to keep them",
-                           log.source, n_in - len(deduped), ", ".join(map(str, lines)))
+                           log.source, n_dropped, ", ".join(map(str, lines)))
             if report is not None:
-                report.update(duplicates_dropped=n_in - len(deduped), duplicate_lines=lines)
-        log = deduped
-    log = filter_by_value(log, min_value)
-    log = k_core(log, min_user_events, min_item_events)
-    log = sort_events(log)
-    log = truncate_history(log, max_history)
-    sequences = to_sequences(log)
-    if not sequences:
+                report.update(duplicates_dropped=n_dropped, duplicate_lines=lines)
+    if min_value is not None:
+        _check_min_value(min_value)
+        keep = _value_mask(log, min_value, keep)
+    keep = _k_core_mask(table, keep, min_user_events, min_item_events)
+    rows = np.flatnonzero(keep)
+    del keep
+    rows = rows[_sort_order(table, rows)]
+    if max_history is not None and len(rows):
+        rows = rows[_recent(_codes(pc.take(table.column("user_id"), pa.array(rows))), max_history)]
+    if len(rows) == n_in and (np.diff(rows) == 1).all():
+        pass                                          # nothing dropped, already in order
+    else:
+        log = log.with_table(table.take(pa.array(rows)))
+    if len(log) == 0:
         raise DataError(
             f"no events left after preprocessing: {n_in} event(s) in, settings dedupe={dedupe}, "
             f"min_value={min_value}, min_user_events={min_user_events}, "
             f"min_item_events={min_item_events}, max_history={max_history}; "
             f"lower the thresholds",
             path=log.source)
-    return sequences
+    return log

@@ -41,6 +41,7 @@ class Task:
     name: str = ""
     summary: str = ""
     ranking: bool = False
+    stream_rows: bool = False      # rows = data.streams.build_dataset_dict(split): may be built columnar
     regression: bool = False
     token_level: bool = False
     pair_input: bool = False

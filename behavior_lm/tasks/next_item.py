@@ -15,6 +15,7 @@ class NextItem(Task):
     name = "next-item"
     summary = "history -> the next item (full-catalogue ranking)"
     ranking = True
+    stream_rows = True
     model_types = MODEL_TYPES + ("pretrained",)      # pretrained: a text ranker (models/text_ranker.py)
     best_metric = "ndcg@10"
     headline = card_metrics = ("hr@10", "ndcg@10", "mrr@10")

@@ -209,6 +209,9 @@ def _train(data_args: DataArguments, model_args: ModelArguments,
 
     train_output = trainer.train(resume_from_checkpoint=checkpoint)
     train_seconds = budget.spent()                     # all segments of a resumed run
+    if checkpoint and (whole := whole_run_loss(trainer.state.log_history, trainer.state.global_step)) is not None:
+        # the Trainer's train_loss sums the resumed segment's losses only, over every step
+        train_output.metrics["train_loss"] = whole
     stopped_by = _stop_reason(trainer, budget, training_args)
     _sync_weights_from_main(trainer)
     projection = bake_item_text(trainer.model)        # a stock model again, scored and saved as such
@@ -415,6 +418,19 @@ _SUBSET_TITLES = {"test_warm": "Cold-start protocol, test users whose target is 
 
 def _strip(metrics: dict, prefix: str) -> dict:
     return {k.removeprefix(prefix): v for k, v in metrics.items()}
+
+
+def whole_run_loss(log_history: list[dict], global_step: int) -> float | None:
+    """Mean training loss over all steps of a run, from its logged per-interval means (each
+    weighted by its steps), which a resumed run restores from its checkpoint: ``None`` when the
+    log does not reach ``global_step``. The logged means are rounded to 4 decimals by the
+    Trainer, so this is within 1e-4 of the exact mean."""
+    total, last = 0.0, 0
+    for entry in log_history:
+        if "loss" in entry and "step" in entry and entry["step"] > last:
+            total += entry["loss"] * (entry["step"] - last)
+            last = entry["step"]
+    return total / last if last and last == global_step else None
 
 
 def _stop_reason(trainer, budget: TimeBudgetCallback, training_args) -> str:

@@ -120,7 +120,13 @@ def _read_delimited(p: Path, *, sep: str, header: bool, names: Sequence[str] | N
             lines = np.asarray(starts, dtype=np.int64)
         else:  # pragma: no cover - best effort
             lines = np.arange(first, first + len(frame), dtype=np.int64)
-    # blank rows: every field empty, or one whitespace-only field and nothing else
+    frame, lines = _drop_blank_rows(frame, lines, cols)
+    return frame, lines, cols
+
+
+def _drop_blank_rows(frame: pd.DataFrame, lines: np.ndarray, cols: Sequence[str]
+                     ) -> tuple[pd.DataFrame, np.ndarray]:
+    """Without the blank rows: every field empty, or one whitespace-only field and nothing else."""
     nulls = frame.isna()
     blank = nulls.all(axis=1)
     if len(cols) > 1:
@@ -133,7 +139,54 @@ def _read_delimited(p: Path, *, sep: str, header: bool, names: Sequence[str] | N
         keep = ~blank.to_numpy()
         frame = frame.loc[keep].reset_index(drop=True)
         lines = lines[keep]
-    return frame, lines, cols
+    return frame, lines
+
+
+CHUNK_ROWS = 500_000
+CHUNK_MIN_BYTES = 64 << 20   # smaller files are read whole
+
+
+def _has_byte(p: Path, byte: bytes) -> bool:
+    with open(p, "rb") as fh:
+        while block := fh.read(1 << 24):
+            if byte in block:
+                return True
+    return False
+
+
+def chunks_apply(p: Path, sep: str, header: bool) -> bool:
+    """Whether :func:`_read_delimited_chunks` reads this file: a large uncompressed file with a
+    header, whose records are one physical line each (no quote characters where quoting is on),
+    so that each row's line number is known without scanning records."""
+    return (header and p.suffix != ".gz" and p.stat().st_size >= CHUNK_MIN_BYTES
+            and (_quoting(sep) == csv.QUOTE_NONE or not _has_byte(p, b'"')))
+
+
+def _read_delimited_chunks(p: Path, *, sep: str, cols: Sequence[str], rows: int | None = None
+                           ) -> Iterator[tuple[pd.DataFrame, np.ndarray]]:
+    """:func:`_read_delimited` in frames of ``rows`` rows, for files :func:`chunks_apply` to:
+    the same columns, blank rows and long-record errors, with bounded memory (one chunk of
+    Python strings at a time instead of the whole file's)."""
+    quoting = _quoting(sep)
+    kw = _csv_kwargs(sep, quoting)
+    rows = rows or CHUNK_ROWS
+    line = 2                                         # line 1 is the header
+    with _reading(p), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", pd.errors.ParserWarning)
+        try:
+            reader = pd.read_csv(p, header=0, skip_blank_lines=False, chunksize=rows, **kw)
+            for frame in reader:
+                if any(issubclass(w.category, pd.errors.ParserWarning) for w in caught):
+                    _raise_long_record(p, sep, cols, True, None, "; ".join(str(w.message) for w in caught))
+                frame.columns = list(cols)
+                lines = np.arange(line, line + len(frame), dtype=np.int64)
+                line += len(frame)
+                yield _drop_blank_rows(frame, lines, cols)
+        except pd.errors.ParserError as err:
+            _raise_long_record(p, sep, cols, True, None, str(err))
+            raise  # pragma: no cover - _raise_long_record always raises
+        except pd.errors.EmptyDataError:
+            raise _empty(p, "the file is empty") from None
 
 def _raise_long_record(p: Path, sep: str, cols: Sequence[str], header: bool,
                        layout_desc: str | None, detail: str) -> None:

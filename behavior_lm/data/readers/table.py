@@ -18,9 +18,9 @@ import pyarrow.parquet as pq
 
 from behavior_lm.data.events import EventLog
 from behavior_lm.errors import DataError, RecipeError
-from behavior_lm.data.readers.delimited import _read_delimited
+from behavior_lm.data.readers.delimited import _header_columns, _quoting, _read_delimited, _read_delimited_chunks, chunks_apply
 from behavior_lm.data.readers.files import PathLike, _empty, _existing, _is_gz, _list, _open_text, _reading, _suffix
-from behavior_lm.data.readers.validate import FIELDS, _REQUIRED, _build
+from behavior_lm.data.readers.validate import FIELDS, _REQUIRED, _build, check_time_units
 
 
 TABLE_FORMATS: tuple[str, ...] = ("csv", "tsv", "parquet", "jsonl")
@@ -79,6 +79,9 @@ def read_item_side(path: PathLike, column: str, *, columns: Mapping[str, str] | 
     p = _existing(path)
     fmt = _table_format(p, fmt)
     item_col = (columns or {}).get("item_id", "item_id")
+    if fmt in ("csv", "tsv") and chunks_apply(p, sep if sep is not None else ("," if fmt == "csv" else "\t"), header):
+        return _read_delimited_in_chunks(p, fmt=fmt, columns=columns, behavior_map=behavior_map, sep=sep,
+                                         names=names, truncate_fraction=truncate_fraction)
     if fmt in ("csv", "tsv"):
         frame, lines, cols = _read_delimited(p, sep=sep if sep is not None else ("," if fmt == "csv" else "\t"),
                                              header=header, names=names)
@@ -159,6 +162,9 @@ def _read_table(p: Path, *, fmt: str, columns: Mapping[str, str] | None,
             if req not in columns:
                 raise RecipeError(f"the column mapping must name '{req}' (it names "
                                   f"{_list(list(columns))})")
+    if fmt in ("csv", "tsv") and chunks_apply(p, sep if sep is not None else ("," if fmt == "csv" else "\t"), header):
+        return _read_delimited_in_chunks(p, fmt=fmt, columns=columns, behavior_map=behavior_map, sep=sep,
+                                         names=names, truncate_fraction=truncate_fraction)
     if fmt in ("csv", "tsv"):
         frame, lines, cols = _read_delimited(
             p, sep=sep if sep is not None else ("," if fmt == "csv" else "\t"),
@@ -173,6 +179,31 @@ def _read_table(p: Path, *, fmt: str, columns: Mapping[str, str] | None,
                      ("only a header line" if header else "no events"))
     return _build(p, frame, lines, mapping, behavior_map=behavior_map,
                   truncate_fraction=truncate_fraction)
+
+def _read_delimited_in_chunks(p: Path, *, fmt: str, columns: Mapping[str, str] | None,
+                              behavior_map: Mapping[str, str] | None, sep: str | None,
+                              names: Sequence[str] | None, truncate_fraction: bool) -> EventLog:
+    """A large CSV/TSV a million rows at a time: each chunk is validated as a whole file would be
+    and becomes Arrow at once, so the peak holds one chunk of Python strings, not the file's
+    (10M events: 2.0 GB peak to read before, see docs/performance.md). The time-unit check runs
+    over the whole log at the end, so mixed units across chunks are still refused."""
+    sep = sep if sep is not None else ("," if fmt == "csv" else "\t")
+    cols = [str(n) for n in names] if names is not None else _header_columns(p, sep=sep, quoting=_quoting(sep))
+    mapping = _resolve_mapping(p, columns, cols, line=1)
+    tables, first_row = [], 0
+    for frame, lines in _read_delimited_chunks(p, sep=sep, cols=cols):
+        if len(frame):
+            tables.append(_build(p, frame, lines, mapping, behavior_map=behavior_map,
+                                 truncate_fraction=truncate_fraction, first_row=first_row,
+                                 check_units=False).table)
+            first_row += len(frame)
+    if not tables:
+        raise _empty(p, "only a header line")
+    log = EventLog(pa.concat_tables(tables), source=str(p))
+    if "timestamp" in mapping:
+        check_time_units(log, mapping["timestamp"])
+    return log
+
 
 def _resolve_mapping(p: Path, columns: Mapping[str, str] | None, available: Sequence[str],
                      line: int | None) -> dict[str, str]:

@@ -31,8 +31,13 @@ _MILLIS = 10**11            # as seconds: the year 5138; as milliseconds: March 
 _MAX_ID_LENGTH = 1000       # characters of an item id (ids are tokens: a 1 MB id is a broken file)
 
 def _build(p: Path, frame: pd.DataFrame, lines: np.ndarray, mapping: Mapping[str, str], *,
-           behavior_map: Mapping[str, str] | None, truncate_fraction: bool) -> EventLog:
-    """Validate the mapped source columns (vectorised) and assemble the event log."""
+           behavior_map: Mapping[str, str] | None, truncate_fraction: bool, first_row: int = 0,
+           check_units: bool = True) -> EventLog:
+    """Validate the mapped source columns (vectorised) and assemble the event log.
+
+    For one chunk of a file read in chunks: ``first_row`` is the chunk's first event's index in
+    the file (file order is the time when no timestamp is mapped), and ``check_units=False``
+    leaves the time-unit check to :func:`check_time_units` over the whole file."""
     path = str(p)
 
     def note(field: str) -> str:
@@ -54,9 +59,10 @@ def _build(p: Path, frame: pd.DataFrame, lines: np.ndarray, mapping: Mapping[str
     _check_item_ids(frame[mapping["item_id"]], fail)
     if "timestamp" in mapping:
         out["timestamp"] = _timestamps(frame[mapping["timestamp"]], fail, truncate_fraction)
-        _check_time_unit(out["timestamp"], fail)
+        if check_units:
+            _check_time_unit(out["timestamp"], fail)
     else:
-        out["timestamp"] = np.arange(len(frame), dtype=np.int64)
+        out["timestamp"] = np.arange(first_row, first_row + len(frame), dtype=np.int64)
     if "value" in mapping:
         s = frame[mapping["value"]]
         num = _numbers(s).astype("float64")
@@ -106,6 +112,20 @@ def _check_item_ids(s: pd.Series, fail: Callable[..., None]) -> None:
     if bad.any():
         fail(bad, "item_id", lambda raw: f"item id of {len(str(raw)):,} characters (at most "
              f"{_MAX_ID_LENGTH:,}): is the separator or the column mapping right?")
+
+def check_time_units(log: EventLog, column: str) -> None:
+    """:func:`_check_time_unit` over a whole log assembled from chunks (the raw value named in
+    an error is the parsed number)."""
+    seconds = log.table.column("timestamp").to_numpy()
+    lines = log.table.column("line").to_numpy()
+    note = "" if column == "timestamp" else f" (column '{column}')"
+
+    def fail(mask: np.ndarray, field: str, message: Callable[[Any], str]) -> None:
+        pos = int(np.argmax(mask))
+        raise DataError(message(str(seconds[pos])) + note, path=log.source, line=int(lines[pos]), field=field)
+
+    _check_time_unit(seconds, fail)
+
 
 def _check_time_unit(seconds: np.ndarray, fail: Callable[..., None]) -> None:
     """Timestamps are Unix seconds. Values from 1e11 on are milliseconds (1e11 s is the year
