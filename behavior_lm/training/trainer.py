@@ -27,6 +27,20 @@ from behavior_lm.models.text_ranker import is_text_ranker
 from behavior_lm.training.sampled_softmax import SampledSoftmax
 
 
+def tied_parameter_names(model: torch.nn.Module) -> set[str]:
+    """Names of parameters that share their tensor with an earlier-named parameter (tied output
+    layers): the ones a safetensors checkpoint stores under the other name only."""
+    first: dict[int, str] = {}
+    tied: set[str] = set()
+    for name, param in model.named_parameters(remove_duplicate=False):
+        key = param.data_ptr()
+        if key in first:
+            tied.add(name)
+        else:
+            first[key] = name
+    return tied
+
+
 class BehaviorTrainer(Trainer):
     """``Trainer`` whose evaluation step scores the full item catalogue.
 
@@ -54,6 +68,20 @@ class BehaviorTrainer(Trainer):
         self.filter_seen = filter_seen
         self.behavior_ids = behavior_ids
         self.condition_on_behavior = condition_on_behavior
+
+    def _issue_warnings_after_load(self, load_result: Any) -> None:
+        """The Trainer warns "missing keys ... ['lm_head.weight']" whenever it reloads a checkpoint
+        of a model whose output layer is tied to its input embeddings: safetensors stores the
+        shared tensor once, so the tied name is absent by design. Re-tie and stay quiet for
+        exactly those keys; any other missing or unexpected key still warns."""
+        tied = tied_parameter_names(self.model)
+        missing = [k for k in load_result.missing_keys if k not in tied]
+        if len(missing) < len(load_result.missing_keys):
+            self.model.tie_weights()
+        load_result = type(load_result)(missing, load_result.unexpected_keys) if hasattr(
+            load_result, "_fields") else load_result
+        if missing or load_result.unexpected_keys:
+            super()._issue_warnings_after_load(load_result)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         # checkpoints of a model whose item rows are parametrized by text (item_text): its input
