@@ -37,7 +37,8 @@ from behavior_lm.models.item_text_init import attach_item_text, bake_item_text, 
 from behavior_lm.models.pretrained import is_peft_model, text_ranker_for_run, text_rows_for_run
 from behavior_lm.models.text_ranker import save_ranker_files
 from behavior_lm.models.output_prior import init_output_bias, item_log_prior
-from behavior_lm.training.sampled_softmax import SampledSoftmax
+from behavior_lm.training.fused_softmax import FusedSoftmax
+from behavior_lm.training.sampled_softmax import SAMPLED_MODEL_TYPES, SampledSoftmax
 from behavior_lm.models.semantic_codes import semantic_ids_for_catalogue
 from behavior_lm.data.semantic_rows import check_stream, code_rows, code_tokenizer
 from behavior_lm.evaluation.generative import GenerativeRanker
@@ -174,9 +175,13 @@ def _train(data_args: DataArguments, model_args: ModelArguments,
                 items, training_args.negative_sampling, training_args.num_negatives, training_args.seed,
                 log_prior=item_log_prior(dsd["train"], items) if training_args.negative_sampling == "popularity" else None,
                 exclude=cold_ids, pad_token_id=tokenizer.pad_token_id)
+    output_loss = sampled or fused_output_loss(model_args, training_args, ranking and not semantic and not text_ranker,
+                                               cold_ids)
     model.config.behavior_lm["softmax"] = (
         {"kind": "sampled", "num_negatives": training_args.num_negatives,
-         "negative_sampling": training_args.negative_sampling} if sampled else {"kind": "full"})
+         "negative_sampling": training_args.negative_sampling} if sampled else
+        {"kind": "full", "fused": output_loss is not None,
+         "matmul_dtype": str(output_loss.matmul_dtype).removeprefix("torch.") if output_loss else "float32"})
     if serialization is not None:
         model.config.behavior_lm["text_serialization"] = serialization
     if sids is not None:
@@ -203,7 +208,7 @@ def _train(data_args: DataArguments, model_args: ModelArguments,
             condition_on_behavior=training_args.condition_on_behavior,
             item_mask=(torch.ones(len(ranker_items), dtype=torch.bool) if text_ranker
                        else _candidates(tokenizer, model, cold_ids) if ranking and not semantic else None),
-            sampled_softmax=sampled, item_chunk=training_args.eval_item_chunk,
+            output_loss=output_loss, item_chunk=training_args.eval_item_chunk,
             generative=(GenerativeRanker(CodeTrie(sids, tokenizer.get_vocab()), model_args.semantic_id_beams,
                                          tokenizer.pad_token_id, protocol.filter_seen) if semantic else None))
 
@@ -339,6 +344,18 @@ def _candidates(tokenizer, model, cold_ids: torch.Tensor | None) -> torch.Tensor
     if cold_ids is not None:
         mask[cold_ids] = False
     return mask
+
+
+def fused_output_loss(model_args: ModelArguments, training_args: BehaviorTrainingArguments, item_ranking: bool,
+                      cold_ids: torch.Tensor | None) -> FusedSoftmax | None:
+    """The full softmax computed in item chunks (``fused_softmax: true``, the default) where it is
+    exactly the stock loss: causal next-item models on item ids, over the whole vocabulary (no
+    cold items left out, no label smoothing). Its output matmuls run in bfloat16 under ``bf16: true``."""
+    if not (training_args.fused_softmax and item_ranking and training_args.softmax == "full"
+            and model_args.model_type in SAMPLED_MODEL_TYPES and cold_ids is None
+            and not training_args.label_smoothing_factor):
+        return None
+    return FusedSoftmax(torch.bfloat16 if training_args.bf16 else torch.float32)
 
 
 def training_loss(model, model_args: ModelArguments, training_args: BehaviorTrainingArguments,

@@ -9,6 +9,7 @@ distributed gathering and metric hooks are the Trainer's own). For ranking rows 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,7 @@ from behavior_lm.evaluation.scoring import (chunk_scoring_applies, chunked_ranks
 from behavior_lm.data.collators import IGNORE_INDEX
 from behavior_lm.models.item_text_init import has_item_text, untied_state_dict
 from behavior_lm.models.text_ranker import is_text_ranker
+from behavior_lm.training.fused_softmax import FusedSoftmax
 from behavior_lm.training.sampled_softmax import SampledSoftmax
 
 
@@ -52,18 +54,20 @@ class BehaviorTrainer(Trainer):
         condition_on_behavior: rank given the target's behavior instead of the mixture.
         generative: a semantic-id model's ranker (constrained beam search); rows' ``target`` and
             ``seen`` are then item indices of its code table.
-        sampled_softmax: train with the sampled next-item loss instead of the model's stock loss.
+        output_loss: the next-item loss computed from the final hidden states instead of the
+            model's stock loss: the sampled softmax, or the full softmax in item chunks
+            (:class:`FusedSoftmax`, the same loss without the ``(batch, length, vocab)`` logits).
         item_chunk: rank catalogues larger than this in item chunks (0: never).
     """
 
     def __init__(self, *args: Any, item_mask: torch.Tensor | None = None, filter_seen: bool = True,
                  behavior_ids: torch.Tensor | None = None, condition_on_behavior: bool = False,
-                 generative: GenerativeRanker | None = None, sampled_softmax: SampledSoftmax | None = None,
+                 generative: GenerativeRanker | None = None, output_loss: SampledSoftmax | FusedSoftmax | None = None,
                  item_chunk: int = 262144, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.item_chunk = item_chunk
         self.generative = generative
-        self.sampled_softmax = sampled_softmax
+        self.output_loss = output_loss
         self.item_mask = item_mask
         self.filter_seen = filter_seen
         self.behavior_ids = behavior_ids
@@ -95,16 +99,16 @@ class BehaviorTrainer(Trainer):
 
     def compute_loss(self, model: nn.Module, inputs: dict[str, torch.Tensor | Any], return_outputs: bool = False,
                      num_items_in_batch: torch.Tensor | int | None = None):
-        """The stock loss, or with ``softmax: sampled`` the sampled cross-entropy: the (wrapped,
-        so DDP still synchronises) model is asked for its final hidden states and one position of
-        logits, never the ``(batch, length, vocab)`` logits."""
-        if self.sampled_softmax is None or "labels" not in inputs or "target" in inputs:
+        """The stock loss, or ``output_loss`` (the sampled or the fused full cross-entropy): the
+        (wrapped, so DDP still synchronises) model is asked for its final hidden states and one
+        position of logits, never the ``(batch, length, vocab)`` logits."""
+        if self.output_loss is None or "labels" not in inputs or "target" in inputs:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         inputs = dict(inputs)
         labels = inputs.pop("labels")
         outputs = model(**inputs, output_hidden_states=True, logits_to_keep=1)
-        loss = self.sampled_softmax.loss(self.accelerator.unwrap_model(model), outputs.hidden_states[-1], labels,
-                                         self.state.global_step, num_items_in_batch)
+        loss = self.output_loss.loss(self.accelerator.unwrap_model(model), outputs.hidden_states[-1], labels,
+                                     step=self.state.global_step, num_items_in_batch=num_items_in_batch)
         return (loss, outputs) if return_outputs else loss
 
     def prediction_step(self, model: nn.Module, inputs: dict[str, torch.Tensor | Any],
@@ -112,7 +116,10 @@ class BehaviorTrainer(Trainer):
         if "target" not in inputs:
             return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
         inputs = self._prepare_inputs(inputs)
-        model = self.accelerator.unwrap_model(model)
+        with full_precision(self.accelerator.unwrap_model(model)) as model:
+            return self._ranking_step(model, inputs, prediction_loss_only)
+
+    def _ranking_step(self, model: nn.Module, inputs: dict[str, torch.Tensor | Any], prediction_loss_only: bool):
         if self.generative is not None:       # a semantic-id model: beams of generated codes
             ranks = self.generative.ranks(model, inputs["input_ids"], inputs["attention_mask"],
                                           inputs["target"], inputs.get("seen"))
@@ -135,6 +142,27 @@ class BehaviorTrainer(Trainer):
         if prediction_loss_only:
             return loss, None, None
         return loss, ranks.float(), inputs["target"]
+
+
+@contextmanager
+def full_precision(model: nn.Module):
+    """The model with the forward it had before ``bf16: true`` mixed precision wrapped it.
+
+    Accelerate wraps a prepared model's ``forward`` in a bfloat16 autocast that an outer
+    ``autocast(enabled=False)`` cannot switch off. Ranking in bfloat16 would tie thousands of item
+    scores (8 bits of mantissa) and rank differently from ``behavior-lm evaluate``, ``predict`` and
+    the server, which load the float32 weights; so validation and test ranking run the original
+    forward, in float32, as everything downstream does. Training keeps the autocast."""
+    original = model.__dict__.get("_original_forward")
+    if original is None:
+        yield model
+        return
+    wrapped = model.__dict__["forward"]
+    model.forward = original
+    try:
+        yield model
+    finally:
+        model.forward = wrapped
 
 
 def restricted_loss(keep: torch.Tensor, shift: bool = False):

@@ -1,0 +1,114 @@
+"""The full next-item cross-entropy, computed in row chunks from the final hidden states.
+
+The stock causal-LM loss builds the ``(batch, length, vocab)`` logits, copies them to float32,
+takes ``log_softmax`` (one pass that writes another logits-sized tensor), gathers the targets and,
+on the way back, fills a zero tensor of that size, scatters into it, runs ``log_softmax``'s
+backward (another pass) and only then the two matmuls. On a CPU at width 64 that was half of a
+GPT-2 training step (``scripts/bench_peers.py``; docs/performance.md), all of it memory traffic.
+
+:class:`FusedSoftmax` computes the same loss over the same vocabulary without those tensors: for
+a chunk of labelled positions at a time (sized to stay in cache) it forms the chunk's logits,
+keeps only their log-sum-exp and the target's logit, and in the backward recomputes the chunk's
+logits, turns them into ``softmax - onehot`` in place and feeds the two matmuls. Positions
+without a label never reach the output layer. The loss is the stock one up to float rounding
+(tested against ``GPT2LMHeadModel``'s own loss and gradients); ``matmul_dtype=torch.bfloat16``
+(the recipe's ``bf16: true``) runs the two output matmuls in bfloat16 with float32 accumulation
+of the softmax, where this CPU's bf16 matmul is ~10x its float32 one.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel
+
+from behavior_lm.data.collators import IGNORE_INDEX
+from behavior_lm.training.sampled_softmax import output_features
+
+CHUNK_ELEMENTS = 1 << 19   # logits per chunk: 2 MB of float32, about one core's L2
+
+
+def chunk_rows(vocab: int) -> int:
+    """Rows per chunk for a ``vocab``-wide output layer (at least 16)."""
+    return max(16, CHUNK_ELEMENTS // max(vocab, 1))
+
+
+class ChunkedSoftmaxCrossEntropy(torch.autograd.Function):
+    """``sum_i -log softmax(h_i W^T + b)[t_i]`` over rows, chunk by chunk (module docstring)."""
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                targets: torch.Tensor, matmul_dtype: torch.dtype) -> torch.Tensor:
+        h, w = hidden.to(matmul_dtype), weight.to(matmul_dtype)
+        rows = chunk_rows(weight.shape[0])
+        lse = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+        picked = torch.empty_like(lse)
+        for start in range(0, hidden.shape[0], rows):
+            end = start + rows
+            logits = (h[start:end] @ w.T).float()
+            if bias is not None:
+                logits += bias.float()
+            lse[start:end] = torch.logsumexp(logits, dim=1)
+            picked[start:end] = logits.gather(1, targets[start:end, None]).squeeze(1)
+        ctx.save_for_backward(h, w, bias, targets, lse)
+        ctx.hidden_dtype, ctx.weight_dtype = hidden.dtype, weight.dtype
+        return (lse - picked).sum()
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        h, w, bias, targets, lse = ctx.saved_tensors
+        rows = chunk_rows(w.shape[0])
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_h = torch.empty(h.shape, dtype=torch.float32, device=h.device) if need_h else None
+        grad_w = torch.zeros(w.shape, dtype=torch.float32, device=w.device) if need_w else None
+        grad_b = torch.zeros(w.shape[0], dtype=torch.float32, device=w.device) if need_b and bias is not None else None
+        scale = grad_output.float()
+        for start in range(0, h.shape[0], rows):
+            end = start + rows
+            logits = (h[start:end] @ w.T).float()
+            if bias is not None:
+                logits += bias.float()
+            probs = logits.sub_(lse[start:end, None]).exp_()          # softmax, in place
+            probs[torch.arange(probs.shape[0], device=probs.device), targets[start:end]] -= 1
+            probs.mul_(scale)                                          # d loss / d logits
+            if grad_b is not None:
+                grad_b += probs.sum(0)
+            chunk = probs.to(w.dtype)
+            if need_h:
+                grad_h[start:end] = chunk @ w
+            if need_w:
+                if chunk.dtype == torch.float32:
+                    grad_w.addmm_(chunk.T, h[start:end])
+                else:
+                    grad_w += (chunk.T @ h[start:end]).float()
+        return (grad_h.to(ctx.hidden_dtype) if need_h else None,
+                grad_w.to(ctx.weight_dtype) if need_w else None,
+                grad_b.to(bias.dtype) if grad_b is not None else None, None, None)
+
+
+@dataclass
+class FusedSoftmax:
+    """The full softmax cross-entropy of a causal model, from its final hidden states (module docstring).
+
+    Args:
+        matmul_dtype: dtype of the output-layer matmuls (float32, or bfloat16 under ``bf16: true``);
+            the softmax and its sums are always float32.
+    """
+
+    matmul_dtype: torch.dtype = torch.float32
+
+    def loss(self, model: PreTrainedModel, hidden: torch.Tensor, labels: torch.Tensor, step: int = 0,
+             num_items_in_batch: torch.Tensor | int | None = None, shift: bool = True) -> torch.Tensor:
+        """Summed over labelled positions and divided by ``num_items_in_batch`` when the Trainer
+        gives it (as the stock losses normalise), else by the count here. ``hidden``: ``(B, L, H)``;
+        ``labels``: ``(B, L)``, ``-100`` where nothing is predicted; ``shift``: causal labels;
+        ``step`` is unused (the sampled softmax's signature)."""
+        if shift:
+            hidden, labels = hidden[:, :-1], labels[:, 1:]
+        where = labels != IGNORE_INDEX
+        h = output_features(model, hidden[where])
+        out = model.get_output_embeddings()
+        total = ChunkedSoftmaxCrossEntropy.apply(h, out.weight, getattr(out, "bias", None), labels[where],
+                                                 self.matmul_dtype)
+        count = num_items_in_batch if num_items_in_batch is not None else where.sum().clamp(min=1)
+        return total / count

@@ -1,0 +1,131 @@
+"""The fused full softmax (behavior_lm/training/fused_softmax.py): the loss and every parameter's
+gradient equal the model's own stock loss, chunk boundaries change nothing, bfloat16 matmuls stay
+close, and a Trainer run uses it by default and records it."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import behavior_lm  # noqa: F401  (registers the GRU/LSTM classes)
+from behavior_lm.training import fused_softmax
+from behavior_lm.training.fused_softmax import ChunkedSoftmaxCrossEntropy, FusedSoftmax
+from behavior_lm.training.sampled_softmax import SAMPLED_MODEL_TYPES
+from tests.test_sampled_softmax import batch_and_model
+
+
+def grads(model, loss: torch.Tensor) -> dict[str, torch.Tensor]:
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def fused_loss(model, batch, fused: FusedSoftmax) -> torch.Tensor:
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    out = model(**inputs, output_hidden_states=True, logits_to_keep=1)
+    assert out.logits.size(1) == 1                     # the (batch, length, vocab) logits are never built
+    return fused.loss(model, out.hidden_states[-1], batch["labels"])
+
+
+@pytest.mark.parametrize("multi", [False, True])
+@pytest.mark.parametrize("model_type", SAMPLED_MODEL_TYPES)
+def test_fused_loss_and_gradients_equal_the_stock_loss(model_type, multi):
+    _, _, model, batch = batch_and_model(model_type, multi)
+    stock = model(**batch).loss                         # the model's own causal-LM loss
+    expected = grads(model, stock)
+    got = fused_loss(model, batch, FusedSoftmax())
+    assert got.item() == pytest.approx(stock.item(), rel=1e-6)
+    actual = grads(model, got)
+    assert actual.keys() == expected.keys()
+    for name, g in expected.items():
+        torch.testing.assert_close(actual[name], g, rtol=1e-5, atol=1e-7, msg=name)
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "gru"])
+def test_bfloat16_matmuls_stay_close(model_type):
+    _, _, model, batch = batch_and_model(model_type, multi=False)
+    exact = fused_loss(model, batch, FusedSoftmax())
+    expected = grads(model, exact)
+    approx = fused_loss(model, batch, FusedSoftmax(torch.bfloat16))
+    actual = grads(model, approx)
+    assert approx.item() == pytest.approx(exact.item(), rel=1e-2)
+    flat = torch.cat([g.flatten() for g in expected.values()])
+    got = torch.cat([actual[n].flatten() for n in expected])
+    assert F.cosine_similarity(flat, got, dim=0) > 0.999
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_chunk_boundaries_change_nothing(monkeypatch, with_bias):
+    torch.manual_seed(0)
+    h = torch.randn(103, 8, requires_grad=True)
+    w = torch.randn(37, 8, requires_grad=True)
+    b = torch.randn(37, requires_grad=True) if with_bias else None
+    t = torch.randint(0, 37, (103,))
+    logits = h @ w.T + (b if with_bias else 0)
+    reference = F.cross_entropy(logits, t, reduction="sum")
+    ref_grads = torch.autograd.grad(reference * 0.5, [x for x in (h, w, b) if x is not None])
+    for elements in (37 * 16, 37 * 50, 1 << 19):           # 7 chunks with a short last one, 3, 1
+        monkeypatch.setattr(fused_softmax, "CHUNK_ELEMENTS", elements)
+        loss = ChunkedSoftmaxCrossEntropy.apply(h, w, b, t, torch.float32)
+        assert loss.item() == pytest.approx(reference.item(), rel=1e-6)
+        got = torch.autograd.grad(loss * 0.5, [x for x in (h, w, b) if x is not None])
+        for g, r in zip(got, ref_grads):
+            torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6)
+
+
+def test_runs_use_it_by_default_and_record_it(tmp_path):
+    from behavior_lm.cli.main import main
+    from conftest import QUICKSTART, TINY
+
+    losses = {}
+    for fused in ("true", "false"):
+        out = tmp_path / fused
+        assert main(["train", str(QUICKSTART), *TINY, "--fused_softmax", fused, "--logging_steps", "1",
+                     "--output_dir", str(out)]) == 0
+        config = json.loads((out / "config.json").read_text())["behavior_lm"]
+        assert config["softmax"] == {"kind": "full", "fused": fused == "true", "matmul_dtype": "float32"}
+        losses[fused] = [e["loss"] for e in json.loads((out / "log_history.json").read_text()) if "loss" in e]
+    # the same loss and gradients: the two runs follow the same trajectory up to float rounding
+    assert len(losses["true"]) == len(losses["false"]) >= 2
+    for a, b in zip(losses["true"], losses["false"]):
+        assert a == pytest.approx(b, rel=1e-3)
+
+
+def test_bf16_runs_train_in_bfloat16_and_rank_in_float32(tmp_path):
+    """``bf16: true`` needs no ``use_cpu`` on a CPU-only machine; validation and test ranking run
+    the float32 forward, so the run's own test metrics are what ``evaluate`` gets from its weights."""
+    from behavior_lm.cli.main import main
+    from behavior_lm.evaluation.run_eval import evaluate_run
+    from conftest import QUICKSTART, TINY
+
+    out = tmp_path / "run"
+    assert main(["train", str(QUICKSTART), *TINY, "--model_type", "gru", "--bf16", "true",
+                 "--output_dir", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())["behavior_lm"]
+    assert config["softmax"] == {"kind": "full", "fused": True, "matmul_dtype": "bfloat16"}
+    metrics = json.loads((out / "metrics.json").read_text())
+    rescored, _ = evaluate_run(out)
+    for key in ("hr@10", "ndcg@10", "mrr@20"):
+        assert rescored["gru"][key] == pytest.approx(metrics["test"][key], abs=1e-12), key
+
+
+def test_ranking_under_bf16_mixed_precision_runs_the_float32_forward():
+    from accelerate import Accelerator
+
+    from behavior_lm.training.trainer import full_precision
+
+    _, _, model, batch = batch_and_model("gpt2", multi=False)
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    with torch.no_grad():
+        exact = model(**inputs).logits
+        prepared = Accelerator(mixed_precision="bf16", cpu=True).prepare(model)
+        assert "_original_forward" in prepared.__dict__        # accelerate wrapped forward in autocast
+        mixed = prepared(**inputs).logits
+        with full_precision(prepared) as plain:
+            restored = plain(**inputs).logits
+        again = prepared(**inputs).logits                       # and the wrapper is back for training
+    assert not torch.equal(mixed, exact)
+    assert torch.equal(restored, exact)
+    assert torch.equal(again, mixed)
