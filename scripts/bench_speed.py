@@ -61,7 +61,10 @@ def matmul_peak(seconds: float = 1.0, n: int = 512) -> float:
     return statistics.median(rates)
 
 
-def measure(dataset: str, model_type: str, steps: int, eval_batch_size: int) -> dict:
+def measure(dataset: str, model_type: str, steps: int, eval_batch_size: int,
+            overrides: list[str] | None = None, recipe: Path | None = None) -> dict:
+    """One (dataset, model type) row; ``overrides`` are recipe flags (``scripts/bench_peers.py``
+    sets equal sizes with them), ``recipe`` replaces the model's own recipe."""
     import torch
     from torch.utils.data import DataLoader
     from torch.utils.flop_counter import FlopCounterMode
@@ -71,10 +74,13 @@ def measure(dataset: str, model_type: str, steps: int, eval_batch_size: int) -> 
     from behavior_lm.evaluation.harness import evaluate_model
     from behavior_lm.models.auto import build_model, count_parameters, template_for
     from behavior_lm.data.collators import IGNORE_INDEX
-    from behavior_lm.training.run import make_collator, protocol_for
+    from behavior_lm.training.run import fused_output_loss, make_collator, protocol_for
 
     path, extra = recipe_for(dataset, model_type)
-    data_args, model_args, training_args, _ = parse_recipe(path, [*extra, "--output_dir", "/tmp/bench-speed"])
+    if recipe is not None:
+        path, extra = recipe, ["--model_type", model_type]
+    data_args, model_args, training_args, _ = parse_recipe(
+        path, [*extra, *(overrides or []), "--output_dir", "/tmp/bench-speed"])
     torch.manual_seed(0)
     data = prepare_data(data_args, template=template_for(model_args.model_type))
     model = build_model(model_args, data.tokenizer, data_args.max_length)
@@ -90,8 +96,20 @@ def measure(dataset: str, model_type: str, steps: int, eval_batch_size: int) -> 
         labels = batch["labels"] if masked else batch["labels"][:, 1:]
         return int((labels != IGNORE_INDEX).sum())
 
+    # the loss the Trainer computes for this recipe: the fused full softmax (fp32, or its matmuls
+    # in bf16 with the forward under autocast for `bf16: true`) or the model's stock loss
+    fused = None if masked else fused_output_loss(model_args, training_args, True, None)
+    bf16 = bool(training_args.bf16)
+
     def step(batch) -> None:
-        loss = model(**batch).loss
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            if fused is None:
+                loss = model(**batch).loss
+            else:
+                inputs = {k: v for k, v in batch.items() if k != "labels"}
+                out = model(**inputs, output_hidden_states=True, logits_to_keep=1)
+        if fused is not None:
+            loss = fused.loss(model, out.hidden_states[-1], batch["labels"])
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -102,7 +120,7 @@ def measure(dataset: str, model_type: str, steps: int, eval_batch_size: int) -> 
         batches.extend(loader)
     for batch in batches[:3]:
         step(batch)
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False) as counter:   # the stock loss: the same model FLOPs
         model(**batches[3]).loss.backward()
     optimizer.zero_grad(set_to_none=True)
     flops_per_target = counter.get_total_flops() / targets(batches[3])
@@ -113,6 +131,7 @@ def measure(dataset: str, model_type: str, steps: int, eval_batch_size: int) -> 
         step(batch)
     seconds = time.perf_counter() - start
     steps_per_epoch = -(-train.num_rows // batch_size)
+    targets_per_epoch = sum(targets(batch) for batch in loader)
 
     model.eval()
     protocol = protocol_for(data_args, training_args, data.with_behaviors)
@@ -128,7 +147,7 @@ def measure(dataset: str, model_type: str, steps: int, eval_batch_size: int) -> 
         "targets_per_s": n_targets / seconds, "s_per_epoch": seconds / steps * steps_per_epoch,
         "gflops": rate, "peak_gflops": peak, "pct_peak": 100 * rate / peak,
         "eval_users": test.num_rows, "eval_users_per_s": test.num_rows / eval_seconds,
-        "eval_seconds": eval_seconds,
+        "eval_seconds": eval_seconds, "targets_per_epoch": targets_per_epoch,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
