@@ -123,6 +123,14 @@ class DataArguments:
     cold_seed: int = field(default=0, metadata={"help": "Which items are cold (cold_items)."})
     cache: bool = field(default=True, metadata={
         "help": "Reuse prepared token streams from the cache when the data and settings are unchanged."})
+    data_engine: str = field(default="local", metadata={
+        "help": "Where data is prepared: local (this process) or ray (tasks and actors on a Ray cluster, "
+                "pip install 'behavior-lm[distributed]'; next-item leave-one-out recipes). Both write the same "
+                "prepared cache, so a run prepared on a cluster trains anywhere. See behavior_lm/data/ray_engine.py."})
+    ray_address: str | None = field(default=None, metadata={
+        "help": "data_engine ray: the cluster to join (auto, or ray://host:10001); default: a local Ray on this machine."})
+    data_partitions: int | None = field(default=None, metadata={
+        "help": "data_engine ray: hash partitions of the users (default: the cluster's CPUs)."})
 
     @classmethod
     def of_run(cls, run_dir: str | Path) -> "DataArguments":

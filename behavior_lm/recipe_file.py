@@ -135,7 +135,7 @@ RANGES: dict[str, tuple[str, Any]] = {
     **{k: ("a positive integer", lambda v: v >= 1) for k in (
         "hidden_size", "num_layers", "num_heads", "max_length", "per_device_train_batch_size",
         "per_device_eval_batch_size", "intent_horizon", "examples_per_user", "intermediate_size",
-        "max_history", "max_users", "max_eval_users", "session_gap", "intent_seconds")},
+        "max_history", "max_users", "max_eval_users", "session_gap", "intent_seconds", "data_partitions")},
     **{k: ("in [0, 1)", lambda v: 0.0 <= v < 1.0) for k in ("dropout", "attention_dropout")},
     "mask_probability": ("in (0, 1]", lambda v: 0.0 < v <= 1.0),
     **{k: ("positive", lambda v: v > 0) for k in ("initializer_range", "learning_rate")},

@@ -7,6 +7,14 @@ process's own (``getrusage(RUSAGE_CHILDREN)`` after it exits). The recipe is a n
 recipe with multi-behavior streams, a 5-core filter and leave-one-out, max_length 50.
 
     python scripts/bench_prepare.py --events 1e6 1e7 --workdir /tmp/prep --plot docs/img/prepare_scale.png
+    python scripts/bench_prepare.py --events 1e6 1e7 --engine local ray --partitions 4   # Ray beside local
+
+``--engine ray`` prepares with ``data_engine: ray`` (a local Ray started by the command, over
+``--partitions`` hash partitions); its work runs in Ray's worker processes, which are not the
+command's children, so for every engine the script also samples the proportional set size (PSS,
+shared pages split between the processes that map them) of the whole process tree every 0.2 s:
+"peak tree PSS" is the memory the preparation held at its peak, all processes together, and
+"largest process" the biggest single one (what one machine of a cluster must hold at least).
 """
 from __future__ import annotations
 
@@ -16,6 +24,7 @@ import os
 import resource
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -73,10 +82,55 @@ def generate(n_events: int, path: Path, seed: int = 0, chunk: int = 2_000_000) -
     tmp.rename(path)
 
 
-def prepare(path: Path, workdir: Path, tag: str) -> dict:
+def _tree_pss(root: int) -> tuple[int, int]:
+    """(sum, max) of the PSS in bytes over ``root`` and its descendants."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    total = biggest = 0
+    todo = [root]
+    while todo:
+        pid = todo.pop()
+        todo.extend(children.get(pid, []))
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                pss = next(int(line.split()[1]) for line in f if line.startswith("Pss:")) * 1024
+        except (OSError, StopIteration, ValueError):
+            continue
+        total += pss
+        biggest = max(biggest, pss)
+    return total, biggest
+
+
+class TreeSampler(threading.Thread):
+    """Peak PSS of a process tree, sampled every ``every`` seconds until ``stop()``."""
+
+    def __init__(self, pid: int, every: float = 0.2):
+        super().__init__(daemon=True)
+        self.pid, self.every, self.peak_total, self.peak_one = pid, every, 0, 0
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            total, one = _tree_pss(self.pid)
+            self.peak_total, self.peak_one = max(self.peak_total, total), max(self.peak_one, one)
+            self._stop_event.wait(self.every)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join()
+
+
+def prepare(path: Path, workdir: Path, tag: str, engine: str = "local", partitions: int = 4) -> dict:
     recipe = workdir / f"recipe-{tag}.yaml"
     recipe.write_text(RECIPE.format(tag=tag, path=path))
-    cache = workdir / f"cache-{tag}"
+    cache = workdir / f"cache-{tag}-{engine}"
     if cache.exists():
         import shutil
 
@@ -85,14 +139,57 @@ def prepare(path: Path, workdir: Path, tag: str) -> dict:
     exe = str(Path(sys.executable).with_name("behavior-lm"))
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     start = time.perf_counter()
-    proc = subprocess.run([exe, "prepare", str(recipe)], capture_output=True, text=True, env=env)
+    command = [exe, "prepare", str(recipe)]
+    if engine == "ray":
+        command += ["--data_engine", "ray", "--data_partitions", str(partitions)]
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    sampler = TreeSampler(child.pid)
+    sampler.start()
+    stdout, stderr = child.communicate()
+    sampler.stop()
+    proc = subprocess.CompletedProcess(command, child.returncode, stdout, stderr)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     if proc.returncode != 0:
         raise SystemExit(f"prepare failed for {tag}:\n{proc.stderr[-3000:]}")
     info = json.loads(proc.stdout[proc.stdout.index("{"):])
     return {"seconds": seconds, "peak_rss_gb": max(peak, before) / 2**20 if peak > before else float("nan"),
-            "events": info["prepared"]["events"], "rows": info["rows"], "stderr": proc.stderr}
+            "events": info["prepared"]["events"], "rows": info["rows"], "stderr": proc.stderr,
+            "tree_pss_gb": sampler.peak_total / 2**30, "largest_pss_gb": sampler.peak_one / 2**30,
+            "rows_digest": _digest(cache)}
+
+
+def _digest(cache: Path) -> str:
+    """A hash of the prepared rows' contents (every column of every split, in row order), to show
+    that the engines wrote the same data whatever their shard boundaries."""
+    import hashlib
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    h = hashlib.sha256()
+    for split in ("train", "validation", "test"):
+        shards = sorted(next((cache / "prepared").iterdir()).joinpath("datasets", split).glob("*.arrow"))
+        tables = []
+        for shard in shards:
+            with pa.memory_map(str(shard)) as source:
+                tables.append(pa.ipc.open_stream(source).read_all())
+        table = pa.concat_tables(tables)
+        for name in table.column_names:
+            column = table.column(name).combine_chunks()
+            if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+                parts = [pc.list_value_length(column).to_numpy(zero_copy_only=False),
+                         pc.list_flatten(column).to_numpy(zero_copy_only=False)]
+            elif pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+                parts = [pc.binary_length(column).to_numpy(zero_copy_only=False),
+                         np.frombuffer("".join(column.to_pylist()).encode(), dtype=np.uint8)]
+            else:
+                parts = [column.to_numpy(zero_copy_only=False)]
+            h.update(name.encode())
+            for part in parts:
+                h.update(np.ascontiguousarray(part).astype(np.int64 if part.dtype != np.uint8 else np.uint8).tobytes())
+    return h.hexdigest()[:12]
 
 
 def main() -> None:
@@ -100,12 +197,15 @@ def main() -> None:
     parser.add_argument("--events", nargs="+", type=float, default=[1e6])
     parser.add_argument("--workdir", default="/tmp/behavior-lm-prepare-bench")
     parser.add_argument("--plot", default=None)
+    parser.add_argument("--engine", nargs="+", choices=("local", "ray"), default=["local"])
+    parser.add_argument("--partitions", type=int, default=4, help="data_partitions for --engine ray")
     args = parser.parse_args()
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     results = []
-    print("| events in file | events prepared | training rows | seconds | peak RSS (GB) | µs per event |")
-    print("|---:|---:|---:|---:|---:|---:|")
+    print("| events in file | engine | events prepared | training rows | seconds | peak RSS (GB) | peak tree PSS (GB) "
+          "| largest process (GB) | µs per event | rows digest |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---|")
     for n in args.events:
         n = int(n)
         tag = f"{n // 1_000_000}m" if n >= 1_000_000 else f"{n // 1000}k"
@@ -114,11 +214,14 @@ def main() -> None:
             t = time.perf_counter()
             generate(n, path)
             print(f"(generated {path} in {time.perf_counter() - t:.0f} s)", file=sys.stderr)
-        r = prepare(path, workdir, tag)
-        results.append((n, r))
-        print(f"| {n:,} | {r['events']:,} | {r['rows']['train']:,} | {r['seconds']:.1f} | "
-              f"{r['peak_rss_gb']:.2f} | {r['seconds'] / n * 1e6:.1f} |", flush=True)
-    if args.plot:
+        for engine in args.engine:
+            r = prepare(path, workdir, tag, engine, args.partitions)
+            if engine == "local":
+                results.append((n, r))
+            print(f"| {n:,} | {engine} | {r['events']:,} | {r['rows']['train']:,} | {r['seconds']:.1f} | "
+                  f"{r['peak_rss_gb']:.2f} | {r['tree_pss_gb']:.2f} | {r['largest_pss_gb']:.2f} | "
+                  f"{r['seconds'] / n * 1e6:.1f} | {r['rows_digest']} |", flush=True)
+    if args.plot and results:
         import matplotlib
 
         matplotlib.use("Agg")

@@ -27,14 +27,12 @@ histories end before them); :func:`audit` checks that per user, vectorised.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from datasets import Dataset, DatasetDict
-from transformers import PreTrainedTokenizerBase
 
-from behavior_lm.arguments import DataArguments
 from behavior_lm.data.events import EventLog
 from behavior_lm.data.preprocess import _codes, _group_starts
 from behavior_lm.data.splits import LEAVE_ONE_OUT, LeakageError
@@ -42,6 +40,12 @@ from behavior_lm.data.streams import StreamFormat, context_events, window_events
 from behavior_lm.errors import DataError
 from behavior_lm.tokenization.behavior_tokenizer import (_template, behavior_token, grammar, item_token,
                                                          vocabulary_tokenizer)
+
+if TYPE_CHECKING:      # heavy; the row builder runs without them in Ray workers (ray_engine)
+    from datasets import DatasetDict
+    from transformers import PreTrainedTokenizerBase
+
+    from behavior_lm.arguments import DataArguments
 
 
 def applies(args: DataArguments, stream_rows: bool) -> bool:
@@ -73,6 +77,7 @@ class Events:
     behaviors: np.ndarray       # int32 code per event into behavior_names
     behavior_names: list[str]   # in order of first appearance
     source: str
+    first_lines: np.ndarray | None = None   # each user's lowest line (the output order's key)
 
     @property
     def sizes(self) -> np.ndarray:
@@ -104,7 +109,7 @@ class Events:
         names = pc.unique(behavior)                         # first appearance, output order
         b_codes = pc.index_in(behavior, names).to_numpy(zero_copy_only=False).astype(np.int32)
         return cls(offsets, user_ids, items.indices.to_numpy(zero_copy_only=False).astype(np.int32),
-                   items.dictionary, b_codes, names.to_pylist(), log.source)
+                   items.dictionary, b_codes, names.to_pylist(), log.source, first_line[groups])
 
 
 def ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -150,11 +155,6 @@ def _tokenizer(events: Events, with_behaviors: bool, template: str,
     """The tokenizer :func:`build_tokenizer` would build over these events, and each event's
     item token id (int32)."""
     names = events.item_names
-    bad = pc.or_(pc.equal(pc.utf8_length(names), 0), pc.match_substring_regex(names, r"\s"))
-    if pc.any(bad).as_py():
-        item = names.filter(bad)[0].as_py()
-        raise DataError(f"item id {item!r} is empty or contains whitespace; item ids must be single tokens",
-                        field="item_id")
     counts = np.bincount(events.items, minlength=len(names))
     first = np.full(len(names), len(events.items), dtype=np.int64)
     order = np.argsort(events.items, kind="stable")
@@ -162,14 +162,30 @@ def _tokenizer(events: Events, with_behaviors: bool, template: str,
     starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
     first[sorted_codes[starts]] = order[starts]         # stable sort: the first index of each code
     del order, sorted_codes
+    tokenizer, token_of_code = vocabulary(names, counts, first, events.behavior_names if with_behaviors else [],
+                                          template, max_length)
+    return tokenizer, token_of_code[events.items]
+
+
+def vocabulary(names: pa.Array, counts: np.ndarray, first: np.ndarray, behaviors: list[str], template: str,
+               max_length: int) -> tuple[PreTrainedTokenizerBase, np.ndarray]:
+    """The tokenizer over a catalogue given per item its name, event count and first position in
+    output order (any increasing key): specials, ``behaviors``' tokens, then items most popular
+    first, ties by first appearance, as :func:`build_tokenizer` orders them. Returns it and the
+    token id of each item (int32, in the order of ``names``)."""
+    bad = pc.or_(pc.equal(pc.utf8_length(names), 0), pc.match_substring_regex(names, r"\s"))
+    if pc.any(bad).as_py():
+        item = names.filter(bad)[0].as_py()
+        raise DataError(f"item id {item!r} is empty or contains whitespace; item ids must be single tokens",
+                        field="item_id")
     ranked = np.lexsort((first, -counts))               # most popular first, ties by first appearance
     specials = list(grammar()["special_tokens"].values())
-    head = specials + ([behavior_token(b) for b in events.behavior_names] if with_behaviors else [])
+    head = specials + [behavior_token(b) for b in behaviors]
     tokens = head + [item_token(i) for i in pc.take(names, pa.array(ranked)).to_pylist()]
     tokenizer = vocabulary_tokenizer(tokens, template=template, max_length=max_length)
     token_of_code = np.empty(len(names), dtype=np.int32)
     token_of_code[ranked] = len(head) + np.arange(len(names), dtype=np.int32)
-    return tokenizer, token_of_code[events.items]
+    return tokenizer, token_of_code
 
 
 def _rows(event_tokens: np.ndarray, starts: np.ndarray, lengths: np.ndarray, prefix: list[int],
@@ -210,49 +226,84 @@ def build(events: Events, args: DataArguments, template: str) -> Built:
     with_behaviors = args.use_behaviors if args.use_behaviors is not None else len(behaviors) > 1
     fmt = StreamFormat(behaviors=with_behaviors)
     tokenizer, item_tokens = _tokenizer(events, fmt.behaviors, template, args.max_length)
-    vocab = tokenizer.get_vocab()
+    layout = RowLayout.of(tokenizer, behaviors, fmt, args)
+    tables, summary = split_tables(events, item_tokens, events.behaviors, behaviors, layout, fmt)
+    prepared = {"events": int(events.sizes.sum()), "users": len(events.sizes), "items": len(events.item_names),
+                "behaviors": behaviors}
+    from datasets import Dataset, DatasetDict
+
+    rows = DatasetDict({name: Dataset(table) for name, table in tables.items()})
+    return Built(rows, tokenizer, fmt, behaviors, summary, prepared)
+
+
+@dataclass(frozen=True)
+class RowLayout:
+    """What the row builder reads of the tokenizer and the recipe, as plain values: a Ray worker
+    gets it without importing transformers."""
+
+    prefix: list[int]                   # the template's tokens before the events ([BOS])
+    suffix: list[int]                   # and after them
+    behavior_ids: list[int]             # token id of each behavior (``behaviors`` order); [] without them
+    vocab_size: int
+    max_length: int
+    train_windows: str
+
+    @classmethod
+    def of(cls, tokenizer: PreTrainedTokenizerBase, behaviors: list[str], fmt: StreamFormat,
+           args: DataArguments) -> "RowLayout":
+        vocab = tokenizer.get_vocab()
+        parts = _template(tokenizer)["single"]
+        at = [kind for kind, _ in parts].index("sequence")
+        return cls([vocab[name] for _, name in parts[:at]], [vocab[name] for _, name in parts[at + 1:]],
+                   [vocab[behavior_token(b)] for b in behaviors] if fmt.behaviors else [], len(vocab),
+                   args.max_length, args.train_windows)
+
+
+def split_tables(events: Events, item_tokens: np.ndarray, behavior_codes: np.ndarray, behaviors: list[str],
+                 layout: RowLayout, fmt: StreamFormat) -> tuple[dict[str, pa.Table], dict]:
+    """The train/validation/test rows of ``events`` as Arrow tables, and the split counts.
+
+    ``item_tokens`` is each event's item token id, ``behavior_codes`` each event's index into
+    ``behaviors`` (the catalogue-wide names in order of first appearance). Users are independent
+    here, so a part of the users (one partition of :mod:`behavior_lm.data.ray_engine`) gives
+    exactly its users' rows of the whole log."""
     if fmt.behaviors:
-        b_tokens = np.array([vocab[behavior_token(b)] for b in behaviors], dtype=np.int32)[events.behaviors]
+        b_tokens = np.array(layout.behavior_ids, dtype=np.int32)[behavior_codes]
         event_tokens = np.stack([b_tokens, item_tokens], axis=1)
         del b_tokens
     else:
         event_tokens = item_tokens[:, None]
-    parts = _template(tokenizer)["single"]
-    at = [kind for kind, _ in parts].index("sequence")
-    prefix = [vocab[name] for _, name in parts[:at]]
-    suffix = [vocab[name] for _, name in parts[at + 1:]]
+    prefix, suffix = layout.prefix, layout.suffix
 
     heads, sizes = events.offsets[:-1], events.sizes
-    span = window_events(args.max_length, fmt)
+    span = window_events(layout.max_length, fmt)
     train_len = sizes - 2
-    n_windows = np.ones_like(train_len) if args.train_windows == "last" else -(-train_len // span)
+    n_windows = np.ones_like(train_len) if layout.train_windows == "last" else -(-train_len // span)
     user_of_window = np.repeat(np.arange(len(sizes)), n_windows)
     back = ranges(np.zeros(len(sizes), dtype=np.int64), n_windows)          # 0, 1, ... per user
     ends = train_len[user_of_window] - (n_windows[user_of_window] - 1 - back) * span   # chronological
     starts = np.maximum(0, ends - span)
-    train = Dataset(pa.table({
+    train = pa.table({
         "user_id": pc.take(events.user_ids, pa.array(user_of_window)),
-        "input_ids": _rows(event_tokens, heads[user_of_window] + starts, ends - starts, prefix, suffix)}))
+        "input_ids": _rows(event_tokens, heads[user_of_window] + starts, ends - starts, prefix, suffix)})
     del user_of_window, back, ends, starts
 
-    context = context_events(args.max_length, fmt)
+    context = context_events(layout.max_length, fmt)
     behavior_names = pa.array(behaviors, pa.string())
     out = {"train": train}
     for name, hist in (("validation", sizes - 2), ("test", sizes - 1)):
         target_at = heads + hist
         cut = np.maximum(0, hist - context)
-        out[name] = Dataset(pa.table({
+        out[name] = pa.table({
             "user_id": events.user_ids,
             "input_ids": _rows(event_tokens, heads + cut, hist - cut, prefix, suffix),
             "target": pa.array(item_tokens[target_at].astype(np.int64)),
-            "target_behavior": pc.take(behavior_names, pa.array(events.behaviors[target_at])),
+            "target_behavior": pc.take(behavior_names, pa.array(behavior_codes[target_at])),
             "target_behavior_id": pa.array(event_tokens[target_at, 0].astype(np.int64) if fmt.behaviors
                                            else np.full(len(hist), -1, dtype=np.int64)),
-            "seen": _seen(item_tokens, heads, hist, len(vocab)),
-        }))
+            "seen": _seen(item_tokens, heads, hist, layout.vocab_size),
+        })
     summary = {"kind": LEAVE_ONE_OUT, "train_users": len(sizes), "train_events": int(train_len.sum()),
                "validation_examples": len(sizes), "test_examples": len(sizes),
                "validation_history_events": int((sizes - 2).sum()), "test_history_events": int((sizes - 1).sum())}
-    prepared = {"events": int(sizes.sum()), "users": len(sizes), "items": len(events.item_names),
-                "behaviors": behaviors}
-    return Built(DatasetDict(out), tokenizer, fmt, behaviors, summary, prepared)
+    return out, summary

@@ -116,11 +116,26 @@ def release_memory() -> None:
         pass
 
 
+ENGINE_SETTINGS = ("cache", "data_engine", "ray_address", "data_partitions")
+"""Settings that choose how data is prepared, not what: left out of the cache key, so that data
+prepared on a Ray cluster is the cache entry a local run reads (the engines write the same rows)."""
+
+
+def _identity(path: Path) -> dict:
+    """Size and modification time of the source: of each input file for a folder or a glob."""
+    if path.is_file():
+        st = path.stat()
+        return {"size": st.st_size, "mtime": st.st_mtime_ns}
+    from behavior_lm.data.ray_engine import input_files
+
+    return {"files": [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in input_files(path)]}
+
+
 def cache_key(args: DataArguments, path: Path, template: str) -> str:
-    st = path.stat()
     settings = dataclasses.asdict(args)
-    settings.pop("cache", None)
-    blob = json.dumps({"path": str(path.resolve()), "size": st.st_size, "mtime": st.st_mtime_ns,
+    for name in ENGINE_SETTINGS:
+        settings.pop(name, None)
+    blob = json.dumps({"path": str(path.resolve()), **_identity(path),
                        "settings": settings, "template": template, "grammar": grammar(),
                        "version": PIPELINE_VERSION}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
@@ -159,7 +174,17 @@ def prepare_data(args: DataArguments, template: str = "causal") -> PreparedData:
     """Build (or load from cache) the tokenizer and the train/validation/test streams."""
     task = task_rows(args.task)
     task.check_data(args)
-    path, src = sources.resolve(args.dataset, args.data_path)
+    ray = args.data_engine == "ray"
+    if ray and not (columnar.applies(args, getattr(task, "stream_rows", False)) and not args.max_users):
+        raise RecipeError("data_engine: ray prepares next-item rows with split: leave_one_out (without "
+                          "target_behavior, cold_items, time_gaps, session_gap, item_side or max_users); "
+                          "use data_engine: local for this recipe")
+    if args.data_path and not ray and ("*" in str(args.data_path) or Path(args.data_path).is_dir()) \
+            and args.dataset not in sources.SOURCES:
+        raise RecipeError(f"data_path {args.data_path!r} names several files (a folder or a glob): "
+                          "data_engine: ray reads them in parallel; the local engine reads one file")
+    path, src = (Path(args.data_path), None) if ray and args.data_path and "*" in str(args.data_path) \
+        else sources.resolve(args.dataset, args.data_path)
     key = cache_key(args, path, template)
     cached = sources.cache_dir() / "prepared" / cache_folder_name(args.dataset, key)
     if args.cache and (cached / "info.json").is_file():
@@ -172,6 +197,8 @@ def prepare_data(args: DataArguments, template: str = "causal") -> PreparedData:
                             info["with_behaviors"],
                             json.loads(side.read_text())["values"] if side.is_file() else None)
 
+    if ray:
+        return _prepare_on_ray(args, path, src, template, task, key, cached)
     progress = tqdm(total=5, desc=f"preparing {args.dataset}", unit="stage", disable=None)
     progress.set_postfix_str("reading events")
     log = sources.load_events(args.dataset, args.data_path, reader_kwargs=args.reader_kwargs())
@@ -223,6 +250,29 @@ def prepare_data(args: DataArguments, template: str = "causal") -> PreparedData:
     progress.update()
     progress.close()
     return PreparedData(dsd, tokenizer, info, with_behaviors, side_values)
+
+
+def _prepare_on_ray(args: DataArguments, path: Path, src, template: str, task: TaskRows, key: str,
+                    cached: Path) -> PreparedData:
+    """:mod:`behavior_lm.data.ray_engine` writes the rows straight into the cache folder (the
+    same layout and ``info.json`` as the local engine); training memory-maps them."""
+    from behavior_lm.data import ray_engine
+
+    progress = tqdm(total=1, desc=f"preparing {args.dataset} on Ray", unit="stage", disable=None)
+    with atomic_dir(cached) as tmp:
+        done = ray_engine.prepare(args, path, template, tmp, progress)
+        done.tokenizer.save_pretrained(tmp / "tokenizer")
+        info = {
+            "dataset": args.dataset, "source": str(path), "terms": src.terms if src else "",
+            "raw": done.raw_summary, "prepared": done.prepared, "split": done.split_summary,
+            "with_behaviors": done.fmt.behaviors, "cache_key": key, "stream": done.fmt.describe(),
+            "task": args.task, "class_names": task.class_names(done.behaviors, args),
+            "rows": done.rows, "cache_hit": False, "engine": "ray",
+        }
+        (tmp / "info.json").write_text(json.dumps(info, indent=2, default=str))
+    progress.update()
+    progress.close()
+    return PreparedData(load_from_disk(str(cached / "datasets")), done.tokenizer, info, done.fmt.behaviors, None)
 
 
 def _general_rows(log: EventLog, args: DataArguments, task: TaskRows, template: str, dropped: dict, progress):

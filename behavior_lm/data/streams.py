@@ -17,14 +17,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-
-from datasets import Dataset, DatasetDict
-from transformers import PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
 
 from behavior_lm.data.preprocess import UserSequence
 from behavior_lm.data.splits import Example, Split
 from behavior_lm.tokenization.behavior_tokenizer import (behavior_token, encode_tokens, gap_token, gap_tokens,
                                                          grammar, item_token, side_token)
+
+if TYPE_CHECKING:      # datasets and transformers load only where rows are built (Ray workers skip them)
+    from datasets import Dataset, DatasetDict
+    from transformers import PreTrainedTokenizerBase
 
 TRAIN_WINDOWS = ("all", "last")
 
@@ -149,6 +151,8 @@ def examples_dataset(examples: Sequence[Example], tokenizer: PreTrainedTokenizer
     input_ids = encode_texts(tokenizer, texts, max_length)
     seen = [sorted({vocab.get(item_token(i), unk) for i in ex.history.items} - {unk})
             for ex in examples]
+    from datasets import Dataset
+
     return Dataset.from_dict({
         "user_id": [ex.user_id for ex in examples],
         "input_ids": input_ids,
@@ -172,6 +176,8 @@ def build_dataset_dict(split: Split, tokenizer: PreTrainedTokenizerBase, *, max_
         for text in train_windows(seq, max_length=max_length, fmt=fmt, mode=train_windows_mode):
             users.append(seq.user_id)
             texts.append(text)
+    from datasets import Dataset, DatasetDict
+
     train = Dataset.from_dict({"user_id": users, "input_ids": encode_texts(tokenizer, texts, max_length)})
     parts = {"train": train}
     for name in ("validation", "test"):

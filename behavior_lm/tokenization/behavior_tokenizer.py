@@ -13,9 +13,12 @@ from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
 
-import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
-from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:      # torch and transformers load where a tokenizer or mask is built, not for token names
+    import torch
+    from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from behavior_lm.errors import DataError
 
@@ -128,6 +131,8 @@ def vocabulary_tokenizer(tokens: Sequence[str], *, template: str = "causal",
     backend.post_processor = processors.TemplateProcessing(
         **spec, special_tokens=[(t, vocab[t]) for t in used]
     )
+    from transformers import PreTrainedTokenizerFast
+
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         model_max_length=max_length,
@@ -209,6 +214,8 @@ def item_mask(tokenizer: PreTrainedTokenizerBase, vocab_size: int | None = None)
     """Boolean ``(vocab_size,)``: True at item tokens. ``vocab_size`` may exceed the tokenizer
     (models pad their embedding matrices); the extra rows are never items."""
     n = vocab_size if vocab_size is not None else len(tokenizer)
+    import torch
+
     mask = torch.zeros(n, dtype=torch.bool)
     mask[item_token_ids(tokenizer)] = True
     return mask

@@ -156,6 +156,7 @@ def check_values(data_args: DataArguments, model_args: ModelArguments,
 
     choices = {"task": (data_args.task, task_names()), "split": (data_args.split, ("leave_one_out", "temporal")),
                "train_windows": (data_args.train_windows, TRAIN_WINDOWS),
+               "data_engine": (data_args.data_engine, ("local", "ray")),
                "model_type": (model_args.model_type, tuple(dict.fromkeys(MODEL_TYPES + CLASSIFIER_MODEL_TYPES))),
                "cloze_loss": (training_args.cloze_loss, ("items", "vocabulary")),
                "output_bias_init": (model_args.output_bias_init, OUTPUT_BIAS_INITS),
