@@ -146,12 +146,19 @@ def test_time_budget_stops_after_a_validation(tmp_path):
     assert "stopped by time budget" in (out / "results.md").read_text()
 
 
-def test_accelerate_two_processes_match_one_process(tmp_path):
-    """`accelerate launch` runs the same CLI with 2 CPU processes (DDP over gloo). The run
-    directory is written once, every test user is scored exactly once, and the result matches a
-    1-process run with the same global batch (2 x 8 = 16): same batches, gradients averaged over
-    the tokens of both processes. Tolerance: 1e-3 on the training loss and 0.02 on test NDCG@10
-    (float summation order differs between 1 and 2 processes; nothing else should)."""
+@pytest.mark.parametrize("launch", [
+    ["--multi_gpu"],                                                  # DDP over gloo
+    ["--use_fsdp", "--fsdp_version", "2", "--fsdp_auto_wrap_policy", "NO_WRAP"],   # FSDP2: parameters sharded
+], ids=["ddp", "fsdp2"])
+def test_accelerate_two_processes_match_one_process(tmp_path, launch):
+    """`accelerate launch` runs the same CLI with 2 CPU processes over gloo, data-parallel (DDP) or
+    with the parameters, gradients and optimizer state sharded (FSDP2). The run directory is
+    written once, every test user is scored exactly once, and the result matches a 1-process run
+    with the same global batch (2 x 8 = 16): same batches, gradients averaged over the tokens of
+    both processes (the fused output loss is scaled as the stock loss is; it was not, and a
+    2-process run logged half the loss). Tolerance: 1e-3 on the training loss and 0.02 on test
+    NDCG@10 (float summation order differs between 1 and 2 processes; nothing else should). The
+    weights the sharded run saved are whole: evaluating them again gives its test metrics."""
     accelerate = Path(sys.executable).with_name("accelerate")
     if not accelerate.exists():
         pytest.skip("accelerate CLI not installed in this environment")
@@ -160,7 +167,7 @@ def test_accelerate_two_processes_match_one_process(tmp_path):
     one = tmp_path / "one"
     assert main(["train", str(QUICKSTART), *TINY, *same, "--output_dir", str(one)]) == 0
     out = tmp_path / "ddp"
-    cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "-m",
+    cmd = [str(accelerate), "launch", *launch, "--num_processes", "2", "-m",
            "behavior_lm.cli.main", "train", str(QUICKSTART), *TINY, *same,
            "--per_device_train_batch_size", "8", "--output_dir", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
@@ -176,6 +183,10 @@ def test_accelerate_two_processes_match_one_process(tmp_path):
     assert metrics["train"]["global_steps"] == single["train"]["global_steps"]
     assert metrics["train"]["train_loss"] == pytest.approx(single["train"]["train_loss"], abs=1e-3)
     assert metrics["test"]["ndcg@10"] == pytest.approx(single["test"]["ndcg@10"], abs=0.02)
+    from behavior_lm.evaluation.run_eval import evaluate_run
+
+    rescored, _ = evaluate_run(out)
+    assert rescored["gpt2"]["ndcg@10"] == pytest.approx(metrics["test"]["ndcg@10"], abs=1e-6)
 
 
 def test_tensorboard_accumulation_and_recipe_push(tiny_run, tmp_path, capsys):

@@ -109,6 +109,11 @@ class BehaviorTrainer(Trainer):
         outputs = model(**inputs, output_hidden_states=True, logits_to_keep=1)
         loss = self.output_loss.loss(self.accelerator.unwrap_model(model), outputs.hidden_states[-1], labels,
                                      step=self.state.global_step, num_items_in_batch=num_items_in_batch)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            # as the stock compute_loss: num_items_in_batch counts the targets of every process, and
+            # DDP/FSDP average the gradients over processes, so each process's sum/total is scaled
+            # back up (else gradients, clipping and the logged loss are 1/world_size of a 1-process run)
+            loss = loss * (self.accelerator.num_processes // self.get_tp_size())
         return (loss, outputs) if return_outputs else loss
 
     def prediction_step(self, model: nn.Module, inputs: dict[str, torch.Tensor | Any],
