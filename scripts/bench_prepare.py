@@ -82,6 +82,26 @@ def generate(n_events: int, path: Path, seed: int = 0, chunk: int = 2_000_000) -
     tmp.rename(path)
 
 
+def split_file(path: Path, parts: int) -> Path:
+    """The CSV as ``parts`` files of consecutive lines, each with the header, in a folder (once)."""
+    folder = path.with_name(f"{path.stem}-{parts}-files")
+    if folder.is_dir():
+        return folder
+    tmp = folder.with_name(folder.name + ".partial")
+    tmp.mkdir(exist_ok=True)
+    total = sum(1 for _ in open(path)) - 1
+    per = -(-total // parts)
+    with open(path) as src:
+        header = src.readline()
+        for k in range(parts):
+            with open(tmp / f"part-{k:03d}.csv", "w") as out:
+                out.write(header)
+                for _, line in zip(range(per), src):
+                    out.write(line)
+    tmp.rename(folder)
+    return folder
+
+
 def _tree_pss(root: int) -> tuple[int, int]:
     """(sum, max) of the PSS in bytes over ``root`` and its descendants."""
     children: dict[int, list[int]] = {}
@@ -199,6 +219,8 @@ def main() -> None:
     parser.add_argument("--plot", default=None)
     parser.add_argument("--engine", nargs="+", choices=("local", "ray"), default=["local"])
     parser.add_argument("--partitions", type=int, default=4, help="data_partitions for --engine ray")
+    parser.add_argument("--ray_files", type=int, default=1,
+                        help="--engine ray reads the log split into this many files (a folder), in parallel")
     args = parser.parse_args()
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -215,10 +237,12 @@ def main() -> None:
             generate(n, path)
             print(f"(generated {path} in {time.perf_counter() - t:.0f} s)", file=sys.stderr)
         for engine in args.engine:
-            r = prepare(path, workdir, tag, engine, args.partitions)
+            source = path if engine == "local" or args.ray_files <= 1 else split_file(path, args.ray_files)
+            r = prepare(source, workdir, tag, engine, args.partitions)
             if engine == "local":
                 results.append((n, r))
-            print(f"| {n:,} | {engine} | {r['events']:,} | {r['rows']['train']:,} | {r['seconds']:.1f} | "
+            label = engine if source == path else f"{engine}, {args.ray_files} files"
+            print(f"| {n:,} | {label} | {r['events']:,} | {r['rows']['train']:,} | {r['seconds']:.1f} | "
                   f"{r['peak_rss_gb']:.2f} | {r['tree_pss_gb']:.2f} | {r['largest_pss_gb']:.2f} | "
                   f"{r['seconds'] / n * 1e6:.1f} | {r['rows_digest']} |", flush=True)
     if args.plot and results:
