@@ -144,6 +144,7 @@ def check_values(data_args: DataArguments, model_args: ModelArguments,
                  training_args: BehaviorTrainingArguments, where=lambda key: f"key '{key}'") -> None:
     """Ranges and choices, before any data is read: one line naming the key, not a traceback
     from deep inside a model constructor."""
+    from behavior_lm.data.ray_engine import ENGINES
     from behavior_lm.data.streams import TRAIN_WINDOWS
     from behavior_lm.models.auto import CLASSIFIER_MODEL_TYPES, MODEL_TYPES
     from behavior_lm.models.output_prior import OUTPUT_BIAS_INITS
@@ -156,7 +157,7 @@ def check_values(data_args: DataArguments, model_args: ModelArguments,
 
     choices = {"task": (data_args.task, task_names()), "split": (data_args.split, ("leave_one_out", "temporal")),
                "train_windows": (data_args.train_windows, TRAIN_WINDOWS),
-               "data_engine": (data_args.data_engine, ("local", "ray")),
+               "data_engine": (data_args.data_engine, ENGINES),
                "model_type": (model_args.model_type, tuple(dict.fromkeys(MODEL_TYPES + CLASSIFIER_MODEL_TYPES))),
                "cloze_loss": (training_args.cloze_loss, ("items", "vocabulary")),
                "output_bias_init": (model_args.output_bias_init, OUTPUT_BIAS_INITS),
