@@ -179,12 +179,13 @@ def prepare_data(args: DataArguments, template: str = "causal") -> PreparedData:
         raise RecipeError("data_engine: ray prepares next-item rows with split: leave_one_out (without "
                           "target_behavior, cold_items, time_gaps, session_gap, item_side or max_users); "
                           "use data_engine: local for this recipe")
-    if args.data_path and not ray and ("*" in str(args.data_path) or Path(args.data_path).is_dir()) \
-            and args.dataset not in sources.SOURCES:
+    from behavior_lm.data.ray_engine import is_glob
+
+    glob = bool(args.data_path) and is_glob(str(args.data_path))
+    if args.data_path and not ray and (glob or Path(args.data_path).is_dir()) and args.dataset not in sources.SOURCES:
         raise RecipeError(f"data_path {args.data_path!r} names several files (a folder or a glob): "
                           "data_engine: ray reads them in parallel; the local engine reads one file")
-    path, src = (Path(args.data_path), None) if ray and args.data_path and "*" in str(args.data_path) \
-        else sources.resolve(args.dataset, args.data_path)
+    path, src = (Path(args.data_path), None) if ray and glob else sources.resolve(args.dataset, args.data_path)
     key = cache_key(args, path, template)
     cached = sources.cache_dir() / "prepared" / cache_folder_name(args.dataset, key)
     if args.cache and (cached / "info.json").is_file():

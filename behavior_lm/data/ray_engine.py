@@ -68,11 +68,17 @@ starts in about a second instead of ~8 s)."""
 SPLITS = ("train", "validation", "test")
 
 
+def is_glob(text: str) -> bool:
+    """Whether a ``data_path`` is a glob pattern (several files) rather than one path (a file
+    whose name holds ``[`` or ``*`` is still that file)."""
+    return any(ch in text for ch in "*?[") and not Path(text).exists()
+
+
 def input_files(path: Path) -> list[Path]:
     """The files a ``data_path`` names: itself, every visible file of a folder, or a glob's
     matches, in name order (the order that ties file order across files)."""
     text = str(path)
-    if any(ch in text for ch in "*?["):
+    if is_glob(text):
         files = [Path(p) for p in sorted(glob.glob(text)) if Path(p).is_file()]
     elif path.is_dir():
         files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
