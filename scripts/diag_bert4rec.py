@@ -25,7 +25,7 @@ from behavior_lm.training.recipes import parse_recipe
 from behavior_lm.training.run import make_collator
 
 VARIANTS = ("stock", "no_embedding_ln", "no_dropout", "lr1e-3", "mask0.5", "recenter", "zero_bias",
-            "init0.1", "zero_bias_init0.1")
+            "init0.1", "zero_bias_init0.1", "no_transform", "zero_bias_no_transform")
 
 
 def collapse(model) -> float:
@@ -51,6 +51,8 @@ def run(recipe: str, variant: str, steps: int, every: int, batch: int) -> None:
     model = build_model(model_args, tok, data_args.max_length)
     if variant == "no_embedding_ln":
         model.bert.embeddings.LayerNorm = nn.Identity()
+    if variant.endswith("no_transform"):     # the tied decoder straight on the encoder's output
+        model.cls.predictions.transform = nn.Identity()
     collator = make_collator(model_args, tok)
     items = item_mask(tok, model.get_output_embeddings().out_features)
     init_output_bias(model, train, items, model_args.output_bias_init)   # as a training run does
