@@ -261,9 +261,10 @@ class BehaviorTrainingArguments(TrainingArguments):
                 "(the target against num_negatives items drawn per step, log-Q corrected: for catalogues "
                 "of millions of items; behavior_lm/training/sampled_softmax.py)."})
     fused_softmax: bool = field(default=True, metadata={
-        "help": "softmax: full on causal next-item models: compute the cross-entropy in item chunks from "
-                "the final hidden states (the same loss without the (batch, length, vocab) logits: 1.4-1.8x "
-                "faster steps on CPU; with bf16: true its matmuls run in bfloat16); false: the model's stock "
+        "help": "softmax: full on next-item models (causal, and bert4rec with cloze_loss: vocabulary): "
+                "compute the cross-entropy in item chunks from the final hidden states of the labelled "
+                "positions only (the same loss without the (batch, length, vocab) logits: 1.4-1.8x faster "
+                "steps on CPU; with bf16: true its matmuls run in bfloat16); false: the model's stock "
                 "loss (behavior_lm/training/fused_softmax.py)."})
     num_negatives: int = field(default=3000, metadata={
         "help": "softmax: sampled: negatives drawn per optimizer step, shared by the batch."})

@@ -40,6 +40,10 @@ SIZE = {"hidden": 64, "layers": 2, "heads": 2, "inner": 256, "max_length": 50, "
 ROWS = (("behavior-lm", "gpt2"), ("behavior-lm", "llama"), ("behavior-lm", "gru"),
         ("behavior-lm", "gpt2+bf16"), ("behavior-lm", "llama+bf16"), ("behavior-lm", "gru+bf16"),
         ("recbole", "SASRec"), ("recbole", "GRU4Rec"), ("rectools", "SASRecModel"))
+# torch.compile (``torch_compile: true``) rows, measured on request: ``--rows behavior-lm:gpt2+bf16+compile``
+COMPILED = (("behavior-lm", "gpt2+compile"), ("behavior-lm", "llama+compile"), ("behavior-lm", "gru+compile"),
+            ("behavior-lm", "gpt2+bf16+compile"), ("behavior-lm", "llama+bf16+compile"),
+            ("behavior-lm", "gru+bf16+compile"))
 
 
 def pin(core: int | None) -> None:
@@ -73,7 +77,8 @@ def ml100k_inter() -> Path:
 
 
 def ours(name: str, steps: int) -> dict:
-    """``MODEL`` (the default fused float32 loss) or ``MODEL+bf16`` (``bf16: true``)."""
+    """``MODEL`` (the default fused float32 loss), with ``+bf16`` (``bf16: true``) and/or
+    ``+compile`` (``torch_compile: true``)."""
     sys.path.insert(0, str(HERE.parent))
     sys.path.insert(0, str(HERE.parents[1]))
     import torch
@@ -81,8 +86,8 @@ def ours(name: str, steps: int) -> dict:
     from bench_speed import measure
 
     torch.set_num_threads(1)
-    model, _, precision = name.partition("+")
-    overrides = ["--bf16", str(precision == "bf16").lower(), "--min_user_events", "0", "--min_item_events", "0", "--max_length", str(SIZE["max_length"] + 1),
+    model, *options = name.split("+")
+    overrides = ["--bf16", str("bf16" in options).lower(), "--torch_compile", str("compile" in options).lower(), "--min_user_events", "0", "--min_item_events", "0", "--max_length", str(SIZE["max_length"] + 1),
                  "--hidden_size", str(SIZE["hidden"]), "--num_heads", str(SIZE["heads"]),
                  "--intermediate_size", str(SIZE["inner"]), "--per_device_train_batch_size", str(SIZE["batch"]),
                  "--learning_rate", str(SIZE["lr"]), "--num_layers", str(1 if model == "gru" else SIZE["layers"]),
@@ -90,7 +95,7 @@ def ours(name: str, steps: int) -> dict:
     if model == "llama":
         overrides += ["--attention_dropout", str(SIZE["dropout"])]
     recipe = HERE.parents[1] / "recipes" / "quickstart" / "gpt2-ml-100k.yaml"
-    row = measure("ml-100k", model, steps, 128, overrides=overrides, recipe=recipe)
+    row = measure("ml-100k", model, steps, 128, overrides=overrides, recipe=recipe, evaluate=False)
     return {"targets_per_s": row["targets_per_s"], "s_per_epoch": row["s_per_epoch"],
             "targets_per_epoch": row["targets_per_epoch"], "params": row["params"]}
 
@@ -210,6 +215,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--rows", nargs="+", metavar="LIBRARY:MODEL",
+                        help="only these rows (default: every row but the torch.compile ones), e.g. "
+                             "behavior-lm:gpt2 behavior-lm:gpt2+bf16+compile rectools:SASRecModel")
     parser.add_argument("--one", nargs=2, metavar=("LIBRARY", "MODEL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -226,9 +234,13 @@ def main() -> None:
             [args.recbole, "-c", "import recbole, pathlib; print(pathlib.Path(recbole.__file__).parent / "
              "'dataset_example' / 'ml-100k' / 'ml-100k.inter')"], capture_output=True, text=True,
             check=True).stdout.strip()
+    rows = ROWS if not args.rows else [tuple(r.split(":", 1)) for r in args.rows]
+    unknown = [r for r in rows if r not in ROWS + COMPILED]
+    if unknown:
+        parser.error(f"unknown rows {unknown}; known: {[':'.join(r) for r in ROWS + COMPILED]}")
     samples: dict[tuple[str, str], list[dict]] = {}
     for _ in range(args.repeats):
-        for library, model in ROWS:
+        for library, model in rows:
             if not pythons[library]:
                 continue
             row = run_one(pythons[library], library, model, args.steps, args.core)

@@ -62,9 +62,13 @@ def matmul_peak(seconds: float = 1.0, n: int = 512) -> float:
 
 
 def measure(dataset: str, model_type: str, steps: int, eval_batch_size: int,
-            overrides: list[str] | None = None, recipe: Path | None = None) -> dict:
+            overrides: list[str] | None = None, recipe: Path | None = None, evaluate: bool = True) -> dict:
     """One (dataset, model type) row; ``overrides`` are recipe flags (``scripts/bench_peers.py``
-    sets equal sizes with them), ``recipe`` replaces the model's own recipe."""
+    sets equal sizes with them), ``recipe`` replaces the model's own recipe.
+
+    ``--torch_compile true`` among the overrides compiles the model as the Trainer does through
+    accelerate (``torch.compile``, inductor, dynamic shapes left to dynamo); the warm-up steps
+    then include the compilation, which is reported apart as ``warmup_s``."""
     import torch
     from torch.utils.data import DataLoader
     from torch.utils.flop_counter import FlopCounterMode
@@ -74,6 +78,7 @@ def measure(dataset: str, model_type: str, steps: int, eval_batch_size: int,
     from behavior_lm.evaluation.harness import evaluate_model
     from behavior_lm.models.auto import build_model, count_parameters, template_for
     from behavior_lm.data.collators import IGNORE_INDEX
+    from behavior_lm.training.fused_softmax import hidden_states_forward
     from behavior_lm.training.run import fused_output_loss, make_collator, protocol_for
 
     path, extra = recipe_for(dataset, model_type)
@@ -89,7 +94,13 @@ def measure(dataset: str, model_type: str, steps: int, eval_batch_size: int,
     train = data.datasets["train"]
     loader = DataLoader(train.with_format(None), batch_size=batch_size, shuffle=True, collate_fn=collator,
                         generator=torch.Generator().manual_seed(0))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=training_args.learning_rate)
+    # the Trainer's default optimizer (``optim: adamw_torch_fused``)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=training_args.learning_rate,
+                                  fused=training_args.optim == "adamw_torch_fused")
+    flop_model = model
+    if training_args.torch_compile:
+        model = torch.compile(model, backend=training_args.torch_compile_backend or "inductor",
+                              mode=training_args.torch_compile_mode)
     masked = model_args.model_type == "bert4rec"
 
     def targets(batch) -> int:
@@ -98,7 +109,7 @@ def measure(dataset: str, model_type: str, steps: int, eval_batch_size: int,
 
     # the loss the Trainer computes for this recipe: the fused full softmax (fp32, or its matmuls
     # in bf16 with the forward under autocast for `bf16: true`) or the model's stock loss
-    fused = None if masked else fused_output_loss(model_args, training_args, True, None)
+    fused = fused_output_loss(model_args, training_args, True, None)
     bf16 = bool(training_args.bf16)
 
     def step(batch) -> None:
@@ -107,9 +118,10 @@ def measure(dataset: str, model_type: str, steps: int, eval_batch_size: int,
                 loss = model(**batch).loss
             else:
                 inputs = {k: v for k, v in batch.items() if k != "labels"}
-                out = model(**inputs, output_hidden_states=True, logits_to_keep=1)
+                with hidden_states_forward(flop_model) as hidden_only:
+                    out = model(**inputs, **hidden_only)
         if fused is not None:
-            loss = fused.loss(model, out.hidden_states[-1], batch["labels"])
+            loss = fused.loss(flop_model, out.hidden_states[-1], batch["labels"], shift=not masked)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -118,10 +130,12 @@ def measure(dataset: str, model_type: str, steps: int, eval_batch_size: int,
     batches = []
     while len(batches) < steps + 3:
         batches.extend(loader)
+    start = time.perf_counter()
     for batch in batches[:3]:
         step(batch)
+    warmup_seconds = time.perf_counter() - start
     with FlopCounterMode(display=False) as counter:   # the stock loss: the same model FLOPs
-        model(**batches[3]).loss.backward()
+        flop_model(**batches[3]).loss.backward()
     optimizer.zero_grad(set_to_none=True)
     flops_per_target = counter.get_total_flops() / targets(batches[3])
     start = time.perf_counter()
@@ -133,12 +147,13 @@ def measure(dataset: str, model_type: str, steps: int, eval_batch_size: int,
     steps_per_epoch = -(-train.num_rows // batch_size)
     targets_per_epoch = sum(targets(batch) for batch in loader)
 
-    model.eval()
+    flop_model.eval()
     protocol = protocol_for(data_args, training_args, data.with_behaviors)
     test = data.datasets["test"]
     start = time.perf_counter()
-    evaluate_model(model, test, data.tokenizer, protocol, batch_size=eval_batch_size)
-    eval_seconds = time.perf_counter() - start
+    if evaluate:
+        evaluate_model(flop_model, test, data.tokenizer, protocol, batch_size=eval_batch_size)
+    eval_seconds = max(time.perf_counter() - start, 1e-9)
     peak = matmul_peak()
     rate = n_targets * flops_per_target / seconds / 1e9
     return {
@@ -148,6 +163,7 @@ def measure(dataset: str, model_type: str, steps: int, eval_batch_size: int,
         "gflops": rate, "peak_gflops": peak, "pct_peak": 100 * rate / peak,
         "eval_users": test.num_rows, "eval_users_per_s": test.num_rows / eval_seconds,
         "eval_seconds": eval_seconds, "targets_per_epoch": targets_per_epoch,
+        "warmup_s": warmup_seconds, "compiled": bool(training_args.torch_compile),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 

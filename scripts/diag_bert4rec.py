@@ -34,7 +34,7 @@ def collapse(model) -> float:
     return float(s[0] ** 2 / (s ** 2).sum())
 
 
-def run(recipe: str, variant: str, steps: int, every: int, batch: int) -> None:
+def run(recipe: str, variant: str, steps: int, every: int, batch: int, extra: list[str] = ()) -> None:
     overrides = []
     if variant.startswith("zero_bias"):
         overrides += ["--output_bias_init", "zero"]
@@ -44,7 +44,7 @@ def run(recipe: str, variant: str, steps: int, every: int, batch: int) -> None:
         overrides = ["--dropout", "0"]
     if variant == "mask0.5":
         overrides = ["--mask_probability", "0.5"]
-    data_args, model_args, training_args, _ = parse_recipe(recipe, overrides)
+    data_args, model_args, training_args, _ = parse_recipe(recipe, [*extra, *overrides])
     torch.manual_seed(training_args.seed)
     data = prepare_data(data_args, template=template_for(model_args.model_type))
     tok, train = data.tokenizer, data.datasets["train"]
@@ -88,9 +88,10 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--every", type=int, default=50)
     p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--extra", default="", help="recipe flags for every variant, e.g. '--mask_probability 0.2'")
     a = p.parse_args()
     for v in a.variant or ["stock"]:
-        run(a.recipe, v, a.steps, a.every, a.batch)
+        run(a.recipe, v, a.steps, a.every, a.batch, a.extra.split())
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import behavior_lm  # noqa: F401  (registers the GRU/LSTM classes)
 from behavior_lm.training import fused_softmax
-from behavior_lm.training.fused_softmax import ChunkedSoftmaxCrossEntropy, FusedSoftmax
+from behavior_lm.training.fused_softmax import ChunkedSoftmaxCrossEntropy, FusedSoftmax, hidden_states_forward
 from behavior_lm.training.sampled_softmax import SAMPLED_MODEL_TYPES
 from tests.test_sampled_softmax import batch_and_model
 
@@ -41,6 +41,37 @@ def test_fused_loss_and_gradients_equal_the_stock_loss(model_type, multi):
     assert actual.keys() == expected.keys()
     for name, g in expected.items():
         torch.testing.assert_close(actual[name], g, rtol=1e-5, atol=1e-7, msg=name)
+
+
+@pytest.mark.parametrize("multi", [False, True])
+def test_bert4rec_cloze_loss_and_gradients_equal_bert_for_masked_lm(multi):
+    """The head runs on the masked rows only, and gives BertForMaskedLM's own cloze loss."""
+    _, _, model, batch = batch_and_model("bert4rec", multi)
+    labelled = batch["labels"] != -100
+    assert 0 < labelled.sum() < batch["attention_mask"].sum()   # a cloze batch: some positions, not all
+    head = model.cls
+    stock = model(**batch).loss
+    expected = grads(model, stock)
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with hidden_states_forward(model) as hidden_only:
+        out = model(**inputs, **hidden_only)
+    assert out.logits.numel() == 0                       # no logits at all in the forward
+    assert model.cls is head                             # and the head is back afterwards
+    got = FusedSoftmax().loss(model, out.hidden_states[-1], batch["labels"], shift=False)
+    assert got.item() == pytest.approx(stock.item(), rel=1e-6)
+    actual = grads(model, got)
+    assert actual.keys() == expected.keys()
+    for name, g in expected.items():
+        torch.testing.assert_close(actual[name], g, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_the_head_is_restored_when_the_forward_fails():
+    _, _, model, _ = batch_and_model("bert4rec", multi=False)
+    head = model.cls
+    with pytest.raises(ValueError):
+        with hidden_states_forward(model):
+            model(input_ids=None)
+    assert model.cls is head
 
 
 @pytest.mark.parametrize("model_type", ["gpt2", "gru"])
@@ -75,15 +106,16 @@ def test_chunk_boundaries_change_nothing(monkeypatch, with_bias):
             torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6)
 
 
-def test_runs_use_it_by_default_and_record_it(tmp_path):
+@pytest.mark.parametrize("model_type", ["gpt2", "bert4rec"])
+def test_runs_use_it_by_default_and_record_it(tmp_path, model_type):
     from behavior_lm.cli.main import main
     from conftest import QUICKSTART, TINY
 
     losses = {}
     for fused in ("true", "false"):
         out = tmp_path / fused
-        assert main(["train", str(QUICKSTART), *TINY, "--fused_softmax", fused, "--logging_steps", "1",
-                     "--output_dir", str(out)]) == 0
+        assert main(["train", str(QUICKSTART), *TINY, "--model_type", model_type, "--fused_softmax", fused,
+                     "--logging_steps", "1", "--output_dir", str(out)]) == 0
         config = json.loads((out / "config.json").read_text())["behavior_lm"]
         assert config["softmax"] == {"kind": "full", "fused": fused == "true", "matmul_dtype": "float32"}
         losses[fused] = [e["loss"] for e in json.loads((out / "log_history.json").read_text()) if "loss" in e]

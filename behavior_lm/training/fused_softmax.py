@@ -14,16 +14,25 @@ without a label never reach the output layer. The loss is the stock one up to fl
 (tested against ``GPT2LMHeadModel``'s own loss and gradients); ``matmul_dtype=torch.bfloat16``
 (the recipe's ``bf16: true``) runs the two output matmuls in bfloat16 with float32 accumulation
 of the softmax, where this CPU's bf16 matmul is ~10x its float32 one.
+
+Masked-item models (BERT4Rec) gain most: ``BertForMaskedLM`` runs its head (transform and
+decoder) over every position, while only the masked 20-60% carry a label. Under
+:func:`hidden_states_forward` the head is skipped in the forward, and the loss applies the
+transform and the decoder to the labelled rows only (``shift=False``): the cloze loss of
+``BertForMaskedLM`` itself, up to float rounding (tested against it).
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 from transformers import PreTrainedModel
 
 from behavior_lm.data.collators import IGNORE_INDEX
-from behavior_lm.training.sampled_softmax import output_features
+from behavior_lm.training.sampled_softmax import mlm_transform, output_features
 
 CHUNK_ELEMENTS = 1 << 19   # logits per chunk: 2 MB of float32, about one core's L2
 
@@ -112,3 +121,29 @@ class FusedSoftmax:
                                                  self.matmul_dtype)
         count = num_items_in_batch if num_items_in_batch is not None else where.sum().clamp(min=1)
         return total / count
+
+
+class _HeadSkipped(nn.Module):
+    """Stands in for a masked-LM head during :func:`hidden_states_forward`: no logits at all."""
+
+    def forward(self, sequence_output: torch.Tensor) -> torch.Tensor:
+        return sequence_output[..., :0]
+
+
+@contextmanager
+def hidden_states_forward(model: PreTrainedModel) -> Iterator[dict]:
+    """Keyword arguments for a forward that returns the final hidden states and (almost) no logits.
+
+    Causal models take ``logits_to_keep=1``. ``BertForMaskedLM`` has no such argument, so its
+    ``cls`` head is swapped out for the duration of the call (and always restored): the forward
+    still goes through the model object the Trainer holds (DDP's hooks see it), and the loss then
+    runs the real head on the labelled rows (``output_features`` and the decoder)."""
+    if mlm_transform(model) is None:
+        yield {"output_hidden_states": True, "logits_to_keep": 1}
+        return
+    head = model.cls
+    model.cls = _HeadSkipped()
+    try:
+        yield {"output_hidden_states": True}
+    finally:
+        model.cls = head

@@ -349,10 +349,12 @@ def _candidates(tokenizer, model, cold_ids: torch.Tensor | None) -> torch.Tensor
 def fused_output_loss(model_args: ModelArguments, training_args: BehaviorTrainingArguments, item_ranking: bool,
                       cold_ids: torch.Tensor | None) -> FusedSoftmax | None:
     """The full softmax computed in item chunks (``fused_softmax: true``, the default) where it is
-    exactly the stock loss: causal next-item models on item ids, over the whole vocabulary (no
-    cold items left out, no label smoothing). Its output matmuls run in bfloat16 under ``bf16: true``."""
+    exactly the stock loss: next-item models on item ids (causal, or BERT4Rec's cloze loss over
+    the whole vocabulary), no cold items left out, no label smoothing. Its output matmuls run in
+    bfloat16 under ``bf16: true``."""
+    masked_full_vocabulary = model_args.model_type in MASKED_MODEL_TYPES and training_args.cloze_loss == "vocabulary"
     if not (training_args.fused_softmax and item_ranking and training_args.softmax == "full"
-            and model_args.model_type in SAMPLED_MODEL_TYPES and cold_ids is None
+            and (model_args.model_type in SAMPLED_MODEL_TYPES or masked_full_vocabulary) and cold_ids is None
             and not training_args.label_smoothing_factor):
         return None
     return FusedSoftmax(torch.bfloat16 if training_args.bf16 else torch.float32)

@@ -36,9 +36,18 @@ SAMPLED_MODEL_TYPES = ("gpt2", "llama", "gru", "lstm")
 
 def output_features(model: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
     """What the model's output layer reads, from its final hidden states: the GRU/LSTM apply their
-    output dropout first (the stock transformers' final norm is already in ``hidden_states[-1]``)."""
+    output dropout first, BERT's masked-LM head its transform (dense, GELU, LayerNorm); the stock
+    causal transformers' final norm is already in ``hidden_states[-1]``."""
     drop = getattr(model, "dropout", None)
-    return drop(hidden) if isinstance(drop, nn.Dropout) else hidden
+    if isinstance(drop, nn.Dropout):
+        return drop(hidden)
+    transform = mlm_transform(model)
+    return transform(hidden) if transform is not None else hidden
+
+
+def mlm_transform(model: PreTrainedModel) -> nn.Module | None:
+    """``BertForMaskedLM``'s ``cls.predictions.transform`` (None for other models)."""
+    return getattr(getattr(getattr(model, "cls", None), "predictions", None), "transform", None)
 
 
 @dataclass

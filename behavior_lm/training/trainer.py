@@ -20,12 +20,12 @@ from transformers import EvalPrediction, Trainer
 
 from behavior_lm.evaluation.generative import GenerativeRanker
 from behavior_lm.evaluation.metrics import ranking_metrics
-from behavior_lm.evaluation.scoring import (chunk_scoring_applies, chunked_ranks, next_item_scores, next_token_features,
-                                            output_layer, score_ranks)
+from behavior_lm.evaluation.scoring import (chunk_scoring_applies, chunked_ranks, is_masked_lm, next_item_scores,
+                                            next_token_features, output_layer, score_ranks)
 from behavior_lm.data.collators import IGNORE_INDEX
 from behavior_lm.models.item_text_init import has_item_text, untied_state_dict
 from behavior_lm.models.text_ranker import is_text_ranker
-from behavior_lm.training.fused_softmax import FusedSoftmax
+from behavior_lm.training.fused_softmax import FusedSoftmax, hidden_states_forward
 from behavior_lm.training.sampled_softmax import SampledSoftmax
 
 
@@ -106,9 +106,11 @@ class BehaviorTrainer(Trainer):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         inputs = dict(inputs)
         labels = inputs.pop("labels")
-        outputs = model(**inputs, output_hidden_states=True, logits_to_keep=1)
-        loss = self.output_loss.loss(self.accelerator.unwrap_model(model), outputs.hidden_states[-1], labels,
-                                     step=self.state.global_step, num_items_in_batch=num_items_in_batch)
+        unwrapped = self.accelerator.unwrap_model(model)
+        with hidden_states_forward(unwrapped) as hidden_only:
+            outputs = model(**inputs, **hidden_only)
+        loss = self.output_loss.loss(unwrapped, outputs.hidden_states[-1], labels, step=self.state.global_step,
+                                     num_items_in_batch=num_items_in_batch, shift=not is_masked_lm(unwrapped))
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             # as the stock compute_loss: num_items_in_batch counts the targets of every process, and
             # DDP/FSDP average the gradients over processes, so each process's sum/total is scaled
