@@ -3,6 +3,7 @@
 Usage:
     python scripts/bench_speed.py [--datasets ml-100k ml-1m] [--models gpt2 llama gru lstm bert4rec]
                                   [--steps 20] [--threads 1] [--eval_batch_size 128]
+                                  [--overrides '--fused_softmax false'] [--no_eval]
 
 For each (dataset, model type) a fresh subprocess (so peak RSS is its own) prepares the recipe's
 data (cached), builds the model and runs, on real training batches of the recipe's batch size:
@@ -10,7 +11,8 @@ data (cached), builds the model and runs, on real training batches of the recipe
 - ``targets/s``: training targets (positions with a label) per second over ``--steps`` optimizer
   steps (forward, backward, AdamW step; the Trainer's own step without its logging), after 3 warm-up steps;
 - ``s/epoch``: that step time times the steps of one epoch;
-- ``GFLOP/s`` and ``% peak``: FLOPs of one step counted by ``torch.utils.flop_counter`` over the
+- ``GFLOP/s`` and ``% peak``: FLOPs of one step's loss as this run computes it (fused or stock;
+  the fused loss skips the unlabelled positions) counted by ``torch.utils.flop_counter`` over the
   measured time, against a float32 matmul peak measured in the same process with the same threads;
 - ``eval users/s``: the harness's full-catalogue ranking of the test users (all of them), with
   ``--eval_batch_size``;
@@ -24,6 +26,7 @@ import argparse
 import json
 import os
 import resource
+import shlex
 import statistics
 import subprocess
 import sys
@@ -112,17 +115,17 @@ def measure(dataset: str, model_type: str, steps: int, eval_batch_size: int,
     fused = fused_output_loss(model_args, training_args, True, None)
     bf16 = bool(training_args.bf16)
 
-    def step(batch) -> None:
+    def loss_of(net, batch) -> torch.Tensor:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             if fused is None:
-                loss = model(**batch).loss
-            else:
-                inputs = {k: v for k, v in batch.items() if k != "labels"}
-                with hidden_states_forward(flop_model) as hidden_only:
-                    out = model(**inputs, **hidden_only)
-        if fused is not None:
-            loss = fused.loss(flop_model, out.hidden_states[-1], batch["labels"], shift=not masked)
-        loss.backward()
+                return net(**batch).loss
+            inputs = {k: v for k, v in batch.items() if k != "labels"}
+            with hidden_states_forward(flop_model) as hidden_only:
+                out = net(**inputs, **hidden_only)
+        return fused.loss(flop_model, out.hidden_states[-1], batch["labels"], shift=not masked)
+
+    def step(batch) -> None:
+        loss_of(model, batch).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -134,8 +137,8 @@ def measure(dataset: str, model_type: str, steps: int, eval_batch_size: int,
     for batch in batches[:3]:
         step(batch)
     warmup_seconds = time.perf_counter() - start
-    with FlopCounterMode(display=False) as counter:   # the stock loss: the same model FLOPs
-        flop_model(**batches[3]).loss.backward()
+    with FlopCounterMode(display=False) as counter:   # the FLOPs of the loss this run computes
+        loss_of(flop_model, batches[3]).backward()
     optimizer.zero_grad(set_to_none=True)
     flops_per_target = counter.get_total_flops() / targets(batches[3])
     start = time.perf_counter()
@@ -176,34 +179,43 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--eval_batch_size", type=int, default=128)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--overrides", default="",
+                        help="recipe flags for every row, one string: --overrides '--fused_softmax false'")
+    parser.add_argument("--no_eval", action="store_true", help="time training only")
     parser.add_argument("--one", nargs=2, metavar=("DATASET", "MODEL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         import torch
 
         torch.set_num_threads(args.threads)
-        print(json.dumps(measure(*args.one, args.steps, args.eval_batch_size)))
+        print(json.dumps(measure(*args.one, args.steps, args.eval_batch_size, overrides=shlex.split(args.overrides),
+                                 evaluate=not args.no_eval)))
         return
     rows = []
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
     for dataset in args.datasets:
         for model in args.models:
             done = subprocess.run([sys.executable, __file__, "--one", dataset, model, "--steps", str(args.steps),
-                                   "--threads", str(args.threads), "--eval_batch_size", str(args.eval_batch_size)],
+                                   "--threads", str(args.threads), "--eval_batch_size", str(args.eval_batch_size),
+                                   f"--overrides={args.overrides}", *(["--no_eval"] if args.no_eval else [])],
                                   capture_output=True, text=True, env=env)
             if done.returncode != 0:
                 print(f"{dataset} {model}: failed\n{done.stderr[-2000:]}", file=sys.stderr)
                 continue
             rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
             print(f"{dataset} {model}: {rows[-1]['targets_per_s']:.0f} targets/s", file=sys.stderr)
-    print(f"\n{args.threads} thread(s), {args.steps} timed steps each\n")
+    print(f"\n{args.threads} thread(s), {args.steps} timed steps each{(', ' + args.overrides) if args.overrides else ''}\n")
     print("| dataset | model | params | targets/s | s/epoch | GFLOP/s | % of matmul peak | eval users/s "
           "| peak RSS (MB) |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+
+    def evaluated(r: dict) -> str:
+        return "-" if args.no_eval else f"{r['eval_users_per_s']:,.0f}"
+
     for r in rows:
         print(f"| {r['dataset']} | {r['model']} | {r['params'] / 1e6:.2f}M | {r['targets_per_s']:,.0f} | "
               f"{r['s_per_epoch']:.1f} | {r['gflops']:.1f} | {r['pct_peak']:.0f}% "
-              f"(peak {r['peak_gflops']:.0f}) | {r['eval_users_per_s']:,.0f} | {r['peak_rss_mb']:,.0f} |")
+              f"(peak {r['peak_gflops']:.0f}) | {evaluated(r)} | {r['peak_rss_mb']:,.0f} |")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 

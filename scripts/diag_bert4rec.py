@@ -21,6 +21,7 @@ from behavior_lm.data.pipeline import prepare_data
 from behavior_lm.models.output_prior import init_output_bias
 from behavior_lm.tasks import build_model, template_for
 from behavior_lm.tokenization.behavior_tokenizer import item_mask
+from behavior_lm.training.fused_softmax import FusedSoftmax, hidden_states_forward
 from behavior_lm.training.recipes import parse_recipe
 from behavior_lm.training.run import make_collator
 
@@ -66,7 +67,10 @@ def run(recipe: str, variant: str, steps: int, every: int, batch: int, extra: li
     for step in range(1, steps + 1):
         idx = torch.randint(train.num_rows, (batch,), generator=g).tolist()
         b = collator([train[i] for i in idx])
-        loss = model(**b).loss
+        labels = b.pop("labels")          # BertForMaskedLM's cloze loss, the head on masked rows only
+        with hidden_states_forward(model) as hidden_only:
+            out = model(**b, **hidden_only)
+        loss = FusedSoftmax().loss(model, out.hidden_states[-1], labels, shift=False)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step(); sched.step(); opt.zero_grad()
