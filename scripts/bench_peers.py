@@ -44,6 +44,9 @@ ROWS = (("behavior-lm", "gpt2"), ("behavior-lm", "llama"), ("behavior-lm", "gru"
 COMPILED = (("behavior-lm", "gpt2+compile"), ("behavior-lm", "llama+compile"), ("behavior-lm", "gru+compile"),
             ("behavior-lm", "gpt2+bf16+compile"), ("behavior-lm", "llama+bf16+compile"),
             ("behavior-lm", "gru+bf16+compile"))
+# torch's own dropout masks (``fast_dropout: false``), the A/B of behavior_lm/models/fast_dropout.py
+TORCHDROP = tuple(("behavior-lm", f"{m}+torchdrop") for m in ("gpt2", "llama", "gru", "gpt2+bf16", "llama+bf16",
+                                                              "gru+bf16"))
 
 
 def pin(core: int | None) -> None:
@@ -77,8 +80,9 @@ def ml100k_inter() -> Path:
 
 
 def ours(name: str, steps: int) -> dict:
-    """``MODEL`` (the default fused float32 loss), with ``+bf16`` (``bf16: true``) and/or
-    ``+compile`` (``torch_compile: true``)."""
+    """``MODEL`` (the default fused float32 loss, the default fast dropout masks), with ``+bf16``
+    (``bf16: true``), ``+compile`` (``torch_compile: true``) and/or ``+torchdrop`` (``fast_dropout:
+    false``: torch's own dropout masks)."""
     sys.path.insert(0, str(HERE.parent))
     sys.path.insert(0, str(HERE.parents[1]))
     import torch
@@ -87,7 +91,8 @@ def ours(name: str, steps: int) -> dict:
 
     torch.set_num_threads(1)
     model, *options = name.split("+")
-    overrides = ["--bf16", str("bf16" in options).lower(), "--torch_compile", str("compile" in options).lower(), "--min_user_events", "0", "--min_item_events", "0", "--max_length", str(SIZE["max_length"] + 1),
+    overrides = ["--bf16", str("bf16" in options).lower(), "--torch_compile", str("compile" in options).lower(),
+                 "--fast_dropout", str("torchdrop" not in options).lower(), "--min_user_events", "0", "--min_item_events", "0", "--max_length", str(SIZE["max_length"] + 1),
                  "--hidden_size", str(SIZE["hidden"]), "--num_heads", str(SIZE["heads"]),
                  "--intermediate_size", str(SIZE["inner"]), "--per_device_train_batch_size", str(SIZE["batch"]),
                  "--learning_rate", str(SIZE["lr"]), "--num_layers", str(1 if model == "gru" else SIZE["layers"]),
@@ -235,9 +240,9 @@ def main() -> None:
              "'dataset_example' / 'ml-100k' / 'ml-100k.inter')"], capture_output=True, text=True,
             check=True).stdout.strip()
     rows = ROWS if not args.rows else [tuple(r.split(":", 1)) for r in args.rows]
-    unknown = [r for r in rows if r not in ROWS + COMPILED]
+    unknown = [r for r in rows if r not in ROWS + COMPILED + TORCHDROP]
     if unknown:
-        parser.error(f"unknown rows {unknown}; known: {[':'.join(r) for r in ROWS + COMPILED]}")
+        parser.error(f"unknown rows {unknown}; known: {[':'.join(r) for r in ROWS + COMPILED + TORCHDROP]}")
     samples: dict[tuple[str, str], list[dict]] = {}
     for _ in range(args.repeats):
         for library, model in rows:

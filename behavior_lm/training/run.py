@@ -395,6 +395,8 @@ def describe_run_in_config(config, data_args: DataArguments, model_args: ModelAr
         # everything the stream format needs to serialize a history as training did
         "max_length": data_args.max_length, "stream": dict(data_info["stream"]),
         "dropout": effective_dropout(model_args),
+        # how training drew its dropout masks (behavior_lm/models/fast_dropout.py)
+        "dropout_masks": "pcg64" if getattr(training_args, "fast_dropout", False) else "torch",
     }
     if text_info:
         config.behavior_lm["item_text"] = text_info

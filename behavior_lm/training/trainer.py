@@ -23,6 +23,7 @@ from behavior_lm.evaluation.metrics import ranking_metrics
 from behavior_lm.evaluation.scoring import (chunk_scoring_applies, chunked_ranks, is_masked_lm, next_item_scores,
                                             next_token_features, output_layer, score_ranks)
 from behavior_lm.data.collators import IGNORE_INDEX
+from behavior_lm.models.fast_dropout import use_fast_dropout
 from behavior_lm.models.item_text_init import has_item_text, untied_state_dict
 from behavior_lm.models.text_ranker import is_text_ranker
 from behavior_lm.training.fused_softmax import FusedSoftmax, hidden_states_forward
@@ -65,6 +66,8 @@ class BehaviorTrainer(Trainer):
                  generative: GenerativeRanker | None = None, output_loss: SampledSoftmax | FusedSoftmax | None = None,
                  item_chunk: int = 262144, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if getattr(self.args, "fast_dropout", False) and self.args.device.type == "cpu":
+            use_fast_dropout(self.model)   # faster CPU masks; no parameters or saved config change
         self.item_chunk = item_chunk
         self.generative = generative
         self.output_loss = output_loss
