@@ -270,6 +270,11 @@ class BehaviorTrainingArguments(TrainingArguments):
         "help": "Training on CPU: draw dropout masks (hidden and attention) from NumPy's PCG64 instead of "
                 "torch's bernoulli_, ~2x faster per dropout call; the same Bernoulli masks up to p rounded to "
                 "1/65536, seeded from torch's generator (behavior_lm/models/fast_dropout.py). false: torch's."})
+    keep_freed_memory: bool = field(default=True, metadata={
+        "help": "Training on CPU (glibc): serve every allocation from the heap and keep freed memory there, "
+                "so large tensors (attention matrices) reuse pages instead of being mmap'd, page-faulted and "
+                "zeroed anew each step; peak RSS then stays at its high-water mark "
+                "(behavior_lm/training/heap.py). false: glibc's defaults."})
     num_negatives: int = field(default=3000, metadata={
         "help": "softmax: sampled: negatives drawn per optimizer step, shared by the batch."})
     negative_sampling: str = field(default="uniform", metadata={

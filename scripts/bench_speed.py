@@ -16,7 +16,9 @@ data (cached), builds the model and runs, on real training batches of the recipe
   measured time, against a float32 matmul peak measured in the same process with the same threads;
 - ``eval users/s``: the harness's full-catalogue ranking of the test users (all of them), with
   ``--eval_batch_size``;
-- ``peak RSS``: of the subprocess.
+- ``peak RSS``: of the subprocess;
+- ``page faults/step``: minor page faults per timed step, i.e. fresh pages the kernel mapped and
+  zeroed (large tensors that glibc serves with mmap; ``keep_freed_memory`` removes them).
 
 Prints a markdown table; ``--json FILE`` also writes the rows. ML-1M needs BEHAVIOR_LM_DATA.
 """
@@ -95,6 +97,9 @@ def measure(dataset: str, model_type: str, steps: int, eval_batch_size: int,
     model = build_model(model_args, data.tokenizer, data_args.max_length)
     if training_args.fast_dropout:    # as BehaviorTrainer does for a CPU run
         use_fast_dropout(model)
+    if training_args.keep_freed_memory:    # as BehaviorTrainer does for a CPU run
+        from behavior_lm.training.heap import keep_freed_memory
+        keep_freed_memory()
     collator = make_collator(model_args, data.tokenizer)
     batch_size = training_args.per_device_train_batch_size
     train = data.datasets["train"]
@@ -144,12 +149,14 @@ def measure(dataset: str, model_type: str, steps: int, eval_batch_size: int,
         loss_of(flop_model, batches[3]).backward()
     optimizer.zero_grad(set_to_none=True)
     flops_per_target = counter.get_total_flops() / targets(batches[3])
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     start = time.perf_counter()
     n_targets = 0
     for batch in batches[3:3 + steps]:
         n_targets += targets(batch)
         step(batch)
     seconds = time.perf_counter() - start
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
     steps_per_epoch = -(-train.num_rows // batch_size)
     targets_per_epoch = sum(targets(batch) for batch in loader)
 
@@ -169,7 +176,7 @@ def measure(dataset: str, model_type: str, steps: int, eval_batch_size: int,
         "gflops": rate, "peak_gflops": peak, "pct_peak": 100 * rate / peak,
         "eval_users": test.num_rows, "eval_users_per_s": test.num_rows / eval_seconds,
         "eval_seconds": eval_seconds, "targets_per_epoch": targets_per_epoch,
-        "warmup_s": warmup_seconds, "compiled": bool(training_args.torch_compile),
+        "warmup_s": warmup_seconds, "page_faults_per_step": faults / steps, "compiled": bool(training_args.torch_compile),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
@@ -209,8 +216,8 @@ def main() -> None:
             print(f"{dataset} {model}: {rows[-1]['targets_per_s']:.0f} targets/s", file=sys.stderr)
     print(f"\n{args.threads} thread(s), {args.steps} timed steps each{(', ' + args.overrides) if args.overrides else ''}\n")
     print("| dataset | model | params | targets/s | s/epoch | GFLOP/s | % of matmul peak | eval users/s "
-          "| peak RSS (MB) |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+          "| peak RSS (MB) | page faults/step |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 
     def evaluated(r: dict) -> str:
         return "-" if args.no_eval else f"{r['eval_users_per_s']:,.0f}"
@@ -218,7 +225,8 @@ def main() -> None:
     for r in rows:
         print(f"| {r['dataset']} | {r['model']} | {r['params'] / 1e6:.2f}M | {r['targets_per_s']:,.0f} | "
               f"{r['s_per_epoch']:.1f} | {r['gflops']:.1f} | {r['pct_peak']:.0f}% "
-              f"(peak {r['peak_gflops']:.0f}) | {evaluated(r)} | {r['peak_rss_mb']:,.0f} |")
+              f"(peak {r['peak_gflops']:.0f}) | {evaluated(r)} | {r['peak_rss_mb']:,.0f} | "
+              f"{r['page_faults_per_step']:,.0f} |")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 

@@ -24,6 +24,7 @@ from behavior_lm.evaluation.scoring import (chunk_scoring_applies, chunked_ranks
                                             next_token_features, output_layer, score_ranks)
 from behavior_lm.data.collators import IGNORE_INDEX
 from behavior_lm.models.fast_dropout import use_fast_dropout
+from behavior_lm.training.heap import keep_freed_memory
 from behavior_lm.models.item_text_init import has_item_text, untied_state_dict
 from behavior_lm.models.text_ranker import is_text_ranker
 from behavior_lm.training.fused_softmax import FusedSoftmax, hidden_states_forward
@@ -68,6 +69,8 @@ class BehaviorTrainer(Trainer):
         super().__init__(*args, **kwargs)
         if getattr(self.args, "fast_dropout", False) and self.args.device.type == "cpu":
             use_fast_dropout(self.model)   # faster CPU masks; no parameters or saved config change
+        if getattr(self.args, "keep_freed_memory", False) and self.args.device.type == "cpu":
+            keep_freed_memory()            # process-wide: big tensors stop page-faulting each step
         self.item_chunk = item_chunk
         self.generative = generative
         self.output_loss = output_loss
