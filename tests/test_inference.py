@@ -127,7 +127,10 @@ def test_batched_calls_equal_single_calls(model_type, behaviors, tmp_path):
             assert [r["item"] for r in got] == [r["item"] for r in want]
             assert [r["score"] for r in got] == pytest.approx([r["score"] for r in want], abs=1e-5)
     if behaviors:
-        assert pipe(histories, behavior="buy", top_k=3)[3] == pipe(histories[3], behavior="buy", top_k=3)
+        got, want = pipe(histories, behavior="buy", top_k=3)[3], pipe(histories[3], behavior="buy", top_k=3)
+        assert [(r["item"], r["behavior"]) for r in got] == [(r["item"], r["behavior"]) for r in want]
+        # the same scores up to float32 rounding: a batched matmul may sum in another order
+        assert [r["score"] for r in got] == pytest.approx([r["score"] for r in want], abs=1e-5)
 
 
 def test_bad_pipeline_inputs_are_clear_errors(tmp_path):
