@@ -82,7 +82,7 @@ def measure(dataset: str, model_type: str, steps: int, eval_batch_size: int,
     from behavior_lm.data.pipeline import prepare_data
     from behavior_lm.evaluation.harness import evaluate_model
     from behavior_lm.models.auto import build_model, count_parameters, template_for
-    from behavior_lm.models.fast_dropout import use_fast_dropout
+    from behavior_lm.training.trainer import apply_cpu_training_settings
     from behavior_lm.data.collators import IGNORE_INDEX
     from behavior_lm.training.fused_softmax import hidden_states_forward
     from behavior_lm.training.run import fused_output_loss, make_collator, protocol_for
@@ -95,11 +95,7 @@ def measure(dataset: str, model_type: str, steps: int, eval_batch_size: int,
     torch.manual_seed(0)
     data = prepare_data(data_args, template=template_for(model_args.model_type))
     model = build_model(model_args, data.tokenizer, data_args.max_length)
-    if training_args.fast_dropout:    # as BehaviorTrainer does for a CPU run
-        use_fast_dropout(model)
-    if training_args.keep_freed_memory:    # as BehaviorTrainer does for a CPU run
-        from behavior_lm.training.heap import keep_freed_memory
-        keep_freed_memory()
+    apply_cpu_training_settings(model, training_args)    # as BehaviorTrainer does for a CPU run
     collator = make_collator(model_args, data.tokenizer)
     batch_size = training_args.per_device_train_batch_size
     train = data.datasets["train"]

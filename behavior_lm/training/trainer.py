@@ -24,10 +24,10 @@ from behavior_lm.evaluation.scoring import (chunk_scoring_applies, chunked_ranks
                                             next_token_features, output_layer, score_ranks)
 from behavior_lm.data.collators import IGNORE_INDEX
 from behavior_lm.models.fast_dropout import use_fast_dropout
-from behavior_lm.training.heap import keep_freed_memory
 from behavior_lm.models.item_text_init import has_item_text, untied_state_dict
 from behavior_lm.models.text_ranker import is_text_ranker
 from behavior_lm.training.fused_softmax import FusedSoftmax, hidden_states_forward
+from behavior_lm.training.heap import keep_freed_memory
 from behavior_lm.training.sampled_softmax import SampledSoftmax
 
 
@@ -43,6 +43,16 @@ def tied_parameter_names(model: torch.nn.Module) -> set[str]:
         else:
             first[key] = name
     return tied
+
+
+def apply_cpu_training_settings(model: torch.nn.Module, args: Any) -> None:
+    """What a CPU training run switches on, per its arguments: PCG64 dropout masks (no parameters
+    or saved config change) and freed memory kept in the heap (process-wide: big tensors stop
+    page-faulting each step). The Trainer and ``scripts/bench_speed.py`` share it."""
+    if getattr(args, "fast_dropout", False):
+        use_fast_dropout(model)
+    if getattr(args, "keep_freed_memory", False):
+        keep_freed_memory()
 
 
 class BehaviorTrainer(Trainer):
@@ -67,10 +77,8 @@ class BehaviorTrainer(Trainer):
                  generative: GenerativeRanker | None = None, output_loss: SampledSoftmax | FusedSoftmax | None = None,
                  item_chunk: int = 262144, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if getattr(self.args, "fast_dropout", False) and self.args.device.type == "cpu":
-            use_fast_dropout(self.model)   # faster CPU masks; no parameters or saved config change
-        if getattr(self.args, "keep_freed_memory", False) and self.args.device.type == "cpu":
-            keep_freed_memory()            # process-wide: big tensors stop page-faulting each step
+        if self.args.device.type == "cpu":
+            apply_cpu_training_settings(self.model, self.args)
         self.item_chunk = item_chunk
         self.generative = generative
         self.output_loss = output_loss
