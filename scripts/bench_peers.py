@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve()
-SIZE = {"hidden": 64, "layers": 2, "heads": 2, "inner": 256, "max_length": 50, "dropout": 0.2,
+SIZE = {"hidden": 64, "layers": 2, "heads": 2, "inner": 64, "max_length": 50, "dropout": 0.2,
         "batch": 128, "lr": 1e-3}
 ROWS = (("behavior-lm", "gpt2"), ("behavior-lm", "llama"), ("behavior-lm", "gru"),
         ("behavior-lm", "gpt2+bf16"), ("behavior-lm", "llama+bf16"), ("behavior-lm", "gru+bf16"),
@@ -79,10 +79,11 @@ def ml100k_inter() -> Path:
         return Path(os.environ["BENCH_ML100K_INTER"])
 
 
-def ours(name: str, steps: int) -> dict:
+def ours(name: str, steps: int, profile: int = 0) -> dict:
     """``MODEL`` (the default fused float32 loss, the default fast dropout masks), with ``+bf16``
     (``bf16: true``), ``+compile`` (``torch_compile: true``) and/or ``+torchdrop`` (``fast_dropout:
-    false``: torch's own dropout masks)."""
+    false``: torch's own dropout masks). ``profile > 0``: the timed steps under ``torch.profiler``
+    (``bench_speed.measure``), its top operators returned as ``profile``."""
     sys.path.insert(0, str(HERE.parent))
     sys.path.insert(0, str(HERE.parents[1]))
     import torch
@@ -100,9 +101,10 @@ def ours(name: str, steps: int) -> dict:
     if model == "llama":
         overrides += ["--attention_dropout", str(SIZE["dropout"])]
     recipe = HERE.parents[1] / "recipes" / "quickstart" / "gpt2-ml-100k.yaml"
-    row = measure("ml-100k", model, steps, 128, overrides=overrides, recipe=recipe, evaluate=False)
+    row = measure("ml-100k", model, steps, 128, overrides=overrides, recipe=recipe, evaluate=False, profile=profile)
     return {"targets_per_s": row["targets_per_s"], "s_per_epoch": row["s_per_epoch"],
-            "targets_per_epoch": row["targets_per_epoch"], "params": row["params"]}
+            "targets_per_epoch": row["targets_per_epoch"], "params": row["params"],
+            **({"profile": row["profile"]} if profile else {})}
 
 
 def recbole(model: str, steps: int) -> dict:
@@ -200,8 +202,10 @@ def _id_only():
     return (IdEmbeddingsItemNet,)
 
 
-def run_one(python: str, library: str, model: str, steps: int, core: int | None) -> dict | None:
+def run_one(python: str, library: str, model: str, steps: int, core: int | None, profile: int = 0) -> dict | None:
     command = [python, str(HERE), "--one", library, model, "--steps", str(steps)]
+    if profile and library == "behavior-lm":
+        command += ["--profile", str(profile)]
     if core is not None:
         command += ["--core", str(core)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -223,12 +227,18 @@ def main() -> None:
     parser.add_argument("--rows", nargs="+", metavar="LIBRARY:MODEL",
                         help="only these rows (default: every row but the torch.compile ones), e.g. "
                              "behavior-lm:gpt2 behavior-lm:gpt2+bf16+compile rectools:SASRecModel")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="behavior-lm rows: profile the timed steps and print the N operators with the most "
+                             "self CPU time (the profiler's overhead is in those rows' targets/s)")
     parser.add_argument("--one", nargs=2, metavar=("LIBRARY", "MODEL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         pin(args.core)
         library, model = args.one
-        row = {"behavior-lm": ours, "recbole": recbole, "rectools": rectools}[library](model, args.steps)
+        if library == "behavior-lm":
+            row = ours(model, args.steps, args.profile)
+        else:
+            row = {"recbole": recbole, "rectools": rectools}[library](model, args.steps)
         print(json.dumps(row))
         return
     pythons = {"behavior-lm": sys.executable, "recbole": args.recbole, "rectools": args.rectools}
@@ -248,10 +258,12 @@ def main() -> None:
         for library, model in rows:
             if not pythons[library]:
                 continue
-            row = run_one(pythons[library], library, model, args.steps, args.core)
+            row = run_one(pythons[library], library, model, args.steps, args.core, args.profile)
             if row:
                 samples.setdefault((library, model), []).append(row)
                 print(f"{library} {model}: {row['targets_per_s']:.0f} targets/s", file=sys.stderr)
+                if "profile" in row:
+                    print(f"\n{library} {model}, {args.steps} steps under torch.profiler\n{row['profile']}")
     table = []
     for (library, model), rows in samples.items():
         table.append({"library": library, "model": model, "params": rows[0]["params"], "runs": len(rows),

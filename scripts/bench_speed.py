@@ -25,6 +25,7 @@ Prints a markdown table; ``--json FILE`` also writes the rows. ML-1M needs BEHAV
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -67,13 +68,18 @@ def matmul_peak(seconds: float = 1.0, n: int = 512) -> float:
 
 
 def measure(dataset: str, model_type: str, steps: int, eval_batch_size: int,
-            overrides: list[str] | None = None, recipe: Path | None = None, evaluate: bool = True) -> dict:
+            overrides: list[str] | None = None, recipe: Path | None = None, evaluate: bool = True,
+            profile: int = 0) -> dict:
     """One (dataset, model type) row; ``overrides`` are recipe flags (``scripts/bench_peers.py``
     sets equal sizes with them), ``recipe`` replaces the model's own recipe.
 
     ``--torch_compile true`` among the overrides compiles the model as the Trainer does through
     accelerate (``torch.compile``, inductor, dynamic shapes left to dynamo); the warm-up steps
-    then include the compilation, which is reported apart as ``warmup_s``."""
+    then include the compilation, which is reported apart as ``warmup_s``.
+
+    ``profile > 0`` runs the timed steps under ``torch.profiler`` and adds ``profile``: the table
+    of the ``profile`` operators with the most self CPU time (the timings then include the
+    profiler's overhead, so compare its shares, not its targets/s)."""
     import torch
     from torch.utils.data import DataLoader
     from torch.utils.flop_counter import FlopCounterMode
@@ -146,11 +152,18 @@ def measure(dataset: str, model_type: str, steps: int, eval_batch_size: int,
     optimizer.zero_grad(set_to_none=True)
     flops_per_target = counter.get_total_flops() / targets(batches[3])
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    profiler = contextlib.nullcontext()
+    if profile:
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as torch_profile
+
+        profiler = torch_profile(activities=[ProfilerActivity.CPU])
     start = time.perf_counter()
     n_targets = 0
-    for batch in batches[3:3 + steps]:
-        n_targets += targets(batch)
-        step(batch)
+    with profiler:
+        for batch in batches[3:3 + steps]:
+            n_targets += targets(batch)
+            step(batch)
     seconds = time.perf_counter() - start
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
     steps_per_epoch = -(-train.num_rows // batch_size)
@@ -174,6 +187,8 @@ def measure(dataset: str, model_type: str, steps: int, eval_batch_size: int,
         "eval_seconds": eval_seconds, "targets_per_epoch": targets_per_epoch,
         "warmup_s": warmup_seconds, "page_faults_per_step": faults / steps, "compiled": bool(training_args.torch_compile),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        **({"profile": profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=profile)}
+           if profile else {}),
     }
 
 
@@ -188,6 +203,8 @@ def main() -> None:
     parser.add_argument("--overrides", default="",
                         help="recipe flags for every row, one string: --overrides '--fused_softmax false'")
     parser.add_argument("--no_eval", action="store_true", help="time training only")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="profile the timed steps; print each row's N operators with the most self CPU time")
     parser.add_argument("--one", nargs=2, metavar=("DATASET", "MODEL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -195,7 +212,7 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)
         print(json.dumps(measure(*args.one, args.steps, args.eval_batch_size, overrides=shlex.split(args.overrides),
-                                 evaluate=not args.no_eval)))
+                                 evaluate=not args.no_eval, profile=args.profile)))
         return
     rows = []
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
@@ -203,13 +220,16 @@ def main() -> None:
         for model in args.models:
             done = subprocess.run([sys.executable, __file__, "--one", dataset, model, "--steps", str(args.steps),
                                    "--threads", str(args.threads), "--eval_batch_size", str(args.eval_batch_size),
-                                   f"--overrides={args.overrides}", *(["--no_eval"] if args.no_eval else [])],
+                                   f"--overrides={args.overrides}", "--profile", str(args.profile),
+                                   *(["--no_eval"] if args.no_eval else [])],
                                   capture_output=True, text=True, env=env)
             if done.returncode != 0:
                 print(f"{dataset} {model}: failed\n{done.stderr[-2000:]}", file=sys.stderr)
                 continue
             rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
             print(f"{dataset} {model}: {rows[-1]['targets_per_s']:.0f} targets/s", file=sys.stderr)
+            if args.profile:
+                print(f"\n{dataset} {model}, {args.steps} steps under torch.profiler\n{rows[-1]['profile']}")
     print(f"\n{args.threads} thread(s), {args.steps} timed steps each{(', ' + args.overrides) if args.overrides else ''}\n")
     print("| dataset | model | params | targets/s | s/epoch | GFLOP/s | % of matmul peak | eval users/s "
           "| peak RSS (MB) | page faults/step |")

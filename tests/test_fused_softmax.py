@@ -74,7 +74,7 @@ def test_the_head_is_restored_when_the_forward_fails():
     assert model.cls is head
 
 
-@pytest.mark.parametrize("model_type", ["gpt2", "gru"])
+@pytest.mark.parametrize("model_type", ["gpt2", "llama", "gru"])
 def test_bfloat16_matmuls_stay_close(model_type):
     _, _, model, batch = batch_and_model(model_type, multi=False)
     exact = fused_loss(model, batch, FusedSoftmax())
@@ -104,6 +104,33 @@ def test_chunk_boundaries_change_nothing(monkeypatch, with_bias):
         got = torch.autograd.grad(loss * 0.5, [x for x in (h, w, b) if x is not None])
         for g, r in zip(got, ref_grads):
             torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_bfloat16_chunks_stay_close_to_float32(monkeypatch, with_bias):
+    """bf16 without a bias takes the route where the softmax reads the bf16 logits directly
+    (with a bias, the float32 one): either way the loss and the gradients stay within bf16
+    rounding of the float32 cross-entropy, over any chunking."""
+    torch.manual_seed(0)
+    h = torch.randn(203, 16, requires_grad=True)
+    w = (0.5 * torch.randn(61, 16)).requires_grad_()
+    b = torch.randn(61, requires_grad=True) if with_bias else None
+    t = torch.randint(0, 61, (203,))
+    params = [x for x in (h, w, b) if x is not None]
+    reference = F.cross_entropy(h @ w.T + (b if with_bias else 0), t, reduction="sum")
+    ref_grads = torch.autograd.grad(reference * 0.25, params)
+    assert fused_softmax._low_precision_softmax(torch.bfloat16, b) is not with_bias
+    assert not fused_softmax._low_precision_softmax(torch.float32, None)
+    for elements in (61 * 16, 61 * 70, 1 << 19):
+        monkeypatch.setattr(fused_softmax, "CHUNK_ELEMENTS", elements)
+        loss = ChunkedSoftmaxCrossEntropy.apply(h, w, b, t, torch.bfloat16)
+        assert loss.dtype == torch.float32
+        assert loss.item() == pytest.approx(reference.item(), rel=2e-3)
+        got = torch.autograd.grad(loss * 0.25, params)
+        for g, r in zip(got, ref_grads):
+            assert g.dtype == torch.float32
+            assert F.cosine_similarity(g.flatten(), r.flatten(), dim=0) > 0.999
+            assert (g - r).norm() < 0.02 * r.norm()
 
 
 @pytest.mark.parametrize("model_type", ["gpt2", "bert4rec"])
