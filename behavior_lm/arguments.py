@@ -270,6 +270,10 @@ class BehaviorTrainingArguments(TrainingArguments):
         "help": "Training on CPU: draw dropout masks (hidden and attention) from NumPy's PCG64 instead of "
                 "torch's bernoulli_, ~2x faster per dropout call; the same Bernoulli masks up to p rounded to "
                 "1/65536, seeded from torch's generator (behavior_lm/models/fast_dropout.py). false: torch's."})
+    fused_llama: bool = field(default=True, metadata={
+        "help": "Training llama on CPU: RMSNorm and the rotary embedding as autograd functions with fewer "
+                "memory passes (the same values up to float rounding; behavior_lm/models/fused_llama.py). "
+                "false: transformers' own."})
     keep_freed_memory: bool = field(default=True, metadata={
         "help": "Training on CPU (glibc): serve every allocation from the heap and keep freed memory there, "
                 "so large tensors (attention matrices) reuse pages instead of being mmap'd, page-faulted and "

@@ -45,6 +45,9 @@ COMPILED = (("behavior-lm", "gpt2+compile"), ("behavior-lm", "llama+compile"), (
             ("behavior-lm", "gpt2+bf16+compile"), ("behavior-lm", "llama+bf16+compile"),
             ("behavior-lm", "gru+bf16+compile"))
 # torch's own dropout masks (``fast_dropout: false``), the A/B of behavior_lm/models/fast_dropout.py
+# transformers' own Llama RMSNorm and rotary embedding (``fused_llama: false``), the A/B of
+# behavior_lm/models/fused_llama.py
+UNFUSED = (("behavior-lm", "llama+unfused"), ("behavior-lm", "llama+bf16+unfused"))
 TORCHDROP = tuple(("behavior-lm", f"{m}+torchdrop") for m in ("gpt2", "llama", "gru", "gpt2+bf16", "llama+bf16",
                                                               "gru+bf16"))
 
@@ -82,7 +85,8 @@ def ml100k_inter() -> Path:
 def ours(name: str, steps: int, profile: int = 0) -> dict:
     """``MODEL`` (the default fused float32 loss, the default fast dropout masks), with ``+bf16``
     (``bf16: true``), ``+compile`` (``torch_compile: true``) and/or ``+torchdrop`` (``fast_dropout:
-    false``: torch's own dropout masks). ``profile > 0``: the timed steps under ``torch.profiler``
+    false``: torch's own dropout masks) and/or ``+unfused`` (``fused_llama: false``: transformers' own
+    RMSNorm and rotary embedding). ``profile > 0``: the timed steps under ``torch.profiler``
     (``bench_speed.measure``), its top operators returned as ``profile``."""
     sys.path.insert(0, str(HERE.parent))
     sys.path.insert(0, str(HERE.parents[1]))
@@ -93,7 +97,8 @@ def ours(name: str, steps: int, profile: int = 0) -> dict:
     torch.set_num_threads(1)
     model, *options = name.split("+")
     overrides = ["--bf16", str("bf16" in options).lower(), "--torch_compile", str("compile" in options).lower(),
-                 "--fast_dropout", str("torchdrop" not in options).lower(), "--min_user_events", "0", "--min_item_events", "0", "--max_length", str(SIZE["max_length"] + 1),
+                 "--fast_dropout", str("torchdrop" not in options).lower(),
+                 "--fused_llama", str("unfused" not in options).lower(), "--min_user_events", "0", "--min_item_events", "0", "--max_length", str(SIZE["max_length"] + 1),
                  "--hidden_size", str(SIZE["hidden"]), "--num_heads", str(SIZE["heads"]),
                  "--intermediate_size", str(SIZE["inner"]), "--per_device_train_batch_size", str(SIZE["batch"]),
                  "--learning_rate", str(SIZE["lr"]), "--num_layers", str(1 if model == "gru" else SIZE["layers"]),
@@ -250,9 +255,9 @@ def main() -> None:
              "'dataset_example' / 'ml-100k' / 'ml-100k.inter')"], capture_output=True, text=True,
             check=True).stdout.strip()
     rows = ROWS if not args.rows else [tuple(r.split(":", 1)) for r in args.rows]
-    unknown = [r for r in rows if r not in ROWS + COMPILED + TORCHDROP]
+    unknown = [r for r in rows if r not in ROWS + COMPILED + TORCHDROP + UNFUSED]
     if unknown:
-        parser.error(f"unknown rows {unknown}; known: {[':'.join(r) for r in ROWS + COMPILED + TORCHDROP]}")
+        parser.error(f"unknown rows {unknown}; known: {[':'.join(r) for r in ROWS + COMPILED + TORCHDROP + UNFUSED]}")
     samples: dict[tuple[str, str], list[dict]] = {}
     for _ in range(args.repeats):
         for library, model in rows:

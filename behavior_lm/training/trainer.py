@@ -24,6 +24,7 @@ from behavior_lm.evaluation.scoring import (chunk_scoring_applies, chunked_ranks
                                             next_token_features, output_layer, score_ranks)
 from behavior_lm.data.collators import IGNORE_INDEX
 from behavior_lm.models.fast_dropout import use_fast_dropout
+from behavior_lm.models.fused_llama import use_fused_llama
 from behavior_lm.models.item_text_init import has_item_text, untied_state_dict
 from behavior_lm.models.text_ranker import is_text_ranker
 from behavior_lm.training.fused_softmax import FusedSoftmax, hidden_states_forward
@@ -46,11 +47,13 @@ def tied_parameter_names(model: torch.nn.Module) -> set[str]:
 
 
 def apply_cpu_training_settings(model: torch.nn.Module, args: Any) -> None:
-    """What a CPU training run switches on, per its arguments: PCG64 dropout masks (no parameters
-    or saved config change) and freed memory kept in the heap (process-wide: big tensors stop
+    """What a CPU training run switches on, per its arguments: PCG64 dropout masks and Llama's fused
+    RMSNorm/rotary embedding (no parameters or saved config change) and freed memory kept in the heap (process-wide: big tensors stop
     page-faulting each step). The Trainer and ``scripts/bench_speed.py`` share it."""
     if getattr(args, "fast_dropout", False):
         use_fast_dropout(model)
+    if getattr(args, "fused_llama", False):
+        use_fused_llama(model)
     if getattr(args, "keep_freed_memory", False):
         keep_freed_memory()
 
