@@ -174,7 +174,12 @@ class ModelArguments:
                 "was tuned for 768-wide models; at width 64 it leaves attention paths ~40x weaker "
                 "than the residual, which stalls masked-item models: see docs/benchmarks.md)."})
     mask_probability: float = field(default=0.2, metadata={
-        "help": "bert4rec: share of items replaced by [MASK] in training (the last item is always masked too)."})
+        "help": "bert4rec: share of items replaced by [MASK] in training (the last item is masked too, "
+                "with probability mask_last_probability)."})
+    mask_last_probability: float = field(default=1.0, metadata={
+        "help": "bert4rec: probability that each training row's last item is masked on top of the random "
+                "masks (1: always, practising the appended [MASK] that scoring reads; 0: random masks only, "
+                "as BERT4Rec and Dross et al. train)."})
     output_bias_init: str = field(default="prior", metadata={
         "help": "Where the output layer has a bias (bert4rec): 'prior' starts it at the items' log "
                 "frequency in the training rows, 'zero' is the stock init. With 'zero' BERT4Rec learns "

@@ -138,6 +138,7 @@ RANGES: dict[str, tuple[str, Any]] = {
         "max_history", "max_users", "max_eval_users", "session_gap", "intent_seconds", "data_partitions")},
     **{k: ("in [0, 1)", lambda v: 0.0 <= v < 1.0) for k in ("dropout", "attention_dropout")},
     "mask_probability": ("in (0, 1]", lambda v: 0.0 < v <= 1.0),
+    "mask_last_probability": ("in [0, 1]", lambda v: 0.0 <= v <= 1.0),
     **{k: ("positive", lambda v: v > 0) for k in ("initializer_range", "learning_rate")},
     **{k: ("in (0, 1)", lambda v: 0.0 < v < 1.0) for k in ("valid_fraction", "test_fraction")},
     **{k: ("0 or more", lambda v: v >= 0) for k in ("eval_item_chunk", "min_user_events", "min_item_events")},

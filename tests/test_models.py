@@ -148,6 +148,26 @@ def test_cloze_collator_masks_items_and_always_the_last(tok):
     assert everything["input_ids"][0, 0] == tok.bos_token_id
 
 
+def test_cloze_collator_masks_the_last_item_with_its_probability(tok):
+    """mask_last_probability 0: random masks only (BERT4Rec's own training); in between: each row's
+    last item is masked at that rate; the default (1) draws nothing more, so earlier runs' masks stay."""
+    ids = tok.convert_tokens_to_ids
+    rows = [{"input_ids": [tok.bos_token_id] + ids(["i:1", "i:2", "i:3"])} for _ in range(4000)]
+    never = make_collator(ModelArguments(model_type="bert4rec", mask_probability=0.0, mask_last_probability=0.0), tok)
+    batch = never(rows)
+    assert (batch["labels"] == -100).all() and (batch["input_ids"] != tok.mask_token_id).all()
+    half = make_collator(ModelArguments(model_type="bert4rec", mask_probability=0.0, mask_last_probability=0.5), tok)
+    rate = (half(rows)["input_ids"][:, -1] == tok.mask_token_id).float().mean().item()
+    assert abs(rate - 0.5) < 0.05
+    torch.manual_seed(3)
+    always = make_collator(ModelArguments(model_type="bert4rec", mask_probability=0.3), tok)(rows[:50])
+    torch.manual_seed(3)
+    chosen = torch.rand(50, 4) < 0.3                       # the default's only draw: the random masks
+    chosen[:, 0] = False                                    # [BOS] is never masked
+    chosen[:, -1] = True
+    assert torch.equal(always["labels"] != -100, chosen)
+
+
 def test_masked_scoring_appends_mask_after_history(tok):
     from behavior_lm.evaluation.scoring import append_token
     ids = torch.tensor([[2, 10, 11, 0], [2, 12, 0, 0]])

@@ -29,13 +29,15 @@ class BehaviorCollator:
 
     With ``mask_token_id`` set (BERT4Rec), training rows become cloze tasks: each item token is
     replaced by ``[MASK]`` with probability ``mask_probability`` and the last item of every row is
-    masked as well, so training also practises exactly what evaluation asks (the item after the
-    history, at an appended ``[MASK]``). Labels are the original items at masked positions only.
+    masked as well (with probability ``mask_last_probability``, default always), so training also
+    practises exactly what evaluation asks (the item after the history, at an appended ``[MASK]``).
+    Labels are the original items at masked positions only.
     """
 
     pad_token_id: int
     mask_token_id: int | None = None
     mask_probability: float = 0.2
+    mask_last_probability: float = 1.0
     maskable: torch.Tensor | None = None  # (vocab,) bool: which tokens may be masked (items)
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -70,10 +72,13 @@ class BehaviorCollator:
         if self.maskable is not None:
             can &= self.maskable[input_ids]
         chosen = (torch.rand(input_ids.shape) < self.mask_probability) & can
-        # always mask each row's last maskable token (the "next item" of that window)
+        # mask each row's last maskable token (the "next item" of that window)
         positions = torch.arange(input_ids.size(1)).expand_as(input_ids)
         last = torch.where(can, positions, -1).max(dim=1).values                # (B,)
-        rows = torch.nonzero(last >= 0).squeeze(1)
+        forced = last >= 0
+        if self.mask_last_probability < 1.0:     # no extra draw at 1.0: the masks of earlier runs stay
+            forced &= torch.rand(last.shape) < self.mask_last_probability
+        rows = torch.nonzero(forced).squeeze(1)
         chosen[rows, last[rows]] = True
         labels = torch.where(chosen, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
         masked = torch.where(chosen, torch.full_like(input_ids, self.mask_token_id), input_ids)

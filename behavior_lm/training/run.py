@@ -412,6 +412,7 @@ def make_collator(model_args: ModelArguments, tokenizer, ranking: bool = True) -
     if model_args.model_type in MASKED_MODEL_TYPES and ranking:
         return BehaviorCollator(tokenizer.pad_token_id, mask_token_id=tokenizer.mask_token_id,
                                 mask_probability=model_args.mask_probability,
+                                mask_last_probability=model_args.mask_last_probability,
                                 maskable=item_mask(tokenizer))
     return BehaviorCollator(tokenizer.pad_token_id)
 
