@@ -252,7 +252,7 @@ class BehaviorTrainingArguments(TrainingArguments):
         "help": "Wall-clock training budget: stop at the first validation after this many minutes "
                 "(counted over resumes); the best checkpoint so far is kept. For equal-compute comparisons."})
     max_eval_users: int | None = field(default=None, metadata={
-        "help": "Validate on at most this many users (a fixed random subset) to save time; test uses all."})
+        "help": "Validate on at most this many users (a random subset fixed across seeds) to save time; test uses all."})
     baselines: list[str] = field(default_factory=lambda: ["popularity", "markov"], metadata={
         "help": "Floors scored by the same harness next to the model (popularity, markov, repeat)."})
     condition_on_behavior: bool = field(default=False, metadata={

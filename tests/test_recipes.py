@@ -156,3 +156,19 @@ def test_cheap_and_full_checks_share_one_range_table(tmp_path):
             continue
         with pytest.raises(RecipeError, match=rf"key '{key}' must be {__import__('re').escape(what)}"):
             parse_recipe(r)
+
+
+def test_validation_subset_is_the_same_users_whatever_the_seed():
+    """Runs that differ only in seed validate on the same users (the subset used to follow the seed)."""
+    from datasets import Dataset
+    from transformers import set_seed
+
+    from behavior_lm.training.run import validation_subset
+
+    rows = Dataset.from_dict({"user": list(range(500))})
+    set_seed(1)
+    first = validation_subset(rows, 100)["user"]
+    set_seed(2)
+    assert validation_subset(rows, 100)["user"] == first
+    assert len(set(first)) == 100 and first != list(range(100))       # a random subset, not the head
+    assert validation_subset(rows, None).num_rows == 500 and validation_subset(rows, 600).num_rows == 500
