@@ -133,6 +133,47 @@ def test_bfloat16_chunks_stay_close_to_float32(monkeypatch, with_bias):
             assert (g - r).norm() < 0.02 * r.norm()
 
 
+@pytest.mark.parametrize("model_type", SAMPLED_MODEL_TYPES)
+def test_label_smoothing_equals_the_trainers_label_smoother(model_type):
+    """``label_smoothing_factor`` through the fused loss: the loss and every gradient equal
+    transformers' LabelSmoother on the model's own logits (it used to fall back to that stock path)."""
+    from transformers.trainer_pt_utils import LabelSmoother
+
+    _, _, model, batch = batch_and_model(model_type, False)
+    with torch.no_grad():                               # peaked logits: at init they are near uniform
+        model.get_output_embeddings().weight.mul_(30)
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    stock = LabelSmoother(epsilon=0.1)(model(**inputs), batch["labels"], shift_labels=True)
+    expected = grads(model, stock)
+    got = fused_loss(model, batch, FusedSoftmax(label_smoothing=0.1))
+    assert got.item() == pytest.approx(stock.item(), rel=1e-6)
+    assert got.item() != pytest.approx(fused_loss(model, batch, FusedSoftmax()).item(), rel=1e-4)
+    actual = grads(model, got)
+    for name, g in expected.items():
+        torch.testing.assert_close(actual[name], g, rtol=1e-5, atol=1e-7, msg=name)
+
+
+@pytest.mark.parametrize("matmul_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_label_smoothing_over_any_chunking(monkeypatch, matmul_dtype, with_bias):
+    """Both softmax routes (float32, and bf16 logits read directly) and chunk boundaries."""
+    torch.manual_seed(0)
+    h = torch.randn(203, 16, requires_grad=True)
+    w = (0.5 * torch.randn(61, 16)).requires_grad_()
+    b = torch.randn(61, requires_grad=True) if with_bias else None
+    t = torch.randint(0, 61, (203,))
+    params = [x for x in (h, w, b) if x is not None]
+    reference = F.cross_entropy(h @ w.T + (b if with_bias else 0), t, reduction="sum", label_smoothing=0.2)
+    ref_grads = torch.autograd.grad(reference, params)
+    tol = 1e-5 if matmul_dtype == torch.float32 else 2e-3
+    for elements in (61 * 16, 61 * 70, 1 << 19):
+        monkeypatch.setattr(fused_softmax, "CHUNK_ELEMENTS", elements)
+        loss = ChunkedSoftmaxCrossEntropy.apply(h, w, b, t, matmul_dtype, 0.2)
+        assert loss.item() == pytest.approx(reference.item(), rel=tol)
+        for g, r in zip(torch.autograd.grad(loss, params), ref_grads):
+            assert (g - r).norm() < max(tol, 1e-4) * 10 * r.norm()
+
+
 @pytest.mark.parametrize("model_type", ["gpt2", "bert4rec"])
 def test_runs_use_it_by_default_and_record_it(tmp_path, model_type):
     from behavior_lm.cli.main import main
@@ -144,7 +185,8 @@ def test_runs_use_it_by_default_and_record_it(tmp_path, model_type):
         assert main(["train", str(QUICKSTART), *TINY, "--model_type", model_type, "--fused_softmax", fused,
                      "--logging_steps", "1", "--output_dir", str(out)]) == 0
         config = json.loads((out / "config.json").read_text())["behavior_lm"]
-        assert config["softmax"] == {"kind": "full", "fused": fused == "true", "matmul_dtype": "float32"}
+        assert config["softmax"] == {"kind": "full", "fused": fused == "true", "matmul_dtype": "float32",
+                                     "label_smoothing": 0.0}
         losses[fused] = [e["loss"] for e in json.loads((out / "log_history.json").read_text()) if "loss" in e]
     # the same loss and gradients: the two runs follow the same trajectory up to float rounding
     assert len(losses["true"]) == len(losses["false"]) >= 2
@@ -163,7 +205,7 @@ def test_bf16_runs_train_in_bfloat16_and_rank_in_float32(tmp_path):
     assert main(["train", str(QUICKSTART), *TINY, "--model_type", "gru", "--bf16", "true",
                  "--output_dir", str(out)]) == 0
     config = json.loads((out / "config.json").read_text())["behavior_lm"]
-    assert config["softmax"] == {"kind": "full", "fused": True, "matmul_dtype": "bfloat16"}
+    assert config["softmax"] == {"kind": "full", "fused": True, "matmul_dtype": "bfloat16", "label_smoothing": 0.0}
     metrics = json.loads((out / "metrics.json").read_text())
     rescored, _ = evaluate_run(out)
     for key in ("hr@10", "ndcg@10", "mrr@20"):

@@ -133,3 +133,5 @@ def test_sampled_softmax_is_refused_where_it_does_not_apply():
             parse_recipe(None, ["--softmax", "sampled", *extra])
     with pytest.raises(RecipeError, match="num_negatives"):
         parse_recipe(None, ["--softmax", "sampled", "--num_negatives", "0", "--model_type", "gpt2"])
+    with pytest.raises(RecipeError, match="label_smoothing_factor"):
+        parse_recipe(None, ["--softmax", "sampled", "--label_smoothing_factor", "0.1", "--model_type", "gpt2"])

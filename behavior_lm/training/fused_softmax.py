@@ -52,11 +52,16 @@ class ChunkedSoftmaxCrossEntropy(torch.autograd.Function):
     bf16 rounding of each log-probability (about 0.4% of one target's term, unbiased, so the sum
     moves by ~1e-5 relative) and the softmax that feeds the gradient is bf16, as the matmul that
     consumes it always was. It is 0.6x the backward time of the float32 route (docs/performance.md).
+
+    ``smoothing`` (epsilon) is transformers' ``LabelSmoother``: each row's term is
+    ``(1 - eps) * -log p[t] + eps * mean_c(-log p[c])`` over the whole vocabulary, so its gradient
+    with respect to the logits is ``p - (1 - eps) * onehot - eps / V``: one more in-cache pass per chunk
+    instead of the stock smoother's ``(batch, length, vocab)`` log-probabilities.
     """
 
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                targets: torch.Tensor, matmul_dtype: torch.dtype) -> torch.Tensor:
+                targets: torch.Tensor, matmul_dtype: torch.dtype, smoothing: float = 0.0) -> torch.Tensor:
         h, w = hidden.to(matmul_dtype), weight.to(matmul_dtype)
         rows = chunk_rows(weight.shape[0])
         low = _low_precision_softmax(matmul_dtype, bias)
@@ -67,15 +72,19 @@ class ChunkedSoftmaxCrossEntropy(torch.autograd.Function):
             chunk_targets = targets[start:end, None]
             if low:
                 logp = torch.log_softmax(h[start:end] @ w.T, dim=1)
-                total -= logp.gather(1, chunk_targets).float().sum()
+                total -= (1.0 - smoothing) * logp.gather(1, chunk_targets).float().sum()
+                if smoothing:
+                    total -= smoothing * logp.mean(1, dtype=torch.float32).sum()
                 continue
             logits = (h[start:end] @ w.T).float()
             if bias is not None:
                 logits += bias.float()
             lse[start:end] = torch.logsumexp(logits, dim=1)
-            total += (lse[start:end] - logits.gather(1, chunk_targets).squeeze(1)).sum()
+            total += (lse[start:end] - (1.0 - smoothing) * logits.gather(1, chunk_targets).squeeze(1)).sum()
+            if smoothing:
+                total -= smoothing * logits.mean(1).sum()
         ctx.save_for_backward(h, w, bias, targets, lse)
-        ctx.hidden_dtype, ctx.weight_dtype, ctx.low = hidden.dtype, weight.dtype, low
+        ctx.hidden_dtype, ctx.weight_dtype, ctx.low, ctx.smoothing = hidden.dtype, weight.dtype, low, smoothing
         return total
 
     @staticmethod
@@ -95,7 +104,9 @@ class ChunkedSoftmaxCrossEntropy(torch.autograd.Function):
                 if bias is not None:
                     logits += bias.float()
                 probs = logits.sub_(lse[start:end, None]).exp_()          # softmax, in place
-            probs[torch.arange(probs.shape[0], device=probs.device), targets[start:end]] -= 1
+            probs[torch.arange(probs.shape[0], device=probs.device), targets[start:end]] -= 1.0 - ctx.smoothing
+            if ctx.smoothing:
+                probs -= ctx.smoothing / probs.shape[1]
             if grad_b is not None:
                 grad_b += probs.sum(0)
             chunk = probs.to(w.dtype)                                      # d (summed loss) / d logits
@@ -109,7 +120,7 @@ class ChunkedSoftmaxCrossEntropy(torch.autograd.Function):
         scale = grad_output.float()                    # applied once to the (small) gradients
         return (grad_h.mul_(scale).to(ctx.hidden_dtype) if need_h else None,
                 grad_w.mul_(scale).to(ctx.weight_dtype) if need_w else None,
-                grad_b.mul_(scale).to(bias.dtype) if grad_b is not None else None, None, None)
+                grad_b.mul_(scale).to(bias.dtype) if grad_b is not None else None, None, None, None)
 
 
 def _low_precision_softmax(matmul_dtype: torch.dtype, bias: torch.Tensor | None) -> bool:
@@ -126,9 +137,11 @@ class FusedSoftmax:
     Args:
         matmul_dtype: dtype of the output-layer matmuls (float32, or bfloat16 under ``bf16: true``);
             the softmax and its sums are always float32.
+        label_smoothing: the recipe's ``label_smoothing_factor``, as transformers' ``LabelSmoother``.
     """
 
     matmul_dtype: torch.dtype = torch.float32
+    label_smoothing: float = 0.0
 
     def loss(self, model: PreTrainedModel, hidden: torch.Tensor, labels: torch.Tensor, step: int = 0,
              num_items_in_batch: torch.Tensor | int | None = None, shift: bool = True) -> torch.Tensor:
@@ -142,7 +155,7 @@ class FusedSoftmax:
         h = output_features(model, hidden[where])
         out = model.get_output_embeddings()
         total = ChunkedSoftmaxCrossEntropy.apply(h, out.weight, getattr(out, "bias", None), labels[where],
-                                                 self.matmul_dtype)
+                                                 self.matmul_dtype, self.label_smoothing)
         count = num_items_in_batch if num_items_in_batch is not None else where.sum().clamp(min=1)
         return total / count
 

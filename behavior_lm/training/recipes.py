@@ -172,6 +172,9 @@ def check_values(data_args: DataArguments, model_args: ModelArguments,
              "softmax", f"'full' here: 'sampled' is for next-item ranking with model_type "
              f"{', '.join(SAMPLED_MODEL_TYPES)} on item ids (got model_type {model_args.model_type}, task "
              f"{task.name}{', semantic_ids' if model_args.semantic_ids else ''})", training_args.softmax)
+        need(not training_args.label_smoothing_factor, "label_smoothing_factor",
+             "0 with softmax: sampled (the sampled loss has no smoothing; it would be ignored)",
+             training_args.label_smoothing_factor)
     need(model_args.model_type in task.model_types, "model_type",
          f"one of {', '.join(task.model_types)} for task {task.name}", model_args.model_type)
     for args in (data_args, model_args, training_args):

@@ -180,7 +180,8 @@ def _train(data_args: DataArguments, model_args: ModelArguments,
         {"kind": "sampled", "num_negatives": training_args.num_negatives,
          "negative_sampling": training_args.negative_sampling} if sampled else
         {"kind": "full", "fused": output_loss is not None,
-         "matmul_dtype": str(output_loss.matmul_dtype).removeprefix("torch.") if output_loss else "float32"})
+         "matmul_dtype": str(output_loss.matmul_dtype).removeprefix("torch.") if output_loss else "float32",
+         "label_smoothing": float(training_args.label_smoothing_factor or 0.0)})
     if serialization is not None:
         model.config.behavior_lm["text_serialization"] = serialization
     if sids is not None:
@@ -349,14 +350,15 @@ def fused_output_loss(model_args: ModelArguments, training_args: BehaviorTrainin
                       cold_ids: torch.Tensor | None) -> FusedSoftmax | None:
     """The full softmax computed in item chunks (``fused_softmax: true``, the default) where it is
     exactly the stock loss: next-item models on item ids (causal, or BERT4Rec's cloze loss over
-    the whole vocabulary), no cold items left out, no label smoothing. Its output matmuls run in
-    bfloat16 under ``bf16: true``."""
+    the whole vocabulary), no cold items left out; ``label_smoothing_factor`` as the Trainer's
+    ``LabelSmoother`` (whose logits-sized pass made a Beauty step ~15x slower). Its output matmuls
+    run in bfloat16 under ``bf16: true``."""
     masked_full_vocabulary = model_args.model_type in MASKED_MODEL_TYPES and training_args.cloze_loss == "vocabulary"
     if not (training_args.fused_softmax and item_ranking and training_args.softmax == "full"
-            and (model_args.model_type in SAMPLED_MODEL_TYPES or masked_full_vocabulary) and cold_ids is None
-            and not training_args.label_smoothing_factor):
+            and (model_args.model_type in SAMPLED_MODEL_TYPES or masked_full_vocabulary) and cold_ids is None):
         return None
-    return FusedSoftmax(torch.bfloat16 if training_args.bf16 else torch.float32)
+    return FusedSoftmax(torch.bfloat16 if training_args.bf16 else torch.float32,
+                        float(training_args.label_smoothing_factor or 0.0))
 
 
 def training_loss(model, model_args: ModelArguments, training_args: BehaviorTrainingArguments,
