@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 from torch import nn
-from transformers import AttentionInterface, TrainingArguments
+from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
@@ -16,9 +16,8 @@ from behavior_lm.arguments import ModelArguments
 from behavior_lm.models.auto import build_model
 from behavior_lm.models.fast_dropout import (ATTENTION, FastDropout, fast_dropout, keep_mask, math_attention,
                                              use_fast_dropout)
-from behavior_lm.tokenization.behavior_tokenizer import build_tokenizer, item_mask
-from behavior_lm.training.run import make_collator
-from behavior_lm.training.trainer import BehaviorTrainer
+from behavior_lm.tokenization.behavior_tokenizer import build_tokenizer
+from tests.conftest import cpu_trainer, padded_histories
 
 # the written-out attention with dropout off, under a name of its own: what the dropout path computes
 MATH_TEST = "behavior_lm_math_test"
@@ -102,12 +101,7 @@ def test_models_on_the_written_out_attention_equal_sdpa(model_type, side, tok):
     torch.manual_seed(0)
     model = build_model(args, tok, 16).eval()
     assert model.config._attn_implementation == "sdpa"
-    ids = tok.convert_tokens_to_ids
-    rows = [[tok.bos_token_id] + ids([f"i:{j}" for j in range(n)]) for n in (9, 4, 1)]
-    width = max(map(len, rows))
-    pad = lambda r: ([tok.pad_token_id] * (width - len(r)) + r) if side == "left" else (r + [tok.pad_token_id] * (width - len(r)))  # noqa: E731
-    input_ids = torch.tensor([pad(r) for r in rows])
-    attention = (input_ids != tok.pad_token_id).long()
+    input_ids, attention = padded_histories(tok, side)
     with torch.no_grad():
         stock = model(input_ids=input_ids, attention_mask=attention).logits
         model.set_attn_implementation(MATH_TEST)
@@ -120,21 +114,10 @@ def test_models_on_the_written_out_attention_equal_sdpa(model_type, side, tok):
 
 
 def test_trainer_switches_the_model_and_training_uses_the_fast_masks(tok, tmp_path):
-    from datasets import Dataset
-
     args = ModelArguments(model_type="gpt2", hidden_size=16, num_layers=1, num_heads=2, dropout=0.2)
     model = build_model(args, tok, 16)
     saved_keys = set(model.state_dict())
-    ids = tok.convert_tokens_to_ids
-    train = Dataset.from_dict({"input_ids": [[tok.bos_token_id] + ids([f"i:{(u + j) % 12}" for j in range(6)])
-                                             for u in range(8)]})
-    targs = TrainingArguments(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=4,
-                              report_to="none", remove_unused_columns=False, save_strategy="no",
-                              disable_tqdm=True, use_cpu=True)
-    targs.fast_dropout = True                # the BehaviorTrainingArguments field, on stock arguments
-    trainer = BehaviorTrainer(model=model, args=targs, train_dataset=train,
-                              data_collator=make_collator(args, tok),
-                              item_mask=item_mask(tok, model.get_output_embeddings().out_features))
+    trainer = cpu_trainer(model, args, tok, tmp_path, fast_dropout=True)
     assert not [m for m in model.modules() if type(m) is nn.Dropout]
     assert sum(isinstance(m, FastDropout) for m in model.modules()) == 4   # embedding, attn, residual, mlp
     assert model.config._attn_implementation == ATTENTION

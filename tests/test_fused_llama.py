@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import TrainingArguments
 from transformers.models.llama import modeling_llama
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
@@ -13,9 +12,8 @@ from behavior_lm.arguments import ModelArguments
 from behavior_lm.models.auto import build_model
 from behavior_lm.models.fused_llama import (ORIGINAL_APPLY_ROTARY_POS_EMB, FusedLlamaRMSNorm,
                                             fused_apply_rotary_pos_emb, use_fused_llama)
-from behavior_lm.tokenization.behavior_tokenizer import build_tokenizer, item_mask
-from behavior_lm.training.run import make_collator
-from behavior_lm.training.trainer import BehaviorTrainer
+from behavior_lm.tokenization.behavior_tokenizer import build_tokenizer
+from tests.conftest import cpu_trainer, padded_histories
 
 
 @pytest.fixture
@@ -102,12 +100,7 @@ def test_llama_with_fused_ops_equals_stock(side, bf16, tok, restore_rotary):
     fused = build_model(args, tok, 16)
     fused.load_state_dict(stock.state_dict())
     assert use_fused_llama(fused) == 5               # 2 per block + the final norm
-    ids = tok.convert_tokens_to_ids
-    rows = [[tok.bos_token_id] + ids([f"i:{j}" for j in range(n)]) for n in (9, 4, 1)]
-    width = max(map(len, rows))
-    pad = lambda r: ([tok.pad_token_id] * (width - len(r)) + r) if side == "left" else (r + [tok.pad_token_id] * (width - len(r)))  # noqa: E731
-    input_ids = torch.tensor([pad(r) for r in rows])
-    attention = (input_ids != tok.pad_token_id).long()
+    input_ids, attention = padded_histories(tok, side)
     real = attention.bool()
     results = []
     for model, rotary in ((stock, ORIGINAL_APPLY_ROTARY_POS_EMB), (fused, fused_apply_rotary_pos_emb)):
@@ -123,22 +116,11 @@ def test_llama_with_fused_ops_equals_stock(side, bf16, tok, restore_rotary):
 
 
 def test_trainer_switches_a_llama_without_changing_what_it_saves(tok, tmp_path, restore_rotary):
-    from datasets import Dataset
-
     args = ModelArguments(model_type="llama", hidden_size=16, num_layers=1, num_heads=2, dropout=0.0,
                           attention_dropout=0.1)
     model = build_model(args, tok, 16)
     saved_keys = set(model.state_dict())
-    ids = tok.convert_tokens_to_ids
-    train = Dataset.from_dict({"input_ids": [[tok.bos_token_id] + ids([f"i:{(u + j) % 12}" for j in range(6)])
-                                             for u in range(8)]})
-    targs = TrainingArguments(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=4,
-                              report_to="none", remove_unused_columns=False, save_strategy="no",
-                              disable_tqdm=True, use_cpu=True)
-    targs.fused_llama = True                 # the BehaviorTrainingArguments field, on stock arguments
-    trainer = BehaviorTrainer(model=model, args=targs, train_dataset=train,
-                              data_collator=make_collator(args, tok),
-                              item_mask=item_mask(tok, model.get_output_embeddings().out_features))
+    trainer = cpu_trainer(model, args, tok, tmp_path, fused_llama=True)
     assert sum(type(m) is FusedLlamaRMSNorm for m in model.modules()) == 3
     assert modeling_llama.apply_rotary_pos_emb is fused_apply_rotary_pos_emb
     trainer.train()

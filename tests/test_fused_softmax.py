@@ -29,6 +29,19 @@ def fused_loss(model, batch, fused: FusedSoftmax) -> torch.Tensor:
     return fused.loss(model, out.hidden_states[-1], batch["labels"])
 
 
+def output_layer_problem(with_bias: bool, label_smoothing: float = 0.0):
+    """Hidden rows, an output layer (and bias), targets, the parameters, and the float32 summed
+    cross-entropy they should give (203 rows over 61 classes: several chunks at small CHUNK_ELEMENTS)."""
+    torch.manual_seed(0)
+    h = torch.randn(203, 16, requires_grad=True)
+    w = (0.5 * torch.randn(61, 16)).requires_grad_()
+    b = torch.randn(61, requires_grad=True) if with_bias else None
+    t = torch.randint(0, 61, (203,))
+    params = [x for x in (h, w, b) if x is not None]
+    reference = F.cross_entropy(h @ w.T + (b if with_bias else 0), t, reduction="sum", label_smoothing=label_smoothing)
+    return h, w, b, t, params, reference
+
+
 @pytest.mark.parametrize("multi", [False, True])
 @pytest.mark.parametrize("model_type", SAMPLED_MODEL_TYPES)
 def test_fused_loss_and_gradients_equal_the_stock_loss(model_type, multi):
@@ -111,13 +124,7 @@ def test_bfloat16_chunks_stay_close_to_float32(monkeypatch, with_bias):
     """bf16 without a bias takes the route where the softmax reads the bf16 logits directly
     (with a bias, the float32 one): either way the loss and the gradients stay within bf16
     rounding of the float32 cross-entropy, over any chunking."""
-    torch.manual_seed(0)
-    h = torch.randn(203, 16, requires_grad=True)
-    w = (0.5 * torch.randn(61, 16)).requires_grad_()
-    b = torch.randn(61, requires_grad=True) if with_bias else None
-    t = torch.randint(0, 61, (203,))
-    params = [x for x in (h, w, b) if x is not None]
-    reference = F.cross_entropy(h @ w.T + (b if with_bias else 0), t, reduction="sum")
+    h, w, b, t, params, reference = output_layer_problem(with_bias)
     ref_grads = torch.autograd.grad(reference * 0.25, params)
     assert fused_softmax._low_precision_softmax(torch.bfloat16, b) is not with_bias
     assert not fused_softmax._low_precision_softmax(torch.float32, None)
@@ -157,13 +164,7 @@ def test_label_smoothing_equals_the_trainers_label_smoother(model_type):
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_label_smoothing_over_any_chunking(monkeypatch, matmul_dtype, with_bias):
     """Both softmax routes (float32, and bf16 logits read directly) and chunk boundaries."""
-    torch.manual_seed(0)
-    h = torch.randn(203, 16, requires_grad=True)
-    w = (0.5 * torch.randn(61, 16)).requires_grad_()
-    b = torch.randn(61, requires_grad=True) if with_bias else None
-    t = torch.randint(0, 61, (203,))
-    params = [x for x in (h, w, b) if x is not None]
-    reference = F.cross_entropy(h @ w.T + (b if with_bias else 0), t, reduction="sum", label_smoothing=0.2)
+    h, w, b, t, params, reference = output_layer_problem(with_bias, label_smoothing=0.2)
     ref_grads = torch.autograd.grad(reference, params)
     tol = 1e-5 if matmul_dtype == torch.float32 else 2e-3
     for elements in (61 * 16, 61 * 70, 1 << 19):
