@@ -45,11 +45,11 @@ COMPILED = (("behavior-lm", "gpt2+compile"), ("behavior-lm", "llama+compile"), (
             ("behavior-lm", "gpt2+bf16+compile"), ("behavior-lm", "llama+bf16+compile"),
             ("behavior-lm", "gru+bf16+compile"))
 # torch's own dropout masks (``fast_dropout: false``), the A/B of behavior_lm/models/fast_dropout.py
+TORCHDROP = tuple(("behavior-lm", f"{m}+torchdrop") for m in ("gpt2", "llama", "gru", "gpt2+bf16", "llama+bf16",
+                                                              "gru+bf16"))
 # transformers' own Llama RMSNorm and rotary embedding (``fused_llama: false``), the A/B of
 # behavior_lm/models/fused_llama.py
 UNFUSED = (("behavior-lm", "llama+unfused"), ("behavior-lm", "llama+bf16+unfused"))
-TORCHDROP = tuple(("behavior-lm", f"{m}+torchdrop") for m in ("gpt2", "llama", "gru", "gpt2+bf16", "llama+bf16",
-                                                              "gru+bf16"))
 
 
 def pin(core: int | None) -> None:

@@ -48,8 +48,9 @@ def tied_parameter_names(model: torch.nn.Module) -> set[str]:
 
 def apply_cpu_training_settings(model: torch.nn.Module, args: Any) -> None:
     """What a CPU training run switches on, per its arguments: PCG64 dropout masks and Llama's fused
-    RMSNorm/rotary embedding (no parameters or saved config change) and freed memory kept in the heap (process-wide: big tensors stop
-    page-faulting each step). The Trainer and ``scripts/bench_speed.py`` share it."""
+    RMSNorm/rotary embedding (no parameters or saved config change) and freed memory kept in the
+    heap (process-wide: big tensors stop page-faulting each step). The Trainer and
+    ``scripts/bench_speed.py`` share it."""
     if getattr(args, "fast_dropout", False):
         use_fast_dropout(model)
     if getattr(args, "fused_llama", False):
