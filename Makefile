@@ -17,11 +17,11 @@ test: $(STAMP)
 install: $(STAMP)
 
 # torch is pinned and installed first: an open range would pull a multi-GB CUDA build.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[test,text,distributed]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,text,distributed]'
 	touch $(STAMP)
 
 clean:

@@ -38,21 +38,64 @@ def _schema_file() -> dict[str, Any]:
 
 def schema() -> dict[str, Any]:
     """Key -> type spec: ``"int"``, ``"float"``, ``"bool"``, ``"str"``, ``"none"``, ``"any"``,
-    ``{"list": spec}``, ``{"union": [spec, ...]}`` or ``{"enum": [value, ...]}``."""
-    return _schema_file()["keys"]
+    ``{"list": spec}``, ``{"union": [spec, ...]}`` or ``{"enum": [value, ...]}``.
+
+    With another ``transformers`` than the file was generated with, the installed
+    ``TrainingArguments`` fields the file lacks are added with type ``"any"`` (the full parse
+    checks their values), so that a typo is still refused here and not after the heavy imports."""
+    keys = dict(_schema_file()["keys"])
+    if not _same_transformers():
+        for name in installed_training_fields() or ():
+            keys.setdefault(name, "any")
+    return keys
+
+
+def _installed_transformers() -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("transformers")
+    except PackageNotFoundError:
+        return None
+
+
+@functools.cache
+def _same_transformers() -> bool:
+    return _installed_transformers() == _schema_file()["transformers"]
+
+
+@functools.cache
+def installed_training_fields() -> frozenset[str] | None:
+    """The field names of the installed ``transformers.TrainingArguments``, read from its source
+    with :mod:`ast` (milliseconds) instead of importing it (5-7 s, it imports torch). ``None`` when
+    the source cannot be read or holds no such class (then unknown keys go to the full parse)."""
+    import ast
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("transformers")    # locates the package, imports nothing
+        roots = list(spec.submodule_search_locations or []) if spec else []
+        source = next((Path(r) / "training_args.py" for r in roots
+                       if (Path(r) / "training_args.py").is_file()), None)
+        tree = ast.parse(source.read_text()) if source else None
+    except (ImportError, ValueError, OSError, SyntaxError):
+        return None
+    for node in (tree.body if tree else []):
+        if isinstance(node, ast.ClassDef) and node.name == "TrainingArguments":
+            names = frozenset(n.target.id for n in node.body
+                              if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)
+                              and "ClassVar" not in ast.unparse(n.annotation)
+                              and "init=False" not in ast.unparse(n.value or ast.Constant(None)))
+            return names or None
+    return None
 
 
 @functools.cache
 def schema_is_complete() -> bool:
-    """Whether the schema lists every key of the installed ``transformers`` (the version it was
-    generated with). With another version, ``TrainingArguments`` may have fields the file lacks,
-    so a key missing from it is left to the full check instead of being refused here."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("transformers") == _schema_file()["transformers"]
-    except PackageNotFoundError:
-        return False
+    """Whether :func:`schema` lists every key the installed ``transformers`` accepts: it was
+    generated with that version, or the installed ``TrainingArguments`` fields could be read from
+    its source. Otherwise a key missing from it is left to the full check instead of being refused."""
+    return _same_transformers() or installed_training_fields() is not None
 
 
 def known_keys() -> set[str]:
@@ -85,6 +128,14 @@ def accepts(spec: Any, value: Any) -> str | None:
     return None                         # dicts, unions of enums and strings, ...: argparse decides
 
 
+def unknown_key(path: str | Path, line: Any, key: str, keys: Any) -> RecipeError:
+    """The error for a recipe key that no argument dataclass has, with the closest known keys."""
+    close = difflib.get_close_matches(key, keys, n=3, cutoff=0.75) or sorted(
+        k for k in keys if k.split("_")[0] == key.split("_")[0])[:5]
+    hint = f" (did you mean: {', '.join(close)}?)" if close else ""
+    return RecipeError(f"{path}:{line}: unknown key '{key}'{hint}")
+
+
 def load_recipe(path: str | Path) -> dict[str, Any]:
     """Read a recipe; check that it is a flat mapping of known keys with values of the right type,
     each key once. Errors name the file, the line and the key."""
@@ -115,10 +166,7 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
         if key not in types and not schema_is_complete():
             continue                    # a newer TrainingArguments field: the full parse decides
         if key not in types:
-            close = difflib.get_close_matches(str(key), types, n=3, cutoff=0.75) or sorted(
-                k for k in types if k.split("_")[0] == str(key).split("_")[0])[:5]
-            hint = f" (did you mean: {', '.join(close)}?)" if close else ""
-            raise RecipeError(f"{path}:{lines.get(key, '?')}: unknown key '{key}'{hint}")
+            raise unknown_key(path, lines.get(key, "?"), str(key), types)
         if isinstance(value, dict) and key not in DICT_KEYS:
             raise RecipeError(f"{path}:{lines.get(key, '?')}: key '{key}' must be a plain value, "
                               "recipes are flat")

@@ -141,6 +141,58 @@ def test_recipe_schema_file_matches_the_dataclasses():
         assert {k: stored["keys"].get(k) for k in own} == {k: fresh["keys"][k] for k in own}, hint
 
 
+def test_training_fields_are_read_from_the_installed_source():
+    """The cheap check reads the installed ``TrainingArguments`` fields from its source (no import),
+    so a newer transformers than the schema was written with still gets typos refused early."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    from behavior_lm.recipe_file import installed_training_fields
+
+    assert installed_training_fields() == {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
+
+
+@pytest.fixture
+def schema_from_another_transformers(monkeypatch):
+    """The schema file as if written with another transformers release than the installed one."""
+    import json
+
+    from behavior_lm import recipe_file
+
+    stored = json.loads(recipe_file.SCHEMA_FILE.read_text())
+    stored["transformers"] = "0.0.0"
+    stored["keys"].pop("torch_compile")                 # as if added by the newer release
+    caches = (recipe_file._same_transformers, recipe_file.schema_is_complete, recipe_file.installed_training_fields)
+    for cached in caches:
+        cached.cache_clear()
+    monkeypatch.setattr(recipe_file, "_schema_file", lambda: stored)
+    yield recipe_file
+    for cached in caches:
+        cached.cache_clear()
+
+
+def test_typos_are_refused_under_another_transformers(tmp_path, schema_from_another_transformers, monkeypatch):
+    """CI once installed a transformers release newer than the schema's and the cheap check waved
+    every unknown key through to a worse error after the heavy imports."""
+    recipe_file = schema_from_another_transformers
+    r = tmp_path / "bad.yaml"
+    r.write_text("dataset: ml-100k\ntorch_compile: false\nhiden_size: 4\n")
+    with pytest.raises(RecipeError, match=r"bad\.yaml:3: unknown key 'hiden_size' \(did you mean: hidden_size\?\)"):
+        load_recipe(r)
+    with pytest.raises(RecipeError, match="unknown option '--hiden_size'"):
+        recipe_file.check_flags(["--torch_compile", "true", "--hiden_size", "4"])
+    # the source cannot be read either: the full parse refuses with the same words
+    monkeypatch.setattr(recipe_file, "installed_training_fields", lambda: None)
+    recipe_file.schema_is_complete.cache_clear()
+    assert load_recipe(r)["hiden_size"] == 4
+    with pytest.raises(RecipeError, match=r"bad\.yaml:3: unknown key 'hiden_size' \(did you mean: hidden_size\?\)"):
+        parse_recipe(r)
+    r.write_text("dataset: ml-100k\n")
+    with pytest.raises(RecipeError, match="unknown option '--hiden_size'"):
+        parse_recipe(r, ["--hiden_size", "4"])
+
+
 def test_cheap_and_full_checks_share_one_range_table(tmp_path):
     """A range broken in the YAML is refused by the cheap check (no torch) and, given as a
     dataclass value, by the full one, with the same words."""

@@ -15,7 +15,7 @@ from typing import Any
 from transformers import HfArgumentParser
 
 from behavior_lm.errors import RecipeError
-from behavior_lm.recipe_file import RANGES, RECIPE_LINES, check_flags, load_recipe, range_error
+from behavior_lm.recipe_file import RANGES, RECIPE_LINES, check_flags, load_recipe, range_error, unknown_key
 from behavior_lm.arguments import BehaviorTrainingArguments, DataArguments, ModelArguments
 
 ARGUMENT_CLASSES = (DataArguments, ModelArguments, BehaviorTrainingArguments)
@@ -107,6 +107,13 @@ def parse_recipe(path: str | Path | None, overrides: Sequence[str] = ()) -> tupl
     except (ValueError, TypeError) as exc:
         raise RecipeError(f"{path or 'command line'}: {exc}") from exc
     if rest:
+        # keys the cheap check could not judge (its schema and TrainingArguments could not be read)
+        first = next((r[2:].split("=")[0] for r in rest if r.startswith("--")), None)
+        if first is not None and f"--{first}" in [o.split("=")[0] for o in overrides]:
+            raise RecipeError(f"unknown option '--{first}' (not a field of the recipe dataclasses)")
+        if first is not None and first in recipe:
+            line = RECIPE_LINES.get(str(path), {}).get(first, "?")
+            raise unknown_key(path, line, first, known_keys())
         raise RecipeError(f"{path or 'command line'}: unexpected arguments: {' '.join(rest)} "
                           "(flags are --key value; a list value is --key v1 v2)")
     check_values(data_args, model_args, training_args, where=_locator(path, overrides))
