@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 
@@ -62,16 +63,21 @@ class ChunkedSoftmaxCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                 targets: torch.Tensor, matmul_dtype: torch.dtype, smoothing: float = 0.0) -> torch.Tensor:
-        h, w = hidden.to(matmul_dtype), weight.to(matmul_dtype)
-        rows = chunk_rows(weight.shape[0])
+        rows, count = chunk_rows(weight.shape[0]), hidden.shape[0]
+        # every chunk, the last included, has `rows` rows: zero rows pad the last one and are left
+        # out of the sums. A bfloat16 matmul is a oneDNN primitive built and cached per shape, and
+        # the row count differs in every batch (docs/performance.md, "Memory of long runs").
+        pad = -count % rows
+        h, w = F.pad(hidden.to(matmul_dtype), (0, 0, 0, pad)), weight.to(matmul_dtype)
+        targets = F.pad(targets, (0, pad))
         low = _low_precision_softmax(matmul_dtype, bias)
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        lse = torch.empty(0 if low else hidden.shape[0], dtype=torch.float32, device=hidden.device)
-        for start in range(0, hidden.shape[0], rows):
-            end = start + rows
-            chunk_targets = targets[start:end, None]
+        lse = torch.empty(0 if low else h.shape[0], dtype=torch.float32, device=hidden.device)
+        for start in range(0, count, rows):
+            end, valid = start + rows, min(rows, count - start)
+            chunk_targets = targets[start:start + valid, None]
             if low:
-                logp = torch.log_softmax(h[start:end] @ w.T, dim=1)
+                logp = torch.log_softmax(h[start:end] @ w.T, dim=1)[:valid]
                 total -= (1.0 - smoothing) * logp.gather(1, chunk_targets).float().sum()
                 if smoothing:
                     total -= smoothing * logp.mean(1, dtype=torch.float32).sum()
@@ -80,23 +86,25 @@ class ChunkedSoftmaxCrossEntropy(torch.autograd.Function):
             if bias is not None:
                 logits += bias.float()
             lse[start:end] = torch.logsumexp(logits, dim=1)
-            total += (lse[start:end] - (1.0 - smoothing) * logits.gather(1, chunk_targets).squeeze(1)).sum()
+            logits = logits[:valid]
+            total += (lse[start:start + valid] - (1.0 - smoothing) * logits.gather(1, chunk_targets).squeeze(1)).sum()
             if smoothing:
                 total -= smoothing * logits.mean(1).sum()
         ctx.save_for_backward(h, w, bias, targets, lse)
         ctx.hidden_dtype, ctx.weight_dtype, ctx.low, ctx.smoothing = hidden.dtype, weight.dtype, low, smoothing
+        ctx.count = count
         return total
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
         h, w, bias, targets, lse = ctx.saved_tensors
-        rows = chunk_rows(w.shape[0])
+        rows, count = chunk_rows(w.shape[0]), ctx.count
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         grad_h = torch.empty(h.shape, dtype=torch.float32, device=h.device) if need_h else None
         grad_w = torch.zeros(w.shape, dtype=torch.float32, device=w.device) if need_w else None
         grad_b = torch.zeros(w.shape[0], dtype=torch.float32, device=w.device) if need_b and bias is not None else None
-        for start in range(0, h.shape[0], rows):
-            end = start + rows
+        for start in range(0, count, rows):
+            end, valid = start + rows, min(rows, count - start)
             if ctx.low:
                 probs = torch.softmax(h[start:end] @ w.T, dim=1)           # bf16 out, float32 inside
             else:
@@ -107,6 +115,7 @@ class ChunkedSoftmaxCrossEntropy(torch.autograd.Function):
             probs[torch.arange(probs.shape[0], device=probs.device), targets[start:end]] -= 1.0 - ctx.smoothing
             if ctx.smoothing:
                 probs -= ctx.smoothing / probs.shape[1]
+            probs[valid:] = 0.0                                            # the padding rows
             if grad_b is not None:
                 grad_b += probs.sum(0)
             chunk = probs.to(w.dtype)                                      # d (summed loss) / d logits
@@ -118,7 +127,7 @@ class ChunkedSoftmaxCrossEntropy(torch.autograd.Function):
                 else:
                     grad_w += (chunk.T @ h[start:end]).float()
         scale = grad_output.float()                    # applied once to the (small) gradients
-        return (grad_h.mul_(scale).to(ctx.hidden_dtype) if need_h else None,
+        return (grad_h[:count].mul_(scale).to(ctx.hidden_dtype) if need_h else None,
                 grad_w.mul_(scale).to(ctx.weight_dtype) if need_w else None,
                 grad_b.mul_(scale).to(bias.dtype) if grad_b is not None else None, None, None, None)
 
