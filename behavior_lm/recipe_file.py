@@ -68,7 +68,9 @@ def _same_transformers() -> bool:
 def installed_training_fields() -> frozenset[str] | None:
     """The field names of the installed ``transformers.TrainingArguments``, read from its source
     with :mod:`ast` (milliseconds) instead of importing it (5-7 s, it imports torch). ``None`` when
-    the source cannot be read or holds no such class (then unknown keys go to the full parse)."""
+    the source cannot be read, holds no such class, or the names found miss more than a tenth of
+    the fields the schema's release had (a release that moved them elsewhere: refusing a real key
+    would be worse than a late error); unknown keys then go to the full parse."""
     import ast
     import importlib.util
 
@@ -86,7 +88,10 @@ def installed_training_fields() -> frozenset[str] | None:
                               if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)
                               and "ClassVar" not in ast.unparse(n.annotation)
                               and "init=False" not in ast.unparse(n.value or ast.Constant(None)))
-            return names or None
+            recorded = set(_schema_file().get("training_arguments", ()))
+            if not names or len(names & recorded) < 0.9 * len(recorded):
+                return None
+            return names
     return None
 
 

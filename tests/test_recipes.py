@@ -193,6 +193,17 @@ def test_typos_are_refused_under_another_transformers(tmp_path, schema_from_anot
         parse_recipe(r, ["--hiden_size", "4"])
 
 
+def test_fields_moved_elsewhere_are_not_trusted(tmp_path, schema_from_another_transformers):
+    """A release whose source no longer lists most of the recorded fields (moved to a base class,
+    say) must not make the cheap check refuse real keys: it steps aside for the full parse."""
+    recipe_file = schema_from_another_transformers
+    recipe_file._schema_file()["training_arguments"] += [f"moved_field_{i}" for i in range(100)]
+    assert recipe_file.installed_training_fields() is None and not recipe_file.schema_is_complete()
+    r = tmp_path / "r.yaml"
+    r.write_text("dataset: ml-100k\ntorch_compile: true\n")       # real, but not in this schema's keys
+    assert load_recipe(r)["torch_compile"] is True
+
+
 def test_cheap_and_full_checks_share_one_range_table(tmp_path):
     """A range broken in the YAML is refused by the cheap check (no torch) and, given as a
     dataclass value, by the full one, with the same words."""
