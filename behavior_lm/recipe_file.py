@@ -50,18 +50,15 @@ def schema() -> dict[str, Any]:
     return keys
 
 
-def _installed_transformers() -> str | None:
+@functools.cache
+def _same_transformers() -> bool:
+    """Whether the installed ``transformers`` is the release the schema file was generated with."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
-        return version("transformers")
+        return version("transformers") == _schema_file()["transformers"]
     except PackageNotFoundError:
-        return None
-
-
-@functools.cache
-def _same_transformers() -> bool:
-    return _installed_transformers() == _schema_file()["transformers"]
+        return False
 
 
 @functools.cache
