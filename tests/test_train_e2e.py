@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -131,6 +132,31 @@ def test_crash_then_resume(tmp_path):
     scores = [{k: v for k, v in m["test"].items() if k not in timing} for m in metrics]
     assert scores[0] == scores[1] == scores[2] and "ndcg@10" in scores[0]
     assert metrics[2]["train"]["train_loss"] == pytest.approx(metrics[0]["train"]["train_loss"], abs=2e-4)
+
+
+def test_a_resumed_run_keeps_counting_towards_its_patience(tmp_path):
+    """A checkpoint saved 2 evaluations after the best, patience 3: the resumed run must stop at
+    its first evaluation without improvement, as the run would have left alone. (The Trainer's
+    default restores the best metric but counts patience from zero again, so the run went on for
+    3 more epochs.)"""
+    first = tmp_path / "first"
+    assert main(["train", str(QUICKSTART), *TINY, "--early_stopping_patience", "3",
+                 "--keep_checkpoints", "true", "--output_dir", str(first)]) == 0
+    saved = max(first.glob("checkpoints/checkpoint-*"), key=lambda p: int(p.name.rsplit("-", 1)[1]))
+    resumed = tmp_path / "resumed"
+    copy = resumed.with_name("resumed.partial") / "checkpoints" / saved.name
+    shutil.copytree(saved, copy)
+    state_file = copy / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    state["best_metric"] = 2.0                   # above any NDCG: no later evaluation improves on it
+    state["best_model_checkpoint"] = str(copy)
+    state["stateful_callbacks"]["EarlyStoppingCallback"]["attributes"]["early_stopping_patience_counter"] = 2
+    state_file.write_text(json.dumps(state))
+    assert main(["train", str(QUICKSTART), *TINY, "--num_train_epochs", "6", "--early_stopping_patience", "3",
+                 "--output_dir", str(resumed)]) == 0
+    train = json.loads((resumed / "metrics.json").read_text())["train"]
+    assert train["stopped_by"] == "early stopping (patience 3)"
+    assert train["epochs_run"] == pytest.approx(state["epoch"] + 1)
 
 
 def test_time_budget_stops_after_a_validation(tmp_path):

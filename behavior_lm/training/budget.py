@@ -12,7 +12,8 @@ the next collective).
 
 The time already spent is written into every checkpoint (``time_budget.json``), so a run that
 is interrupted and resumed counts its earlier segments: the budget, and the training minutes the
-run reports, are totals over all segments, not the last one.
+run reports, are totals over all segments, not the last one. Early stopping's count of
+evaluations without improvement is carried over the same way (:func:`patience_spent`).
 """
 from __future__ import annotations
 
@@ -35,6 +36,26 @@ def spent_seconds(checkpoint: str | Path | None) -> float:
     if not path.is_file():
         return 0.0
     return float(json.loads(path.read_text())["train_seconds"])
+
+
+def patience_spent(checkpoint: str | Path | None) -> int:
+    """Evaluations without improvement that early stopping had counted when ``checkpoint`` was saved.
+
+    The Trainer stores the count in the checkpoint's ``trainer_state.json`` but restores it only
+    under ``restore_callback_states_from_checkpoint`` (off by default, and it would bring back the
+    old patience too). Without it a resumed run counts from zero again: a run killed N evaluations
+    after its best got N more evaluations of patience than the same run left alone, so where it
+    stopped, and the model it kept, depended on when it was killed.
+    """
+    if not checkpoint:
+        return 0
+    path = Path(checkpoint) / "trainer_state.json"
+    if not path.is_file():
+        return 0
+    stored = json.loads(path.read_text()).get("stateful_callbacks", {}).get("EarlyStoppingCallback")
+    if isinstance(stored, list):       # the Trainer stores a list when there are several
+        stored = stored[0] if stored else None
+    return int((stored or {}).get("attributes", {}).get("early_stopping_patience_counter", 0))
 
 
 def main_process_decides(flag: bool) -> bool:

@@ -51,7 +51,7 @@ from behavior_lm.rundir import (check_output_dir, check_writable, last_complete_
 from behavior_lm.tokenization.behavior_tokenizer import behavior_token_ids, item_mask
 from behavior_lm.arguments import (BehaviorTrainingArguments, DataArguments, ModelArguments,
                                              redacted)
-from behavior_lm.training.budget import TimeBudgetCallback, spent_seconds
+from behavior_lm.training.budget import TimeBudgetCallback, patience_spent, spent_seconds
 from behavior_lm.data.collators import BehaviorCollator
 from behavior_lm.training.trainer import BehaviorTrainer, make_compute_metrics, restricted_loss
 
@@ -194,7 +194,12 @@ def _train(data_args: DataArguments, model_args: ModelArguments,
     budget = TimeBudgetCallback(training_args.max_train_minutes, spent_before=spent_seconds(checkpoint))
     callbacks: list = [budget, *extra_callbacks]
     if training_args.early_stopping_patience > 0:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=training_args.early_stopping_patience))
+        stopper = EarlyStoppingCallback(early_stopping_patience=training_args.early_stopping_patience)
+        stopper.early_stopping_patience_counter = patience_spent(checkpoint)   # a resume continues the count
+        if stopper.early_stopping_patience_counter:
+            logger.warning("early stopping: %d of %d evaluations without improvement carried over from %s",
+                           stopper.early_stopping_patience_counter, stopper.early_stopping_patience, checkpoint)
+        callbacks.append(stopper)
     with _tensorboard_logs(partial / "logs"):  # read when the Trainer builds its callbacks
         trainer = BehaviorTrainer(
             model=model, args=training_args, train_dataset=dsd["train"], eval_dataset=validation,
