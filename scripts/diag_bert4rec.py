@@ -10,7 +10,8 @@ item-embedding variance lies on one direction (the collapse that a popularity-on
 The loop draws each step's rows with replacement (``--data_seed``); ``permutation`` draws each row
 once per epoch as the Trainer's sampler does, and ``trainer`` / ``trainer_replacement`` run the same
 model, rows and loss through ``BehaviorTrainer`` (the two check that the Trainer path learns as
-this loop does; docs/benchmarks.md, "Does the Trainer learn as a plain loop does").
+this loop does; docs/benchmarks.md, "BERT4Rec: three seeds, gradient clipping, and the Trainer
+against a plain loop").
 """
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ from behavior_lm.training.recipes import parse_recipe
 from behavior_lm.training.run import make_collator
 
 VARIANTS = ("stock", "no_embedding_ln", "no_dropout", "lr1e-3", "mask0.5", "recenter", "zero_bias",
-            "init0.1", "zero_bias_init0.1", "no_transform", "zero_bias_no_transform", "fast_dropout", "fused_adamw", "trainer", "trainer_replacement", "permutation")
+            "init0.1", "zero_bias_init0.1", "no_transform", "zero_bias_no_transform", "fast_dropout",
+            "fused_adamw", "permutation", "trainer", "trainer_replacement")
 
 
 def collapse(model) -> float:
@@ -66,8 +68,7 @@ def run(recipe: str, variant: str, steps: int, every: int, batch: int, extra: li
     items = item_mask(tok, model.get_output_embeddings().out_features)
     init_output_bias(model, train, items, model_args.output_bias_init)   # as a training run does
     if variant.startswith("trainer"):        # the same model, rows and loss through BehaviorTrainer
-        return run_trainer(model, collator, train, training_args, steps, every, batch,
-                           replacement=variant == "trainer_replacement")
+        return run_trainer(model, collator, train, training_args, steps, every, batch, variant)
     lr = 1e-3 if variant == "lr1e-3" else training_args.learning_rate
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=training_args.weight_decay,
                             fused=variant == "fused_adamw" or None)   # the Trainer's adamw_torch_fused
@@ -103,7 +104,7 @@ def run(recipe: str, variant: str, steps: int, every: int, batch: int, extra: li
 
 
 def run_trainer(model, collator, train, training_args, steps: int, every: int, batch: int,
-                replacement: bool = False) -> None:
+                variant: str) -> None:
     """The loop above as the Trainer runs it (constant rate after the warm-up, as above)."""
     import dataclasses
     import tempfile
@@ -116,13 +117,13 @@ def run_trainer(model, collator, train, training_args, steps: int, every: int, b
         per_device_train_batch_size=batch, lr_scheduler_type="constant_with_warmup", disable_tqdm=True)
     trainer = BehaviorTrainer(model=model, args=args, train_dataset=train, data_collator=collator,
                               output_loss=FusedSoftmax())
-    if replacement:                          # rows drawn as the loop above draws them
+    if variant == "trainer_replacement":     # rows drawn as the loop above draws them
         trainer._get_train_sampler = lambda *a: torch.utils.data.RandomSampler(
             train, replacement=True, num_samples=steps * batch)
     trainer.train()
     for log in trainer.state.log_history:
         if "loss" in log:
-            print(f"{'trainer':>16} step {log['step']:5d} loss {log['loss']:.3f} grad_norm {log['grad_norm']:.2f}",
+            print(f"{variant:>16} step {log['step']:5d} loss {log['loss']:.3f} grad_norm {log['grad_norm']:.2f}",
                   flush=True)
 
 
